@@ -1,0 +1,22 @@
+# seqmux: reference genome + trained sequence model -> training data for a Multiplexer.
+# Run:  snakemake --cores 8 --resources gpu=1        (embedded default, no download)
+#       snakemake --cores 8 --resources gpu=1 --configfile config/hg19_beluga.yaml
+
+import os
+
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/windows.smk"
+include: "rules/encode.smk"
+include: "rules/variants.smk"
+include: "rules/targets.smk"
+include: "rules/splits.smk"
+
+
+rule all:
+    input:
+        SPLIT_FILES,
+    default_target: True

@@ -1,0 +1,18 @@
+# Sample windows of every split (or centre them on a regions file).
+
+
+rule sample_windows:
+    input:
+        fasta=genome_fasta(),
+        regions=config["windows"]["regions"] or [],
+    output:
+        bed="results/windows/windows.bed",
+    params:
+        windows=config["windows"],
+        seed=config["seed"],
+    log:
+        log_path("sample_windows"),
+    benchmark:
+        benchmark_path("sample_windows")
+    script:
+        "../scripts/sample_windows.py"

@@ -1,0 +1,151 @@
+"""FASTA access (pyfaidx) and the embedded demo genome.
+
+The demo genome is drawn from a two-state (high / low GC) hidden Markov model with long runs, has
+N blocks at the chromosome ends and one inside each chromosome (as real assemblies have), soft-masked
+(lower-case) stretches, and planted instances of real JASPAR motifs whose coordinates go to a BED
+file. Everything is drawn from one seeded ``numpy.random.Generator``.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .motifs import choose_motifs, sample_site, write_motifs
+
+log = logging.getLogger(__name__)
+
+# emission probabilities in A,G,C,T order
+GC_RICH = np.array([0.2, 0.3, 0.3, 0.2])
+GC_POOR = np.array([0.3, 0.2, 0.2, 0.3])
+_LETTERS = np.frombuffer(b"AGCT", dtype=np.uint8)
+
+
+def open_fasta(path, field="genome.fasta"):
+    """A pyfaidx ``Fasta`` (raw strings), building the ``.fai`` index if needed.
+
+    Raises InputError naming ``field`` when the file is missing or not a readable FASTA.
+    """
+    import pyfaidx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, field, str(path), "FASTA file not found")
+    try:
+        fasta = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=False, rebuild=False)
+    except Exception as err:  # pyfaidx raises several types for malformed files
+        raise InputError(path, field, str(path), f"not a readable FASTA: {err}".splitlines()[0]) from None
+    if len(fasta.keys()) == 0:
+        raise InputError(path, field, str(path), "FASTA has no sequences")
+    return fasta
+
+
+def chromosome_lengths(fasta):
+    """``{name: length}`` in FASTA order."""
+    return {name: len(fasta[name]) for name in fasta.keys()}
+
+
+def hmm_sequence(length, rng, stay=(0.999, 0.999), emissions=(GC_RICH, GC_POOR)):
+    """Bases ``[length]`` (uint8 ASCII) from a two-state HMM with self-transition ``stay``.
+
+    Runs alternate between the two states (with two states, leaving one means entering the
+    other); run lengths are geometric with mean ``1 / (1 - stay)``.
+    """
+    states = np.empty(length, dtype=np.int8)
+    pos, state = 0, int(rng.integers(2))
+    while pos < length:  # one iteration per run: ~length / 1000 iterations
+        run = int(rng.geometric(1.0 - stay[state]))
+        states[pos:pos + run] = state
+        pos += run
+        state = 1 - state
+    cum = np.cumsum(np.stack(emissions), axis=1)  # [2, 4]
+    u = rng.random(length)
+    idx = (u[:, None] > cum[states]).sum(axis=1)
+    return _LETTERS[np.minimum(idx, 3)]
+
+
+def plant_motifs(seq, motifs, rng, spacing, soft_ok):
+    """Write motif instances into ``seq`` (uint8 ASCII, modified in place) about every
+    ``spacing`` bp, never over N and never overlapping; both strands. Returns BED-like tuples
+    ``(start, end, motif, strand)``."""
+    sites = []
+    length = len(seq)
+    slot = spacing
+    for slot_start in range(0, length - slot, slot):
+        motif = motifs[int(rng.integers(len(motifs)))]
+        k = motif.length
+        start = slot_start + int(rng.integers(slot - k))
+        window = seq[start:start + k]
+        if np.any((window == ord("N")) | (window == ord("n"))):
+            continue
+        site = sample_site(motif, rng)
+        strand = "+"
+        if rng.random() < 0.5:
+            strand = "-"
+            site = site[::-1].translate(str.maketrans("AGCT", "TCGA"))
+        lower = soft_ok and bool(np.all(window >= ord("a")))
+        seq[start:start + k] = np.frombuffer((site.lower() if lower else site).encode(), dtype=np.uint8)
+        sites.append((start, start + k, f"{motif.matrix_id}_{motif.name}", strand))
+    return sites
+
+
+def build_demo_genome(fasta_path, sites_path, motifs_path, chrom_lengths, seed, n_motifs=12, motif_spacing=120,
+                      telomere=5000, gap=(2000, 8000), soft_mask_fraction=0.1):
+    """Stage: write the demo genome FASTA (+ ``.fai``), the planted-site BED and the motifs (JSON).
+
+    ``chrom_lengths``: ``{name: length}``. Returns the motifs used.
+    """
+    rng = np.random.default_rng([seed, 101])
+    motifs = choose_motifs(n_motifs, rng, max_length=12)
+    fasta_path, sites_path = Path(fasta_path), Path(sites_path)
+    fasta_path.parent.mkdir(parents=True, exist_ok=True)
+    sites_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_fa, tmp_bed = fasta_path.with_suffix(".tmp"), sites_path.with_suffix(".tmp")
+    all_sites = []
+    with open(tmp_fa, "w") as fa:
+        for name, length in chrom_lengths.items():
+            seq = hmm_sequence(length, rng)
+            # soft-masked stretches (repeats in a real assembly are lower case)
+            n_masked = int(length * soft_mask_fraction / 500)
+            for s in rng.integers(0, max(1, length - 500), size=n_masked):
+                seq[s:s + 500] = seq[s:s + 500] | 0x20
+            # N blocks: both ends and one internal gap
+            end = min(telomere, length // 10)
+            seq[:end] = ord("N")
+            seq[length - end:] = ord("N")
+            g = int(rng.integers(gap[0], gap[1]))
+            gs = int(rng.integers(length // 4, max(length // 4 + 1, 3 * length // 4 - g)))
+            seq[gs:gs + g] = ord("N")
+            for start, stop, motif, strand in plant_motifs(seq, motifs, rng, motif_spacing, True):
+                all_sites.append((name, start, stop, motif, strand))
+            fa.write(f">{name}\n")
+            text = seq.tobytes().decode()
+            for i in range(0, length, 60):
+                fa.write(text[i:i + 60] + "\n")
+    with open(tmp_bed, "w") as bed:
+        for chrom, start, stop, motif, strand in all_sites:
+            bed.write(f"{chrom}\t{start}\t{stop}\t{motif}\t0\t{strand}\n")
+    write_motifs(motifs, motifs_path)
+    os.replace(tmp_fa, fasta_path)
+    os.replace(tmp_bed, sites_path)
+    fai = Path(str(fasta_path) + ".fai")
+    if fai.exists():
+        fai.unlink()
+    open_fasta(fasta_path)  # writes the .fai
+    log.info("demo genome: %d chromosomes, %d bp, %d planted motif sites of %d JASPAR motifs",
+             len(chrom_lengths), sum(chrom_lengths.values()), len(all_sites), len(motifs))
+    return motifs
+
+
+def read_bed_intervals(path):
+    """``{chrom: [(start, end), ...]}`` from the first three columns of a BED file."""
+    out = {}
+    with open(path) as fh:
+        for line in fh:
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            chrom, start, end = line.split("\t")[:3]
+            out.setdefault(chrom, []).append((int(start), int(end)))
+    return out

@@ -1,0 +1,56 @@
+"""Running a stage from a Snakemake script or the CLI: logging, threads, one-line errors."""
+
+import logging
+import os
+import sys
+import time
+
+from .errors import InputError
+
+
+def configure_logging(log_path=None, level=logging.INFO):
+    """Log to ``log_path`` (and stderr when no path is given), with timestamps."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def run_stage(log_path, fn, *args, threads=None, **kwargs):
+    """Call ``fn(*args, **kwargs)`` with logging (and progress bars) going to ``log_path``.
+
+    An ``InputError`` becomes one line on the real stderr (and in the log) and exit status 1;
+    any other exception propagates with its traceback in the log.
+    """
+    if log_path:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    configure_logging(log_path)
+    console = sys.stderr
+    log_file = open(log_path, "a", buffering=1) if log_path else None
+    if log_file:
+        sys.stderr = log_file  # tqdm and warnings follow into the log
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    log = logging.getLogger(fn.__module__)
+    started = time.time()
+    log.info("start %s", fn.__name__)
+    try:
+        result = fn(*args, **kwargs)
+    except InputError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=console, flush=True)
+        sys.exit(1)
+    except Exception:
+        log.exception("failed")
+        raise
+    finally:
+        sys.stderr = console
+        if log_file:
+            log_file.close()
+    log.info("done %s in %.1f s", fn.__name__, time.time() - started)
+    return result

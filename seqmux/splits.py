@@ -1,0 +1,122 @@
+"""The feather (Arrow IPC, uncompressed, memory-mappable) train / validation / test files.
+
+One row per window: ``window_id`` int64, ``chrom`` string, ``start``/``end`` int64 (BED, 0-based
+half-open), ``sequence`` string (upper case; non-ACGT as N), ``reference_prediction``
+fixed_size_list<float32>[F], ``target`` fixed_size_list<float16|float32>[F*4*L] (row-major
+``[F, 4, L]``). Schema metadata: ``n_outputs``, ``length``, ``mode``, ``dtype``, ``output_names``
+(JSON list), ``base_model``.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .encoding import detokenize
+from .ism import target_schema
+from .windows import SPLITS
+
+log = logging.getLogger(__name__)
+
+
+def split_schema(n_outputs, length, dtype, names, mode, base_model):
+    """Arrow schema of a split file, metadata included."""
+    meta = {
+        "n_outputs": str(n_outputs), "length": str(length), "mode": mode, "dtype": dtype,
+        "output_names": json.dumps(list(names)), "base_model": base_model,
+    }
+    targets = target_schema(n_outputs, length, dtype)
+    return pa.schema([
+        ("window_id", pa.int64()), ("chrom", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
+        ("sequence", pa.string()),
+        targets.field("reference_prediction"), targets.field("target"),
+    ], metadata=meta)
+
+
+def open_split(path):
+    """The split as a memory-mapped Arrow table (no copy of the targets is read)."""
+    source = pa.memory_map(str(path), "r")
+    return pa.ipc.open_file(source).read_all()
+
+
+def split_info(table):
+    """``dict(n_outputs, length, mode, dtype, output_names, base_model)`` from a split's metadata."""
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return dict(n_outputs=int(meta["n_outputs"]), length=int(meta["length"]), mode=meta["mode"],
+                dtype=meta["dtype"], output_names=json.loads(meta["output_names"]), base_model=meta["base_model"])
+
+
+def targets_of(table, rows=None):
+    """Targets ``[n, F, 4, L]`` float32 of ``rows`` (all rows when None)."""
+    info = split_info(table)
+    col = table.column("target")
+    if rows is not None:
+        col = col.take(pa.array(np.asarray(rows, dtype=np.int64)))
+    flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32).reshape(-1, info["n_outputs"], 4, info["length"])
+
+
+def assemble_splits(windows, tokens, shard_paths, out_paths, names, mode, dtype, base_model):
+    """Route the rows of the target shards to one file per split, adding coordinates and sequence.
+
+    ``windows``: all windows (their ids index ``tokens [N, L]``); ``out_paths``: ``{split: path}``.
+    Streams one record batch at a time; every split file is written (empty ones keep the schema).
+    Files are written under temporary names and renamed at the end, so no half-written split is
+    left behind.
+    """
+    length = tokens.shape[1]
+    schema = split_schema(len(names), length, dtype, names, mode, base_model)
+    by_id = {w.window_id: w for w in windows}
+    tmp = {s: Path(str(p) + ".tmp") for s, p in out_paths.items()}
+    sinks = {s: pa.OSFile(str(tmp[s]), "wb") for s in SPLITS}
+    writers = {s: pa.ipc.new_file(sinks[s], schema) for s in SPLITS}
+    counts = dict.fromkeys(SPLITS, 0)
+    try:
+        for path in shard_paths:
+            with pa.memory_map(str(path), "r") as src:
+                reader = pa.ipc.open_file(src)
+                for i in range(reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    for row in range(batch.num_rows):
+                        wid = batch.column("window_id")[row].as_py()
+                        w = by_id[wid]
+                        writers[w.split].write_batch(pa.record_batch([
+                            pa.array([wid], pa.int64()), pa.array([w.chrom]), pa.array([w.start], pa.int64()),
+                            pa.array([w.end], pa.int64()), pa.array([detokenize(tokens[wid])]),
+                            batch.column("reference_prediction").slice(row, 1),
+                            batch.column("target").slice(row, 1).cast(schema.field("target").type),
+                        ], schema=schema))
+                        counts[w.split] += 1
+    finally:
+        for s in SPLITS:
+            writers[s].close()
+            sinks[s].close()
+    missing = len(windows) - sum(counts.values())
+    if missing:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+        raise ValueError(f"{missing} windows have no targets in the shards")
+    for s in SPLITS:
+        os.replace(tmp[s], out_paths[s])
+    log.info("split sizes: %s", counts)
+    return counts
+
+
+
+def write_splits(windows_bed, tokens_npy, shards, outputs, base_model, mode, dtype):
+    """Stage: the three split files from the target shards.
+
+    ``outputs``: ``{split: path}``; ``base_model``: dict with ``kind`` and ``names`` (resolved).
+    """
+    from .models import output_names
+    from .windows import read_windows
+
+    windows = read_windows(windows_bed)
+    tokens = np.load(tokens_npy, mmap_mode="r")
+    with pa.memory_map(str(shards[0]), "r") as src:
+        n_outputs = int(pa.ipc.open_file(src).schema.metadata[b"n_outputs"])
+    names = output_names(base_model["kind"], base_model.get("names", ""), n_outputs)
+    return assemble_splits(windows, tokens, shards, outputs, names, mode, dtype, base_model["kind"])

@@ -1,0 +1,211 @@
+"""Window sampling: chromosome splits, uniform centres, N rejection, regions files.
+
+A window of length L around a 1-based centre ``pos`` covers ``lower = (L - 1) // 2`` bases before
+``pos`` and ``upper = L - 1 - lower`` after it (Beluga: 999 and 1000 for L = 2000). Window tables
+are BED: 0-based half-open ``start``/``end``, then ``window_id`` and ``split``.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoding import count_n
+from .errors import InputError
+from .genome import chromosome_lengths, open_fasta
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+ATTEMPTS_PER_WINDOW = 200        # rejection-sampling budget per requested window
+ATTEMPTS_BEFORE_GIVING_UP = 500  # draws from one chromosome with no success before it is an error
+
+
+@dataclass(frozen=True)
+class Window:
+    window_id: int
+    split: str
+    chrom: str
+    start: int  # 0-based
+    end: int    # exclusive
+
+
+def window_bounds(pos, length):
+    """0-based half-open ``(start, end)`` of the window centred on 1-based ``pos``."""
+    lower = (length - 1) // 2
+    return pos - 1 - lower, pos + (length - 1 - lower)
+
+
+def split_of(chrom, validation_chroms, test_chroms):
+    """The split a chromosome belongs to."""
+    if chrom in test_chroms:
+        return "test"
+    if chrom in validation_chroms:
+        return "validation"
+    return "train"
+
+
+def split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms=(), source="genome.fasta"):
+    """``{split: [chrom, ...]}`` of chromosomes that can hold a window of ``length``.
+
+    ``chroms`` (optional) restricts the training chromosomes. Raises InputError when a held-out
+    chromosome is absent or shorter than the window, or when a split has no usable chromosome.
+    """
+    for field, names in (("windows.validation_chroms", validation_chroms), ("windows.test_chroms", test_chroms),
+                         ("windows.chroms", chroms)):
+        for name in names:
+            if name not in lengths:
+                raise InputError(source, field, name, "chromosome not in the FASTA")
+    overlap = set(validation_chroms) & set(test_chroms)
+    if overlap:
+        raise InputError("config", "windows.test_chroms", sorted(overlap)[0], "also listed in windows.validation_chroms")
+    out = {s: [] for s in SPLITS}
+    for name, n in lengths.items():
+        split = split_of(name, validation_chroms, test_chroms)
+        if split == "train" and chroms and name not in chroms:
+            continue
+        if n < length:
+            if split != "train":
+                field = "windows.validation_chroms" if split == "validation" else "windows.test_chroms"
+                raise InputError(source, field, name, f"chromosome is {n} bp, shorter than windows.length={length}")
+            log.warning("skipping %s: %d bp is shorter than the window (%d bp)", name, n, length)
+            continue
+        out[split].append(name)
+    return out
+
+
+def _sample_split(fasta, split, chroms, lengths, count, length, max_n, rng, source):
+    """``count`` windows ``(chrom, start, end)`` of one split by rejection sampling."""
+    if count == 0:
+        return []
+    if not chroms:
+        raise InputError(source, f"windows.count.{split}", count, f"no chromosome of at least {length} bp for this split")
+    sizes = np.array([lengths[c] - length + 1 for c in chroms], dtype=np.float64)  # valid start positions
+    prob = np.array([lengths[c] for c in chroms], dtype=np.float64)
+    prob /= prob.sum()
+    tries = np.zeros(len(chroms), dtype=np.int64)
+    hits = np.zeros(len(chroms), dtype=np.int64)
+    out = []
+    budget = ATTEMPTS_PER_WINDOW * count + ATTEMPTS_BEFORE_GIVING_UP
+    for _ in range(budget):
+        i = int(rng.choice(len(chroms), p=prob))
+        start = int(rng.integers(0, int(sizes[i])))
+        seq = fasta[chroms[i]][start:start + length]
+        tries[i] += 1
+        if count_n(seq) <= max_n:
+            hits[i] += 1
+            out.append((chroms[i], start, start + length))
+            if len(out) == count:
+                return out
+        elif hits[i] == 0 and tries[i] >= ATTEMPTS_BEFORE_GIVING_UP:
+            raise InputError(source, "windows.max_n", max_n,
+                             f"chromosome {chroms[i]} yielded no window with at most {max_n} N's in "
+                             f"{tries[i]} draws (is it all N?)")
+    raise InputError(source, f"windows.count.{split}", count,
+                     f"only {len(out)} windows with at most {max_n} N's found in {budget} draws")
+
+
+def read_regions(path, lengths, length):
+    """Window centres ``[(chrom, pos)]`` (1-based) from a BED file (centre of each interval) or a
+    ``chrom<TAB>position`` file (1-based). Raises InputError on unknown chromosomes and on
+    windows that would leave the chromosome."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "windows.regions", str(path), "regions file not found")
+    centres = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip() or line.startswith(("#", "track", "browser")):
+                continue
+            fields = line.rstrip("\n").split("\t")
+            where = f"{path}:{lineno}"
+            try:
+                if len(fields) >= 3:
+                    s, e = int(fields[1]), int(fields[2])
+                    pos = (s + e - 1) // 2 + 1
+                elif len(fields) == 2:
+                    pos = int(fields[1])
+                else:
+                    raise ValueError
+            except ValueError:
+                raise InputError(where, "windows.regions", line.strip(), "expected chrom<TAB>position or BED") from None
+            chrom = fields[0]
+            if chrom not in lengths:
+                raise InputError(where, "chrom", chrom, "chromosome not in the FASTA")
+            start, end = window_bounds(pos, length)
+            if start < 0 or end > lengths[chrom] or pos < 1:
+                raise InputError(where, "position", pos,
+                                 f"a {length} bp window around it leaves {chrom} (1..{lengths[chrom]})")
+            centres.append((chrom, pos))
+    if not centres:
+        raise InputError(path, "windows.regions", str(path), "no regions in file")
+    return centres
+
+
+def sample_windows(fasta_path, length, max_n, counts, validation_chroms, test_chroms, seed,
+                   chroms=(), regions=""):
+    """Windows of every split, ids numbered train, then validation, then test.
+
+    Random windows: a chromosome drawn with probability proportional to its length, a uniform
+    start, rejected when it holds more than ``max_n`` N's. With ``regions``, windows are centred on
+    the listed positions instead and assigned to splits by chromosome (``counts`` unused).
+    """
+    fasta = open_fasta(fasta_path)
+    lengths = chromosome_lengths(fasta)
+    per_split = split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms, fasta_path)
+    drawn = {s: [] for s in SPLITS}
+    if regions:
+        for chrom, pos in read_regions(regions, lengths, length):
+            start, end = window_bounds(pos, length)
+            drawn[split_of(chrom, validation_chroms, test_chroms)].append((chrom, start, end))
+    else:
+        for k, split in enumerate(SPLITS):
+            rng = np.random.default_rng([seed, 7, k])
+            drawn[split] = _sample_split(fasta, split, per_split[split], lengths, counts[split], length, max_n,
+                                         rng, fasta_path)
+    windows = []
+    for split in SPLITS:
+        for chrom, start, end in drawn[split]:
+            windows.append(Window(len(windows), split, chrom, start, end))
+    log.info("sampled %s windows of %d bp", {s: len(drawn[s]) for s in SPLITS}, length)
+    return windows
+
+
+def write_windows(windows, path):
+    """BED with columns chrom, start, end, window_id, split (atomic write)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        for w in windows:
+            fh.write(f"{w.chrom}\t{w.start}\t{w.end}\t{w.window_id}\t{w.split}\n")
+    os.replace(tmp, path)
+
+
+def read_windows(path):
+    """Windows from a BED written by ``write_windows``."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            chrom, start, end, wid, split = line.rstrip("\n").split("\t")
+            out.append(Window(int(wid), split, chrom, int(start), int(end)))
+    return out
+
+
+def shard_of(window_id, n_windows, n_shards):
+    """Shard index of a window: contiguous blocks of window ids."""
+    return window_id * n_shards // max(n_windows, 1)
+
+
+def shard_windows(windows, shard, n_shards):
+    """The windows of one shard."""
+    return [w for w in windows if shard_of(w.window_id, len(windows), n_shards) == shard]
+
+
+def sample_to_bed(fasta, out, length, max_n, counts, validation_chroms, test_chroms, seed, chroms=(), regions=""):
+    """Stage: sample the windows of every split and write them as BED."""
+    windows = sample_windows(fasta, length, max_n, counts, validation_chroms, test_chroms, seed, chroms, regions)
+    write_windows(windows, out)
+    return windows

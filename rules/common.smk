@@ -1,8 +1,33 @@
 # Config validation (defaults filled from the schema) and the paths every rule shares.
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
+from seqmux.config import config_error
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError:
+    schema_file = os.path.join(workflow.basedir, "schemas/config.schema.yaml")
+    raise WorkflowError(config_error(config, schema_file, "config (" + ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"])) + ")")) from None
+
+
+
+def require_file(field, path, needed=False):
+    """Fail at start, in one line, when a file the config names is missing."""
+    if needed and not path:
+        raise WorkflowError(f"config: {field}='': required when base_model.kind={config['base_model']['kind']}")
+    if path and not os.path.isfile(path):
+        raise WorkflowError(f"config: {field}={path!r}: file not found")
+
+
+require_file("genome.fasta", config["genome"]["fasta"])
+require_file("windows.regions", config["windows"]["regions"])
+require_file("base_model.weights", config["base_model"]["weights"], config["base_model"]["kind"] == "beluga")
+require_file("base_model.module", config["base_model"]["module"], config["base_model"]["kind"] == "custom")
+require_file("base_model.names", config["base_model"]["names"])
+if config["base_model"]["kind"] == "custom" and not config["base_model"]["class"]:
+    raise WorkflowError("config: base_model.class='': required when base_model.kind=custom")
 
 SPLITS = ["train", "validation", "test"]
 SPLIT_FILES = expand("results/splits/{split}.feather", split=SPLITS)

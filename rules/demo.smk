@@ -13,6 +13,8 @@ rule demo_genome:
         motifs=config["genome"]["demo"]["motifs"],
         spacing=config["genome"]["demo"]["motif_spacing"],
         seed=config["seed"],
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("demo_genome"),
     benchmark:
@@ -32,6 +34,8 @@ rule demo_base_model:
         length=config["windows"]["length"],
         demo=config["base_model"]["demo"],
         seed=config["seed"],
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("demo_base_model"),
     benchmark:

@@ -7,6 +7,8 @@ rule encode_windows:
         windows="results/windows/windows.bed",
     output:
         tokens="results/encoded/tokens.npy",
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("encode_windows"),
     benchmark:

@@ -12,6 +12,8 @@ rule assemble_splits:
     params:
         base_model=base_model_spec(),
         targets=config["targets"],
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("assemble_splits"),
     benchmark:

@@ -16,6 +16,8 @@ rule compute_targets:
     threads: 2
     resources:
         gpu=1,
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("compute_targets", ".{shard}"),
     benchmark:

@@ -9,6 +9,8 @@ rule expand_mutations:
         variants="results/variants/{shard}.feather",
     params:
         n_shards=config["targets"]["shards"],
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("expand_mutations", ".{shard}"),
     benchmark:

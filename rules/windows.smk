@@ -10,6 +10,8 @@ rule sample_windows:
     params:
         windows=config["windows"],
         seed=config["seed"],
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("sample_windows"),
     benchmark:

@@ -79,24 +79,26 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
 
 
 def scatter_targets(ref, alt, offsets, alts, length, mode="logfold"):
-    """Target ``[F, 4, L]`` float32 from ``ref [F]`` and substitution outputs ``alt [M, F]``;
+    """Target ``[F, 4, L]`` (dtype of ``alt``) from ``ref [F]`` and substitution outputs ``alt [M, F]``;
     substitutions not listed (identity) stay exactly 0."""
-    target = torch.zeros(ref.shape[0], 4, length, dtype=torch.float32, device=ref.device)
+    target = torch.zeros(ref.shape[0], 4, length, dtype=alt.dtype, device=ref.device)
     if len(offsets):
-        target[:, alts, offsets] = effect(alt.float(), ref.float()[None, :], mode).T
+        target[:, alts, offsets] = effect(alt, ref[None, :], mode).T
     return target
 
 
 @torch.no_grad()
 def window_targets(model, tokens, offsets, alts, mode="logfold", method="naive", batch_size=256, device="cpu"):
-    """``(reference [F], target [F, 4, L])`` numpy float32 for one window's tokens ``[L]`` and its
-    substitutions (numpy ``offsets``, ``alts``)."""
-    x = torch.from_numpy(one_hot(tokens)).to(device)
+    """``(reference [F], target [F, 4, L])`` numpy arrays for one window's tokens ``[L]`` and its
+    substitutions (numpy ``offsets``, ``alts``), computed in the model's dtype (float32, or
+    float64 for a ``model.double()``)."""
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    x = torch.from_numpy(one_hot(tokens)).to(device, dtype)
     off = torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device)
     alt_idx = torch.from_numpy(np.asarray(alts, dtype=np.int64)).to(device)
     ref, alt = predict_substitutions(model, x, off, alt_idx, method, batch_size)
     target = scatter_targets(ref, alt, off, alt_idx, x.shape[-1], mode)
-    return ref.float().cpu().numpy(), target.cpu().numpy()
+    return ref.cpu().numpy(), target.cpu().numpy()
 
 
 def target_schema(n_outputs, length, dtype="float16", metadata=None):

@@ -1,0 +1,62 @@
+"""Shared fixtures: a small demo genome and demo model built with the package, and a runner for
+the Snakemake workflow in a temporary directory."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a workflow config small enough for a test: 10 windows of 400 bp on a 9 x 40 kb demo genome
+TINY = {
+    "seed": 3,
+    "genome": {"demo": {"chromosomes": {f"chr{i}": 40000 for i in range(1, 10)}}},
+    "windows": {"length": 400, "count": {"train": 6, "validation": 2, "test": 2}},
+    "targets": {"shards": 2, "dtype": "float32"},
+}
+
+
+def deep_update(base, extra):
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run_workflow(workdir, config, *targets, extra_args=(), timeout=600):
+    """Run the workflow in ``workdir`` with ``config`` (a dict merged over config/config.yaml)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "test_config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg), "--nolock", *extra_args, *targets]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """A demo genome (9 x 40 kb) with its motifs and a demo base model (L = 400)."""
+    from seqmux.genome import build_demo_genome
+    from seqmux.models import write_demo_model
+
+    d = tmp_path_factory.mktemp("demo")
+    build_demo_genome(d / "genome.fa", d / "sites.bed", d / "motifs.json",
+                      {f"chr{i}": 40000 for i in range(1, 10)}, seed=5)
+    write_demo_model(d / "genome.fa", d / "motifs.json", d / "model.pt", d / "names.txt", 400, 6, 5,
+                     (24, 16, 16), 32, n_calibration=16)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One end-to-end run of the workflow on the tiny config (shared by several tests)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = run_workflow(workdir, TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

@@ -1,0 +1,46 @@
+import numpy as np
+import pyarrow as pa
+
+from seqmux.encoding import tokenize
+from seqmux.genome import open_fasta
+from seqmux.variants import VARIANT_SCHEMA, expand_shard, substitutions, variant_labels, window_variant_table
+from seqmux.windows import Window, write_windows
+
+
+def test_three_substitutions_per_base_four_at_n():
+    tokens = tokenize("ACNT")
+    offsets, alts = substitutions(tokens)
+    assert len(offsets) == 3 + 3 + 4 + 3
+    for o, a in zip(offsets, alts):
+        assert a != tokens[o]
+    # position-major order
+    assert list(offsets) == sorted(offsets)
+
+
+def test_labels_are_one_based_vcf_style():
+    labels = variant_labels("chr11", 999999, np.array([0, 1]), np.array([2, 0]), np.array([0, 3]))
+    assert labels.tolist() == ["chr11:1000000 C>A", "chr11:1000001 A>T"]
+
+
+def test_window_table_matches_genome(demo_dir, tmp_path):
+    fa = open_fasta(demo_dir / "genome.fa")
+    start, end = 20000, 20050
+    seq = fa["chr3"][start:end]
+    table = pa.Table.from_batches([window_variant_table(7, "chr3", start, tokenize(seq))])
+    assert table.schema == VARIANT_SCHEMA
+    assert table.num_rows == 3 * sum(c in "ACGTacgt" for c in seq) + 4 * sum(c not in "ACGTacgt" for c in seq)
+    for row in table.to_pylist()[::17]:
+        pos = row["position"]  # 1-based
+        assert fa["chr3"][pos - 1:pos].upper() == row["ref"] or row["ref"] == "N"
+        assert row["label"] == f"chr3:{pos} {row['ref']}>{row['alt']}"
+        assert row["offset"] == pos - 1 - start
+
+
+def test_expand_shard_writes_only_its_windows(demo_dir, tmp_path):
+    windows = [Window(i, "train", "chr1", 10000 + 100 * i, 10000 + 100 * i + 64) for i in range(4)]
+    write_windows(windows, tmp_path / "w.bed")
+    fa = open_fasta(demo_dir / "genome.fa")
+    np.save(tmp_path / "t.npy", np.stack([tokenize(fa["chr1"][w.start:w.end]) for w in windows]))
+    expand_shard(tmp_path / "w.bed", tmp_path / "t.npy", 1, 2, tmp_path / "v.feather")
+    table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "v.feather"))).read_all()
+    assert sorted(set(table.column("window_id").to_pylist())) == [2, 3]

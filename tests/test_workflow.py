@@ -1,0 +1,152 @@
+"""The spine run by Snakemake end to end, on the tiny config, and its bad inputs."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, deep_update, run_workflow
+from seqmux.encoding import tokenize
+from seqmux.genome import open_fasta, read_bed_intervals
+from seqmux.models import BelugaFamily
+from seqmux.splits import open_split, split_info, targets_of
+from seqmux.windows import read_windows
+
+SPLITS = ("train", "validation", "test")
+PRODUCTS = ["results/windows/windows.bed", "results/encoded/tokens.npy", "results/targets/0000.arrow",
+            "results/targets/0001.arrow"] + [f"results/splits/{s}.feather" for s in SPLITS]
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_spine_builds_the_three_splits(tiny_run):
+    tables = {s: open_split(tiny_run / f"results/splits/{s}.feather") for s in SPLITS}
+    assert {s: t.num_rows for s, t in tables.items()} == TINY["windows"]["count"]
+    info = split_info(tables["train"])
+    assert info["n_outputs"] == 16 and info["length"] == 400 and info["mode"] == "logfold"
+    assert len(info["output_names"]) == 16
+    fa = open_fasta(tiny_run / "resources/demo/genome.fa")
+    for s, t in tables.items():
+        for row in t.select(["chrom", "start", "end", "sequence"]).to_pylist():
+            assert row["sequence"] == fa[row["chrom"]][row["start"]:row["end"]].upper().replace("R", "N")
+    # split hygiene: no chromosome in two splits, held-out chromosomes where the config puts them
+    chroms = {s: set(t.column("chrom").to_pylist()) for s, t in tables.items()}
+    assert not (chroms["train"] & chroms["validation"]) and not (chroms["train"] & chroms["test"])
+    assert not (chroms["validation"] & chroms["test"])
+    assert chroms["validation"] <= {"chr7"} and chroms["test"] <= {"chr8", "chr9"}
+    # identity substitutions are exactly zero, every other target is finite
+    target = targets_of(tables["test"])
+    for i, seq in enumerate(tables["test"].column("sequence").to_pylist()):
+        tokens = tokenize(seq)
+        ok = tokens < 4
+        assert np.all(target[i][:, tokens[ok], np.nonzero(ok)[0]] == 0)
+    assert np.all(np.isfinite(target))
+    for rule in ("sample_windows", "compute_targets.0000", "assemble_splits"):
+        assert (tiny_run / f"results/benchmarks/{rule}.tsv").exists()
+        assert (tiny_run / f"logs/{rule}.log").exists()
+
+
+def test_same_config_same_bytes(tiny_run, tmp_path):
+    result = run_workflow(tmp_path, TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for product in PRODUCTS:
+        assert digest(tiny_run / product) == digest(tmp_path / product), product
+
+
+def test_demo_targets_respond_to_planted_motifs(tiny_run):
+    """Mean |log-fold| inside planted motif sites is at least 5x the background's."""
+    sites = read_bed_intervals(tiny_run / "resources/demo/motif_sites.bed")
+    inside, outside = [], []
+    for s in SPLITS:
+        table = open_split(tiny_run / f"results/splits/{s}.feather")
+        target = targets_of(table)
+        for i, row in enumerate(table.select(["chrom", "start", "end"]).to_pylist()):
+            mask = np.zeros(row["end"] - row["start"], dtype=bool)
+            for a, b in sites.get(row["chrom"], []):
+                if b > row["start"] and a < row["end"]:
+                    mask[max(a - row["start"], 0):b - row["start"]] = True
+            effect = np.abs(target[i]).sum(axis=1) / 3  # [F, L], mean over the 3 substitutions
+            inside.append(effect[:, mask].ravel())
+            outside.append(effect[:, ~mask].ravel())
+    ratio = np.concatenate(inside).mean() / np.concatenate(outside).mean()
+    assert ratio >= 5, ratio
+
+
+def test_windows_table_is_bed(tiny_run):
+    windows = read_windows(tiny_run / "results/windows/windows.bed")
+    assert [w.window_id for w in windows] == list(range(10))
+    assert all(w.end - w.start == 400 for w in windows)
+
+
+# ---- bad input: one clear line, non-zero exit, no partial outputs -----------------------------------
+
+def write_fasta(path, records):
+    with open(path, "w") as fh:
+        for name, seq in records.items():
+            fh.write(f">{name}\n{seq}\n")
+    return str(path)
+
+
+def random_genome(tmp_path, names=("chr1", "chr2", "chr8"), length=5000):
+    rng = np.random.default_rng(0)
+    return write_fasta(tmp_path / "genome.fa", {n: "".join(rng.choice(list("ACGT"), length)) for n in names})
+
+
+def assert_failed_cleanly(result, workdir, *fragments, products=PRODUCTS):
+    """Non-zero exit, the error fragments in the output, none of ``products`` left behind."""
+    assert result.returncode != 0
+    text = result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in text, text[-3000:]
+    for product in products:
+        assert not (workdir / product).exists(), product
+    assert not list(workdir.glob("results/**/*.tmp"))
+
+
+def test_config_not_matching_schema(tmp_path):
+    result = run_workflow(tmp_path, deep_update(TINY, {"windows": {"length": "long"}}), "-n")
+    assert_failed_cleanly(result, tmp_path, "windows.length='long'", "is not of type 'integer'")
+    result = run_workflow(tmp_path, deep_update(TINY, {"targets": {"mode": "ratio"}}), "-n")
+    assert_failed_cleanly(result, tmp_path, "targets.mode='ratio'")
+
+
+def test_missing_fasta(tmp_path):
+    result = run_workflow(tmp_path, deep_update(TINY, {"genome": {"fasta": str(tmp_path / "absent.fa")}}))
+    assert_failed_cleanly(result, tmp_path, "genome.fasta=", "absent.fa", "file not found")
+
+
+def test_held_out_chromosome_absent(tmp_path):
+    fasta = random_genome(tmp_path)
+    config = deep_update(TINY, {"genome": {"fasta": fasta}, "windows": {"validation_chroms": ["chr7"]}})
+    result = run_workflow(tmp_path, config)
+    assert_failed_cleanly(result, tmp_path, "error: ", "windows.validation_chroms='chr7': chromosome not in the FASTA")
+
+
+def test_all_n_held_out_chromosome(tmp_path):
+    fasta = write_fasta(tmp_path / "genome.fa", {"chr1": "ACGT" * 500, "chr7": "N" * 3000, "chr8": "ACGT" * 500,
+                                                  "chr9": "ACGT" * 500})
+    result = run_workflow(tmp_path, deep_update(TINY, {"genome": {"fasta": fasta}}))
+    assert_failed_cleanly(result, tmp_path, "error: ", "chr7 yielded no window")
+
+
+def test_beluga_weights_that_do_not_fit(tmp_path):
+    fasta = random_genome(tmp_path, names=("chr1", "chr7", "chr8", "chr9"))
+    weights = tmp_path / "deepsea.beluga.pth"
+    torch.save(BelugaFamily(length=2000, channels=(8, 8, 8), hidden=4, n_outputs=2).state_dict(), weights)
+    config = deep_update(TINY, {"genome": {"fasta": fasta}, "windows": {"length": 2000},
+                                "base_model": {"kind": "beluga", "weights": str(weights)}})
+    result = run_workflow(tmp_path, config)
+    assert_failed_cleanly(result, tmp_path, "error: ", "base_model.weights=", "mis-shaped keys: model.0.0.bias (8,) != (320,)",
+                          products=PRODUCTS[2:])
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"kind": "custom", "module": "absent.py", "class": "Net"}, "base_model.module='absent.py': file not found"),
+    ({"kind": "beluga"}, "base_model.weights='': required when base_model.kind=beluga"),
+])
+def test_base_model_files_checked_at_start(tmp_path, extra, fragment):
+    result = run_workflow(tmp_path, deep_update(TINY, {"base_model": extra}), "-n")
+    assert_failed_cleanly(result, tmp_path, fragment)

@@ -14,7 +14,11 @@ def configure_logging(log_path=None, level=logging.INFO):
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.stderr)
+    if log_path:
+        open(log_path, "w").close()  # truncate, then append: run_stage's progress bars write to the same file
+        handler = logging.FileHandler(log_path, mode="a")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(fmt)
     root.addHandler(handler)
     root.setLevel(level)
@@ -42,7 +46,8 @@ def run_stage(log_path, fn, *args, threads=None, **kwargs):
     try:
         result = fn(*args, **kwargs)
     except InputError as err:
-        log.error("%s", err)
+        if log_path:  # without a log file the log is stderr, where the line below already goes
+            log.error("%s", err)
         print(f"error: {err}", file=console, flush=True)
         sys.exit(1)
     except Exception:

@@ -69,3 +69,92 @@ def expand_shard(windows_bed, tokens_npy, shard, n_shards, out):
         for w in windows:
             writer.write_batch(window_variant_table(w.window_id, w.chrom, w.start, np.asarray(tokens[w.window_id])))
     os.replace(tmp, out)
+
+
+# --- VCF input --------------------------------------------------------------------------------
+
+_BASE_INDEX = {b: i for i, b in enumerate("AGCT")}
+
+
+def snv_label(chrom, pos, ref, alt):
+    """``chrom:pos REF>ALT`` of one variant (``pos`` 1-based, as in a VCF)."""
+    return f"{chrom}:{pos} {ref}>{alt}"
+
+
+def read_vcf(path, field="--vcf"):
+    """The single-nucleotide variants of a VCF (plain or gzipped) and the records that are not.
+
+    Returns ``(snvs, skipped)``: ``snvs`` a list of ``(chrom, pos, ref, alt, where)`` with ``pos``
+    1-based, ``ref``/``alt`` upper-case single bases (A, C, G or T) and ``where`` = ``file:line``;
+    one entry per ALT allele (multi-allelic records are split at the commas); exact repeats are
+    kept once. ``skipped``: ``(label, reason)`` of every other allele (indels, symbolic or missing
+    ALT, REF/ALT not A/C/G/T, ALT equal to REF, repeats). Header lines (``#``) and blank lines are
+    ignored. Raises InputError for a missing file or a line without CHROM POS ID REF ALT.
+    """
+    import gzip
+    from pathlib import Path
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, field, str(path), "VCF file not found")
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    snvs, skipped, seen = [], [], set()
+    try:
+        with opener(path, "rt") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.startswith("#") or not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                fields = line.rstrip("\r\n").split("\t")
+                if len(fields) < 5:
+                    raise InputError(where, field, line.strip()[:80],
+                                     "expected tab-separated CHROM POS ID REF ALT ...")
+                chrom, pos_text, _, ref_text, alt_text = fields[:5]
+                try:
+                    pos = int(pos_text)
+                except ValueError:
+                    raise InputError(where, "POS", pos_text, "not an integer") from None
+                ref = ref_text.upper()
+                for alt_raw in alt_text.split(","):
+                    alt = alt_raw.upper()
+                    label = snv_label(chrom, pos, ref_text, alt_raw)
+                    if len(ref) != 1 or len(alt) != 1 or alt in ("*", "."):
+                        reason = "not a single-nucleotide variant"
+                        if alt in (".", "*") or alt.startswith("<") or "[" in alt or "]" in alt:
+                            reason = "no ALT allele" if alt == "." else "symbolic ALT allele"
+                        skipped.append((label, reason))
+                    elif ref not in _BASE_INDEX or alt not in _BASE_INDEX:
+                        skipped.append((label, "REF or ALT is not A, C, G or T"))
+                    elif ref == alt:
+                        skipped.append((label, "ALT equals REF"))
+                    elif (chrom, pos, ref, alt) in seen:
+                        skipped.append((label, "repeated in the VCF, scored once"))
+                    else:
+                        seen.add((chrom, pos, ref, alt))
+                        snvs.append((chrom, pos, ref, alt, where))
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise InputError(path, field, str(path), f"cannot read VCF: {err}".splitlines()[0]) from None
+    return snvs, skipped
+
+
+def check_refs(snvs, fasta):
+    """Split VCF SNVs into those whose REF matches the genome (case-insensitive) and those that do
+    not. Returns ``(kept, mismatches)``; a mismatch is ``(label, reason)`` naming the genome's base.
+    Chromosomes and positions must already be known to be inside the FASTA."""
+    kept, mismatches = [], []
+    for chrom, pos, ref, alt, where in snvs:
+        base = fasta[chrom][pos - 1:pos].upper()
+        if base != ref:
+            mismatches.append((snv_label(chrom, pos, ref, alt), f"REF mismatch: genome has {base} at {chrom}:{pos}"))
+        else:
+            kept.append((chrom, pos, ref, alt, where))
+    return kept, mismatches
+
+
+def base_index(base):
+    """Index of a base in A,G,C,T order."""
+    return _BASE_INDEX[base]

@@ -107,13 +107,13 @@ def _sample_split(fasta, split, chroms, lengths, count, length, max_n, rng, sour
                      f"only {len(out)} windows with at most {max_n} N's found in {budget} draws")
 
 
-def read_regions(path, lengths, length):
+def read_regions(path, lengths, length, field="windows.regions"):
     """Window centres ``[(chrom, pos)]`` (1-based) from a BED file (centre of each interval) or a
-    ``chrom<TAB>position`` file (1-based). Raises InputError on unknown chromosomes and on
-    windows that would leave the chromosome."""
+    ``chrom<TAB>position`` file (1-based). Raises InputError (naming ``field`` for the file itself)
+    on unknown chromosomes and on windows that would leave the chromosome."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "windows.regions", str(path), "regions file not found")
+        raise InputError(path, field, str(path), "regions file not found")
     centres = []
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
@@ -130,7 +130,7 @@ def read_regions(path, lengths, length):
                 else:
                     raise ValueError
             except ValueError:
-                raise InputError(where, "windows.regions", line.strip(), "expected chrom<TAB>position or BED") from None
+                raise InputError(where, field, line.strip(), "expected chrom<TAB>position or BED") from None
             chrom = fields[0]
             if chrom not in lengths:
                 raise InputError(where, "chrom", chrom, "chromosome not in the FASTA")
@@ -140,7 +140,7 @@ def read_regions(path, lengths, length):
                                  f"a {length} bp window around it leaves {chrom} (1..{lengths[chrom]})")
             centres.append((chrom, pos))
     if not centres:
-        raise InputError(path, "windows.regions", str(path), "no regions in file")
+        raise InputError(path, field, str(path), "no regions in file")
     return centres
 
 

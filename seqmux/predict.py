@@ -1,0 +1,382 @@
+"""Substitution effects of genomic positions and VCF variants, written as tables: the ``predict``
+command of the command-line tool.
+
+Inputs are windows of length L centred on 1-based positions (``window_bounds``). A position input
+gets a row for every substitution of its window (3 per base, 4 at an N); a VCF input gets a row per
+listed SNV, scored in the window centred on that SNV. Rows are labelled ``chr:pos REF>ALT`` (1-based
+genomic ``pos``), with a ``window`` column (``chr:pos``, the window centre) because overlapping
+windows give the same substitution different effects; the other columns are the output names.
+
+Effects come from the trained multiplexer (one forward pass per window) or from exact ISM of the
+base model (``window_targets``), as log-fold change or ``alt - ref``. Every input is checked before
+any model runs; outputs are written under temporary names and renamed once everything succeeded.
+"""
+
+import gzip
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .encoding import tokenize
+from .errors import InputError
+from .genome import chromosome_lengths, open_fasta
+from .ism import pick_device, progress, window_targets
+from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
+from .windows import read_regions, window_bounds
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"tsv": ("tsv",), "parquet": ("parquet",), "both": ("tsv", "parquet")}
+# config field names (used by models.py) -> the command-line options that set them
+CLI_FIELDS = {"base_model.weights": "--weights", "base_model.module": "--modelpath", "base_model.class": "--modelname",
+              "base_model.names": "--names", "base_model.kind": "--model-kind", "windows.length": "--length"}
+MAX_LOGGED_SKIPS = 10
+
+
+@dataclass
+class Job:
+    """One window to score: its centre, and either every substitution (``alts is None``) or the
+    listed alternative bases (indices in A,G,C,T order) at the centre."""
+    chrom: str
+    pos: int
+    alts: list = None
+
+    @property
+    def name(self):
+        return f"{self.chrom}:{self.pos}"
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+def check_window(chrom, pos, lengths, length, source, chrom_field="chromosome", pos_field="position"):
+    """InputError unless ``chrom`` is in the genome and the window centred on ``pos`` fits in it."""
+    if chrom not in lengths:
+        known = ", ".join(list(lengths)[:5]) + (", ..." if len(lengths) > 5 else "")
+        raise InputError(source, chrom_field, chrom, f"chromosome not in the genome (it has {known})")
+    start, end = window_bounds(pos, length)
+    if pos < 1 or start < 0 or end > lengths[chrom]:
+        lower = (length - 1) // 2
+        raise InputError(source, pos_field, pos,
+                         f"the {length} bp window around it leaves {chrom} (window centres must lie in "
+                         f"{lower + 1}..{lengths[chrom] - (length - 1 - lower)} of 1..{lengths[chrom]})")
+
+
+def position_jobs(lengths, length, chromosome=None, position=None, inputs_file=None):
+    """Jobs of the position inputs (``--chromosome/--position`` and ``--inputs-file``), in input
+    order, repeats dropped."""
+    centres = []
+    if chromosome is not None:
+        check_window(chromosome, position, lengths, length, "command line", "--chromosome", "--position")
+        centres.append((chromosome, position))
+    if inputs_file:
+        centres += read_regions(inputs_file, lengths, length, field="--inputs-file")
+    unique = list(dict.fromkeys(centres))
+    if len(unique) < len(centres):
+        log.info("%d repeated positions scored once", len(centres) - len(unique))
+    return [Job(chrom, pos) for chrom, pos in unique]
+
+
+def vcf_jobs(path, fasta, lengths, length):
+    """Jobs of a VCF (one per variant site, all its ALT alleles) and ``(label, reason)`` of the
+    records not scored: non-SNVs and REF mismatches, each logged."""
+    snvs, skipped = read_vcf(path)
+    for chrom, pos, _, _, where in snvs:
+        check_window(chrom, pos, lengths, length, where, "CHROM", "POS")
+    kept, mismatches = check_refs(snvs, fasta)
+    jobs = {}
+    for chrom, pos, _, alt, _ in kept:
+        job = jobs.setdefault((chrom, pos), Job(chrom, pos, alts=[]))
+        job.alts.append(base_index(alt))
+    for label, reason in mismatches:
+        skipped.append((label, reason))
+    for label, reason in skipped[:MAX_LOGGED_SKIPS]:
+        log.warning("skipped %s: %s", label, reason)
+    if len(skipped) > MAX_LOGGED_SKIPS:
+        log.warning("... and %d more skipped VCF records", len(skipped) - MAX_LOGGED_SKIPS)
+    log.info("VCF %s: %d SNVs to score at %d sites, %d records skipped (%d REF mismatches)", path, len(kept),
+             len(jobs), len(skipped), len(mismatches))
+    return list(jobs.values()), skipped
+
+
+# --- models -----------------------------------------------------------------------------------
+
+def _cli_error(err):
+    """The same InputError with config field names replaced by the options that set them."""
+    source = "command line" if err.source == "config" else err.source
+    return InputError(source, CLI_FIELDS.get(err.field, err.field), err.value, err.problem)
+
+
+def unique_names(names):
+    """Output names made unique as pandas does on reading (second ``x`` becomes ``x.1``)."""
+    seen, out = {"variant": 1, "window": 1}, []  # the table's own columns
+    taken = set(names) | set(seen)
+    for name in names:
+        if name in seen:
+            k = seen[name]
+            while f"{name}.{k}" in taken:
+                k += 1
+            seen[name] = k + 1
+            name = f"{name}.{k}"
+            taken.add(name)
+        else:
+            seen[name] = 1
+        out.append(name)
+    renamed = sum(a != b for a, b in zip(names, out))
+    if renamed:
+        log.info("%d repeated output names got a .N suffix (as pandas reads them)", renamed)
+    return out
+
+
+class ExactScorer:
+    """Exact ISM of a base model: one forward pass per substitution (``window_targets``)."""
+
+    def __init__(self, model, mode, batch_size, device):
+        self.model, self.mode, self.batch_size, self.device = model.to(device).eval(), mode, batch_size, device
+
+    def __call__(self, tokens, offsets, alts):
+        """Effects ``[M, F]`` float32 of the substitutions ``(offsets, alts)`` of one window."""
+        _, target = window_targets(self.model, tokens, offsets, alts, self.mode, "naive", self.batch_size,
+                                   self.device)
+        return target[:, alts, offsets].T
+
+
+class MultiplexerScorer:
+    """The trained multiplexer: every effect of a window in one forward pass."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model.to(device).eval(), device
+
+    @torch.no_grad()
+    def __call__(self, tokens, offsets, alts):
+        from .encoding import one_hot
+
+        x = torch.from_numpy(one_hot(tokens)).to(self.device)[None]
+        effects = self.model(x)[0].float().cpu().numpy()  # [F, 4, L]
+        return effects[:, alts, offsets].T
+
+
+def exact_scorer(kind, weights, modelpath, modelname, names, length, mode, batch_size, device):
+    """``(scorer, names, length)`` for exact ISM of the base model given on the command line."""
+    from .models import BELUGA, build_base_model, count_outputs, output_names
+
+    if kind in ("beluga", "demo") and not weights:
+        raise InputError("command line", "--weights", weights, f"the {kind} base model needs a weights file")
+    try:
+        try:
+            model = build_base_model(kind, weights, modelpath, modelname, length)
+        except InputError:
+            raise
+        except Exception as err:  # e.g. a Beluga state dict given as the demo model file
+            raise InputError(weights, "--weights", weights, f"cannot load it as a {kind} model: "
+                             f"{type(err).__name__}: {err}".splitlines()[0]) from None
+        model_length = getattr(model, "length", None) or (BELUGA["length"] if kind == "beluga" else None)
+        if length is None:
+            if model_length is None:
+                raise InputError("command line", "--length", None,
+                                 f"{modelname or kind} has no length attribute: give the window length")
+            length = int(model_length)
+        elif model_length is not None and int(model_length) != length:
+            raise InputError("command line", "--length", length, f"the base model takes {model_length} bp windows")
+        if kind == "demo" and not names and weights:
+            beside = Path(weights).with_name("output_names.txt")
+            names = str(beside) if beside.is_file() else ""
+        try:
+            n_outputs = count_outputs(model, length)
+        except InputError:
+            raise
+        except Exception as err:
+            raise InputError("command line", "--length", length,
+                             f"the base model fails on a window of this length: {err}".splitlines()[0]) from None
+        names = output_names(kind, names, n_outputs)
+    except InputError as err:
+        raise _cli_error(err) from None
+    return ExactScorer(model, mode, batch_size, device), names, length
+
+
+def multiplexer_scorer(path, names, length, mode, device):
+    """``(scorer, names, length)`` for a trained multiplexer file."""
+    if not Path(path).is_file():
+        raise InputError(path, "--multiplexer", str(path),
+                         "multiplexer model not found (train one with the workflow, or use --exact)")
+    try:
+        from .multiplexer import load_multiplexer
+    except ImportError as err:
+        raise InputError(path, "--multiplexer", str(path),
+                         f"this installation cannot load multiplexers ({err}); use --exact") from None
+    model, info = load_multiplexer(path)
+    if info["mode"] != mode:
+        flag = "with --diff" if info["mode"] == "diff" else "without --diff"
+        raise InputError(path, "--multiplexer", str(path),
+                         f"the multiplexer predicts {info['mode']} effects, not {mode}: run {flag} or use --exact")
+    if length is not None and length != int(info["length"]):
+        raise InputError("command line", "--length", length, f"the multiplexer takes {info['length']} bp windows")
+    if names:
+        from .models import output_names
+
+        try:
+            names = output_names("custom", names, len(info["output_names"]))
+        except InputError as err:
+            raise _cli_error(err) from None
+    else:
+        names = list(info["output_names"])
+    return MultiplexerScorer(model, device), names, int(info["length"])
+
+
+def resolve_device(requested):
+    """The torch device for ``--device``; InputError when CUDA is asked for but absent."""
+    if requested != "auto" and requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("command line", "--device", requested, "CUDA is not available on this machine")
+    try:
+        return pick_device(requested)
+    except RuntimeError as err:
+        raise InputError("command line", "--device", requested, str(err).splitlines()[0]) from None
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+class PredictionWriter:
+    """Streams rows to ``PREFIX.tsv.gz`` and/or ``PREFIX.parquet`` (one parquet row group per
+    window) under temporary names; ``commit`` renames every file at once, ``discard`` removes them."""
+
+    def __init__(self, prefix, formats, names, metadata, skipped=None):
+        self.prefix, self.names, self.metadata = str(prefix), list(names), metadata
+        self.final, self.tmp = {}, {}
+        for fmt in formats:
+            self.final[fmt] = f"{self.prefix}.tsv.gz" if fmt == "tsv" else f"{self.prefix}.parquet"
+        if skipped is not None:
+            self.final["skipped"] = f"{self.prefix}.skipped.tsv"
+        self.final["json"] = f"{self.prefix}.json"
+        self.tmp = {k: f"{v}.tmp{os.getpid()}" for k, v in self.final.items()}
+        self.skipped = skipped
+        self.rows = 0
+        self._tsv = self._parquet = None
+
+    def __enter__(self):
+        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        import pyarrow as pa
+
+        fields = [pa.field("variant", pa.string()), pa.field("window", pa.string())]
+        fields += [pa.field(n, pa.float32()) for n in self.names]
+        self._schema = pa.schema(fields, metadata={b"seqmux": json.dumps(self.metadata).encode()})
+        if "tsv" in self.final:
+            # gzip level 1: compression, not formatting, is what makes a large TSV slow
+            self._tsv = gzip.open(self.tmp["tsv"], "wb", compresslevel=1)
+            self._tsv.write(("\t".join(["variant", "window", *self.names]) + "\n").encode())
+        if "parquet" in self.final:
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetWriter(self.tmp["parquet"], self._schema)
+        return self
+
+    def add(self, labels, window, values):
+        """Rows ``labels [M]`` of one window with effects ``values [M, F]`` (float32; the TSV holds
+        each value's shortest decimal form that reads back to the same float32)."""
+        import pyarrow as pa
+
+        columns = np.ascontiguousarray(np.asarray(values, dtype=np.float32).T)
+        arrays = [pa.array(np.asarray(labels, dtype=str)), pa.array([window] * len(labels), pa.string())]
+        arrays += [pa.array(column) for column in columns]
+        table = pa.Table.from_arrays(arrays, schema=self._schema)
+        if self._tsv is not None:
+            import pyarrow.csv as csv
+
+            text = pa.BufferOutputStream()
+            csv.write_csv(table, text, csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
+            self._tsv.write(memoryview(text.getvalue()))
+        if self._parquet is not None:
+            self._parquet.write_table(table)
+        self.rows += len(labels)
+
+    def _close(self):
+        if self._tsv is not None:
+            self._tsv.close()
+            self._tsv = None
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+    def __exit__(self, exc_type, exc, tb):
+        self._close()
+        if exc_type is not None:
+            for path in self.tmp.values():
+                if os.path.exists(path):
+                    os.remove(path)
+            return False
+        if self.skipped is not None:
+            with open(self.tmp["skipped"], "w") as fh:
+                fh.write("variant\treason\n")
+                for label, reason in self.skipped:
+                    fh.write(f"{label}\t{reason}\n")
+        meta = dict(self.metadata, rows=self.rows, files=sorted(os.path.basename(p) for p in self.final.values()))
+        with open(self.tmp["json"], "w") as fh:
+            json.dump(meta, fh, indent=2)
+            fh.write("\n")
+        for key, path in self.tmp.items():
+            os.replace(path, self.final[key])
+        return False
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def predict(genome, output, chromosome=None, position=None, inputs_file=None, vcf=None, exact=False,
+            multiplexer="results/multiplexer/model.pt", model_kind="demo", weights=None, modelpath="",
+            modelname="", names="", length=None, diff=False, fmt="tsv", device="auto", batch_size=256):
+    """Score the inputs and write ``output``.tsv.gz / .parquet (``fmt`` tsv, parquet or both),
+    ``output``.json (what was run) and, for a VCF, ``output``.skipped.tsv. Returns the number of
+    rows written."""
+    if chromosome is None and not inputs_file and not vcf:
+        raise InputError("command line", "inputs", None, "give --chromosome/--position, --inputs-file or --vcf")
+    if (chromosome is None) != (position is None):
+        missing, given = ("--position", "--chromosome") if chromosome is not None else ("--chromosome", "--position")
+        raise InputError("command line", missing, None, f"needed with {given}")
+    if fmt not in FORMATS:
+        raise InputError("command line", "--format", fmt, "expected tsv, parquet or both")
+    mode = "diff" if diff else "logfold"
+    fasta = open_fasta(genome, "--genome")
+    lengths = chromosome_lengths(fasta)
+    dev = resolve_device(device)
+    if exact:
+        if weights is None and model_kind == "demo":
+            weights = "resources/demo/base_model.pt"
+        scorer, names, length = exact_scorer(model_kind, weights or "", modelpath, modelname, names, length, mode,
+                                             batch_size, dev)
+    else:
+        scorer, names, length = multiplexer_scorer(multiplexer, names, length, mode, dev)
+    names = unique_names(names)
+
+    jobs = position_jobs(lengths, length, chromosome, position, inputs_file)
+    skipped = None
+    if vcf:
+        vcf_list, skipped = vcf_jobs(vcf, fasta, lengths, length)
+        jobs += vcf_list
+    if not jobs:
+        log.warning("nothing to score: every input was skipped (see %s.skipped.tsv)", output)
+    log.info("%d windows of %d bp, %d outputs, %s effects from %s on %s", len(jobs), length, len(names), mode,
+             "exact ISM" if exact else "the multiplexer", dev)
+
+    metadata = dict(command="predict", mode=mode, length=length, genome=str(genome), n_outputs=len(names),
+                    model="exact" if exact else "multiplexer",
+                    model_file=str(weights if exact else multiplexer), model_kind=model_kind if exact else None,
+                    windows=len(jobs), skipped=len(skipped) if skipped is not None else None)
+    with PredictionWriter(output, FORMATS[fmt], names, metadata, skipped) as writer:
+        for job in progress(jobs, len(jobs), "predict"):
+            start, end = window_bounds(job.pos, length)
+            tokens = tokenize(fasta[job.chrom][start:end])
+            if job.alts is None:
+                offsets, alts = substitutions(tokens)
+            else:
+                offsets = np.full(len(job.alts), job.pos - 1 - start, dtype=np.int32)
+                alts = np.asarray(job.alts, dtype=np.int32)
+            values = scorer(tokens, offsets.astype(np.int64), alts.astype(np.int64))
+            if values.shape[1] != len(names):
+                raise InputError("command line", "--names", f"{len(names)} names",
+                                 f"the model has {values.shape[1]} outputs")
+            labels = variant_labels(job.chrom, start, offsets, tokens[offsets], alts)
+            writer.add(labels, job.name, values)
+    log.info("wrote %d rows to %s", writer.rows, ", ".join(writer.final.values()))
+    return writer.rows

@@ -68,10 +68,19 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
     """Reference outputs ``[F]`` and substitution outputs ``[M, F]`` for ``onehot [4, L]``.
 
     ``offsets``/``alts``: int64 tensors ``[M]`` on the model's device (0-based position, base
-    index in A,G,C,T order).
+    index in A,G,C,T order). ``method``: ``fast`` (exact incremental ISM, ``seqmux.fast_ism``;
+    models it cannot analyse fall back to naive ISM with one log line) or ``naive`` (one full
+    forward pass per substitution, in batches of ``batch_size``; fast ISM processes chunks of
+    ``batch_size`` mutants).
     """
     ref = model(onehot.unsqueeze(0))[0]
-    if method == "naive":
+    if method == "fast":
+        from .fast_ism import fast_substitution_predictions
+
+        alt = fast_substitution_predictions(model, onehot, offsets, alts, ref, batch_size)
+        if alt is None:  # not analysable (logged once): naive ISM gives the same values
+            alt = naive_substitution_predictions(model, onehot, offsets, alts, batch_size)
+    elif method == "naive":
         alt = naive_substitution_predictions(model, onehot, offsets, alts, batch_size)
     else:
         raise ValueError(f"unknown ISM method {method!r}")
@@ -88,7 +97,7 @@ def scatter_targets(ref, alt, offsets, alts, length, mode="logfold"):
 
 
 @torch.no_grad()
-def window_targets(model, tokens, offsets, alts, mode="logfold", method="naive", batch_size=256, device="cpu"):
+def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
     """``(reference [F], target [F, 4, L])`` numpy arrays for one window's tokens ``[L]`` and its
     substitutions (numpy ``offsets``, ``alts``), computed in the model's dtype (float32, or
     float64 for a ``model.double()``)."""
@@ -126,7 +135,7 @@ def progress(iterable, total, desc):
 
 @torch.no_grad()
 def compute_target_shard(model, windows, tokens, variants, out_path, names, mode="logfold", dtype="float16",
-                         method="naive", batch_size=256, device="cpu"):
+                         method="fast", batch_size=256, device="cpu"):
     """Write the targets of ``windows`` to an Arrow IPC file, one record batch per window.
 
     ``tokens``: ``[N, L]`` uint8 (memory-mapped is fine), indexed by window id. ``variants``: an
@@ -160,7 +169,7 @@ def compute_target_shard(model, windows, tokens, variants, out_path, names, mode
 
 
 def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, base_model, mode="logfold",
-                    dtype="float16", method="naive", batch_size=256, device="auto"):
+                    dtype="float16", method="fast", batch_size=256, device="auto"):
     """Stage: ISM targets of one shard's windows.
 
     ``base_model``: dict with ``kind``, ``weights``, ``module``, ``class``, ``names`` (the config

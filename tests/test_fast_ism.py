@@ -1,0 +1,316 @@
+"""Fast (incremental) ISM is exact: its log-fold changes equal naive ISM's (full forward passes of
+every mutant) within 1e-5 in float32, on random weights, random sequences with N's and every
+substitution of the window (so both ends are covered); models it cannot analyse fall back to
+naive ISM."""
+
+import copy
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seqmux import fast_ism
+from seqmux.encoding import N_TOKEN, one_hot
+from seqmux.fast_ism import analysable, fast_substitution_predictions
+from seqmux.ism import logfold, predict_substitutions
+from seqmux.models import BelugaFamily, Flatten, build_demo_model
+from seqmux.variants import substitutions
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+TOL = 1e-5
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def random_tokens(rng, length, n_count=5):
+    tokens = rng.integers(0, 4, length).astype(np.uint8)
+    tokens[rng.choice(length, n_count, replace=False)] = N_TOKEN
+    tokens[[0, -1]] = [N_TOKEN, int(rng.integers(0, 4))]   # an N at one end, a base at the other
+    return tokens
+
+
+@torch.no_grad()
+def randomize(model, seed, gain=1.0):
+    """He-normal weights, small biases, random batch-norm statistics; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * np.sqrt(2.0 / fan_in) * gain)
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.2)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def ism_both(model, tokens, batch_size=97, device="cpu", offsets=None, alts=None, dtype=torch.float32,
+             naive_batch=64):
+    """(log-fold fast [M, F], log-fold naive [M, F]) of the substitutions ``offsets``, ``alts``
+    of ``tokens`` (default: all)."""
+    model = model.to(device)
+    x = torch.from_numpy(one_hot(tokens)).to(device, dtype)
+    if offsets is None:
+        offsets, alts = substitutions(tokens)
+    off = torch.as_tensor(np.asarray(offsets, dtype=np.int64), device=device)
+    alt = torch.as_tensor(np.asarray(alts, dtype=np.int64), device=device)
+    ref_f, alt_f = predict_substitutions(model, x, off, alt, "fast", batch_size)
+    ref_n, alt_n = predict_substitutions(model, x, off, alt, "naive", naive_batch)
+    assert torch.equal(ref_f, ref_n)
+    return logfold(alt_f, ref_f[None]), logfold(alt_n, ref_n[None])
+
+
+def assert_exact(model, tokens, noise_floor=False, **kwargs):
+    """Fast ISM runs (the model is analysable) and its float32 log-folds equal naive ISM's within
+    1e-5; in float64 within 1e-9 (no approximation anywhere).
+
+    ``noise_floor``: for a model whose float32 forward passes are themselves noisier than that,
+    the tolerance is also at least twice naive ISM's own float32 error (against float64), which
+    is what two equally exact float32 computations may differ by.
+    """
+    ok, detail = analysable(model, len(tokens))
+    assert ok, detail
+    fast, naive = ism_both(model, tokens, **kwargs)
+    assert fast.shape == naive.shape and fast.dtype == torch.float32
+    assert torch.isfinite(fast).all()
+    assert naive.abs().max().item() > 1e-3    # the test sees real effects
+    dev = (fast - naive).abs().max().item()
+    # float64 (slow on CPU): every substitution, or those of the 12 positions at each end and 120 others
+    offsets, alts = substitutions(tokens)
+    pick = np.arange(len(offsets))
+    if not noise_floor:
+        ends = (offsets < 12) | (offsets >= len(tokens) - 12)
+        rng = np.random.default_rng(len(tokens))
+        pick = np.flatnonzero(ends | np.isin(pick, rng.choice(len(offsets), 120, replace=False)))
+    model64 = copy.deepcopy(model).double()
+    fast64, naive64 = ism_both(model64, tokens, dtype=torch.float64, offsets=offsets[pick], alts=alts[pick],
+                               **kwargs)
+    dev64 = (fast64 - naive64).abs().max().item()
+    assert dev64 <= 1e-9, f"float64: max |log-fold deviation| {dev64:.2e}"
+    tol = TOL
+    if noise_floor:
+        tol = max(TOL, 2 * (naive.double() - naive64).abs().max().item())
+    assert dev <= tol, f"max |log-fold deviation| {dev:.2e} (tolerance {tol:.2e})"
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+class Conv2dChain(nn.Module):
+    """[B, 4, L] -> unsqueeze(2) -> (1, k) convs with padding, batch norm, average pooling."""
+
+    def __init__(self, length=150):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(4, 12, (1, 7), padding=(0, 3)), nn.BatchNorm2d(12), nn.ReLU(),
+            nn.AvgPool2d((1, 3), (1, 3)),
+            nn.Conv2d(12, 12, (1, 5), groups=3), nn.SiLU(), nn.Dropout2d(0.3),
+            nn.MaxPool2d((1, 3), (1, 2), padding=(0, 1)),
+            nn.Conv2d(12, 10, (1, 3), dilation=(1, 2)), nn.BatchNorm2d(10), nn.ELU(),
+        )
+        width = length
+        width = width // 3                       # conv 'same', avg pool 3
+        width = width - 4                        # conv 5
+        width = (width + 2 - 3) // 2 + 1        # max pool 3 stride 2 pad 1
+        width = width - 4                        # dilated conv
+        self.head = nn.Sequential(Flatten(), nn.Linear(10 * width, 24), nn.BatchNorm1d(24), nn.Tanh(),
+                                  nn.Dropout(0.2), nn.Linear(24, 7), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.head(self.body(x.unsqueeze(2)))
+
+
+def conv1d_toy(length=120):
+    """Conv1d chain: 'same' padding, batch norm, average pooling with padding, strided conv,
+    LeakyReLU, flatten with torch's nn.Flatten, then dense layers."""
+    width = length
+    width = (width + 2 - 4) // 2 + 1            # avg pool 4, stride 2, padding 1
+    width = (width - 5) // 2 + 1                # strided conv 5, stride 2
+    width = width - 2                           # conv 3
+    return nn.Sequential(
+        nn.Conv1d(4, 8, 9, padding="same"), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.AvgPool1d(4, 2, padding=1),
+        nn.Conv1d(8, 8, 5, stride=2), nn.LeakyReLU(0.1),
+        nn.Conv1d(8, 6, 3), nn.BatchNorm1d(6), nn.GELU(),
+        nn.Flatten(), nn.ReLU(), nn.Linear(6 * width, 16), nn.ReLU(), nn.Linear(16, 5), nn.Sigmoid(),
+    )
+
+
+class Residual(nn.Module):
+    def __init__(self, length=64):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.conv2 = nn.Conv1d(6, 6, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * length, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.head(h + torch.relu(self.conv2(h)))
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 8, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(8, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        out, _ = self.gru(x.transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beluga_layout_reduced_width(seed):
+    """The published Beluga layout (kernel 8, pool 4) at reduced width, L = 403: the last three
+    positions fall in the bases pooling drops (their substitutions change nothing)."""
+    rng = np.random.default_rng(seed)
+    model = randomize(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10), seed)
+    assert_exact(model, random_tokens(rng, 403), batch_size=[64, 500][seed])
+
+
+def test_beluga_family_other_kernel_and_pool():
+    """Kernel 5 and pool 3 (pool windows straddle the changed ranges in every alignment)."""
+    rng = np.random.default_rng(7)
+    model = randomize(BelugaFamily(200, (8, 8, 12), 5, 3, 16, 6), 7)
+    assert_exact(model, random_tokens(rng, 200), batch_size=33)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_demo_model(seed):
+    """The demo model (JASPAR filters; its head is scaled up to logits of std 2, which makes its
+    float32 forward passes noisy: naive ISM in float32 is ~1e-5 of log-fold off its float64
+    values, and two naive runs batched differently disagree by as much). Exact in float64; in
+    float32 within 1e-5 or that noise floor."""
+    from seqmux.motifs import choose_motifs
+
+    rng = np.random.default_rng(11 + seed)
+    calib = one_hot(np.stack([random_tokens(rng, 400, 0) for _ in range(16)]))
+    model = build_demo_model(choose_motifs(12, np.random.default_rng(2 + seed)), 400, 16, 5 + seed,
+                             calibration_sequences=calib)
+    assert_exact(model, random_tokens(rng, 400), noise_floor=True, batch_size=512)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_toy_avgpool_batchnorm_conv2d(seed):
+    rng = np.random.default_rng(100 + seed)
+    model = randomize(Conv2dChain(150), seed)
+    assert_exact(model, random_tokens(rng, 150), batch_size=[16, 128, 10_000][seed])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_toy_conv1d_padding_stride(seed):
+    rng = np.random.default_rng(200 + seed)
+    model = randomize(conv1d_toy(120), seed)
+    assert_exact(model, random_tokens(rng, 120), batch_size=50)
+
+
+def test_all_n_window_and_explicit_substitutions():
+    """An all-N window (every base is a substitution) and a hand-picked list in arbitrary order,
+    with repeats and the two ends."""
+    model = randomize(conv1d_toy(120), 3)
+    assert_exact(model, np.full(120, N_TOKEN, dtype=np.uint8), batch_size=40)
+    rng = np.random.default_rng(5)
+    tokens = random_tokens(rng, 120)
+    offsets = [119, 0, 60, 0, 119, 61, 3, 60]
+    alts = [(int(tokens[o]) + 1) % 4 if tokens[o] != N_TOKEN else 2 for o in offsets]
+    fast, naive = ism_both(model, tokens, offsets=offsets, alts=alts)
+    assert (fast - naive).abs().max().item() <= TOL
+
+
+def test_identity_substitution_is_exactly_reference():
+    model = randomize(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10), 4)
+    rng = np.random.default_rng(4)
+    tokens = random_tokens(rng, 403)
+    x = torch.from_numpy(one_hot(tokens))
+    pos = np.array([5, 6, 7])
+    off = torch.from_numpy(pos)
+    same = torch.from_numpy(np.where(tokens[pos] == N_TOKEN, 0, tokens[pos]).astype(np.int64))
+    ref, alt = predict_substitutions(model, x, off, same, "fast")
+    for i, p in enumerate(pos):
+        if tokens[p] != N_TOKEN:
+            assert torch.equal(alt[i], ref)
+            assert torch.equal(logfold(alt[i], ref), torch.zeros_like(ref))
+
+
+def test_plan_follows_weight_updates():
+    """The cached plan (position-major dense weights, transposed conv weights) is rebuilt when
+    the weights change in place."""
+    rng = np.random.default_rng(9)
+    model = randomize(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10), 9)
+    tokens = random_tokens(rng, 403)
+    assert_exact(model, tokens)
+    randomize(model, 10)
+    assert_exact(model, tokens)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_code_path_on_each_device(device):
+    rng = np.random.default_rng(12)
+    model = randomize(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10), 12)
+    assert_exact(model, random_tokens(rng, 403), device=device, batch_size=256)
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis and fallback
+
+def test_fast_path_is_taken_for_beluga_like_models():
+    ok, detail = analysable(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10).eval(), 403)
+    assert ok and "maxpool" in detail and "dense 16x" in detail
+    assert analysable(randomize(Conv2dChain(150), 0), 150)[0]
+    plan = fast_ism.get_plan(BelugaFamily(2000, (32, 48, 64), 8, 4, 20, 20).eval(), 2000)
+    assert [g.width for g, s in zip(plan.geometry, plan.steps) if s.kind != "pointwise"] == \
+        [8, 15, 5, 12, 19, 6, 13, 20]   # the receptive-field widths of the issue
+
+
+def test_fast_path_really_runs(monkeypatch):
+    """predict_substitutions(method="fast") runs the incremental code, not naive ISM."""
+    import seqmux.ism as ism
+
+    model = randomize(BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10), 1)
+    tokens = random_tokens(np.random.default_rng(1), 403)
+    x = torch.from_numpy(one_hot(tokens))
+    off, alt = (torch.from_numpy(a.astype(np.int64)) for a in substitutions(tokens))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("naive ISM called")
+
+    monkeypatch.setattr(ism, "naive_substitution_predictions", forbidden)
+    ref, out = predict_substitutions(model, x, off, alt, "fast")
+    assert out.shape == (len(off), 10)
+
+
+@pytest.mark.parametrize("model, length", [(Residual(64), 64), (Recurrent(), 64)],
+                         ids=["residual", "gru"])
+def test_unanalysable_models_fall_back_to_naive(model, length, caplog):
+    model = randomize(model, 0)
+    ok, reason = analysable(model, length)
+    assert not ok and reason
+    tokens = random_tokens(np.random.default_rng(0), length)
+    with caplog.at_level(logging.INFO, logger="seqmux.fast_ism"):
+        fast, naive = ism_both(model, tokens, batch_size=64)
+        ism_both(model, tokens)           # a second window: no second log line
+    assert torch.equal(fast, naive)
+    lines = [r for r in caplog.records if "naive ISM" in r.getMessage()]
+    assert len(lines) == 1 and reason in lines[0].getMessage()
+    x = torch.from_numpy(one_hot(tokens))
+    assert fast_substitution_predictions(model, x, torch.tensor([1]), torch.tensor([2])) is None
+
+
+def test_training_mode_and_unknown_layers_are_refused():
+    model = BelugaFamily(403, (12, 16, 16), 8, 4, 32, 10)
+    ok, reason = analysable(model.train(), 403)
+    assert not ok and "training mode" in reason
+    assert analysable(model.eval(), 403)[0]
+    odd = nn.Sequential(nn.Conv1d(4, 4, 3), nn.Upsample(scale_factor=2), nn.Flatten(), nn.Linear(4 * 124, 2)).eval()
+    ok, reason = analysable(odd, 64)
+    assert not ok and "Upsample" in reason

@@ -512,13 +512,19 @@ def _geometry(plan):
         new_hi = np.minimum((hi - 1 + step.pl) // step.s + 1, step.l_out)
         empty = (hi <= lo) | (new_hi <= new_lo)
         new_lo, new_hi = np.where(empty, 0, new_lo), np.where(empty, 0, new_hi)
+        direct_width = int(max(1, min(step.l_out, (new_hi - new_lo).max(initial=1))))
+        if step.kind == "conv" and step.s == 1:
+            # cheaper of: transposed convolution of the changes (width taps per output channel
+            # and tap), or recomputing the affected outputs (direct_width), which wins when
+            # the windows are wider than the activation itself
+            step.delta = width <= direct_width
         if step.delta:
             # transposed convolution of the changes: the window grows by the kernel's extent
             new_st, new_width = st + step.pl - ext, width + ext
             geo = _Geometry(new_st, new_width, (new_st < 0) | (new_st + new_width > step.l_out))
         else:
             # whole windows recomputed from their inputs (pool windows aligned to their stride)
-            new_width = int(max(1, min(step.l_out, (new_hi - new_lo).max(initial=1))))
+            new_width = direct_width
             new_st = np.clip(new_lo, 0, step.l_out - new_width)
             q0 = new_st * step.s - step.pl
             w_in = (new_width - 1) * step.s + ext + 1

@@ -24,7 +24,7 @@ rule train_multiplexer:
         mask_reference=MUX["mask_reference"],
         train=MUX["train"],
         seed=config["seed"],
-    threads: 2
+    threads: MUX["train"]["threads"]
     resources:
         gpu=1,
     log:
@@ -57,7 +57,7 @@ rule evaluate_multiplexer:
         evaluate=MUX["evaluate"],
         ism_batch_size=config["targets"]["batch_size"],
         seed=config["seed"],
-    threads: 2
+    threads: MUX["evaluate"]["threads"]
     resources:
         gpu=1,
     log:

@@ -184,7 +184,8 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
                 title=f"{split} split, {len(ds)} windows, non-identity substitutions: "
                       f"Pearson {out['pearson']:.3f}, Spearman {out['spearman']:.3f}")
     plot_profile_histogram(np.array(results["multiplexer"]["per_profile"]), out_histogram,
-                           baselines={"training mean": np.array(results["train_mean"]["per_profile"])})
+                           baselines={"training mean": np.array(results["train_mean"]["per_profile"]),
+                                      "predict 0": np.array(results["zero"]["per_profile"])})
     row, profile = pick_example(ds, rows)
     pred = predict(model, ds, [row], dev, 1)[0, profile]
     window = table.select(["window_id", "chrom", "start", "end"]).slice(row, 1).to_pylist()[0]

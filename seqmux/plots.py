@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import BASES  # noqa: E402
 
@@ -109,7 +110,7 @@ def plot_effect_heatmap(exact, pred, sequence, out, title="", start=0, zoom=60):
     zoom = min(zoom, length)
     z0 = min(max(centre - zoom // 2, 0), length - zoom)
     fig = plt.figure(figsize=(14, 7))
-    grid = fig.add_gridspec(5, 3, height_ratios=[0.22, 1, 0.55, 0.3, 1], width_ratios=[1, 1, 0.03],
+    grid = fig.add_gridspec(5, 3, height_ratios=[0.22, 1, 0.4, 0.3, 1], width_ratios=[1, 1, 0.03],
                             hspace=0.08, wspace=0.08)
     image = None
     for col, (name, values) in enumerate((("exact ISM", exact), ("Multiplexer", pred))):
@@ -131,6 +132,8 @@ def plot_effect_heatmap(exact, pred, sequence, out, title="", start=0, zoom=60):
                     spine.set_visible(False)
             image = ax.imshow(values[:, lo:hi], aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                               interpolation="nearest")
+            if row == 0:  # where the zoom below is
+                ax.add_patch(Rectangle((z0 - 0.5, -0.5), zoom, 4, fill=False, ec="black", lw=0.8, ls="--"))
             ax.set_yticks(range(4))
             ax.set_yticklabels(list(BASES) if col == 0 else [])
             ticks = ax.get_xticks()

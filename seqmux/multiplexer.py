@@ -45,7 +45,7 @@ PRESETS = {
     "beluga": dict(widths=[640, 1280, 1280, 1280, 1280, 1280], dilations=[1, 1, 2, 4, 8, 16], kernel=8,
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
-    "demo": dict(widths=[64, 96, 96, 96, 96], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=0),
+    "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256),
 }
 
 

@@ -14,9 +14,11 @@ include: "rules/encode.smk"
 include: "rules/variants.smk"
 include: "rules/targets.smk"
 include: "rules/splits.smk"
+include: "rules/multiplexer.smk"
 
 
 rule all:
     input:
         SPLIT_FILES,
+        MULTIPLEXER_FILES,
     default_target: True

@@ -163,17 +163,35 @@ def load_model(path):
     return model
 
 
+DEMO_DOWNSTREAM = ("random", "structured")
+
+
 def build_demo_model(motifs, length, n_outputs, seed, channels=(24, 32, 32), hidden=64, kernel=8, pool=4,
-                     calibration_sequences=None, threshold=0.6):
+                     calibration_sequences=None, threshold=0.6, downstream="random", active=0.8, noise=0.05):
     """A small Beluga-family network whose first-layer filters are JASPAR log-odds PWMs.
 
     Filters ``2i`` and ``2i+1`` of the first layer are motif ``i`` and its reverse complement
     (cropped to the ``kernel`` most informative columns), with a bias of ``-threshold`` times the
     best score so that only good matches pass the ReLU; the second conv passes them through
-    (identity centre tap plus noise); later layers are random (seeded). Output logits are centred
-    and scaled on ``calibration_sequences`` (one-hot ``[N, 4, L]``) so that the sigmoid is not
-    saturated.
+    (identity centre tap plus noise). ``downstream`` sets the later layers (seeded):
+
+    - ``random``: random (He) convolutions and dense layers with zero biases. The effect of a motif
+      site on an output then depends mostly on the rest of the window (the sign and size of a
+      site's contribution pass through four random ReLU convolutions and max-pools), unlike a
+      trained network, in which a motif drives its outputs the same way wherever it sits.
+    - ``structured``: convolutions 3-6 carry every motif channel forward (a box filter on the
+      channel itself plus ``noise`` times a random mixing; extra channels are sparse positive
+      mixtures of motif channels), so the features that reach the dense layers say "motif k in
+      region j"; the first dense layer is random with biases that leave a fraction ``active`` of
+      its units on over the calibration windows; the output layer is random. A motif then moves
+      each output in a consistent direction, by an amount set by its region, as in a trained
+      model; context still matters through the dense layer's ReLUs and the pools.
+
+    Output logits are centred and scaled on ``calibration_sequences`` (one-hot ``[N, 4, L]``) so
+    that the sigmoid is not saturated.
     """
+    if downstream not in DEMO_DOWNSTREAM:
+        raise InputError("config", "base_model.demo.downstream", downstream, f"expected one of {DEMO_DOWNSTREAM}")
     c1 = channels[0]
     if c1 < 2 * len(motifs):
         raise ValueError(f"first layer has {c1} channels, fewer than 2 x {len(motifs)} motifs")
@@ -199,6 +217,20 @@ def build_demo_model(motifs, length, n_outputs, seed, channels=(24, 32, 32), hid
         second.weight.mul_(0.1)
         for c in range(c1):
             second.weight[c, c, 0, kernel // 2] += 1.0
+        if downstream == "structured":
+            for idx in (6, 8, 12, 14):
+                conv = convs[idx]
+                c_out, c_in = conv.weight.shape[:2]
+                w = torch.randn(conv.weight.shape, generator=gen) * noise * np.sqrt(2.0 / conv.weight[0].numel())
+                for c in range(min(c_in, c_out)):
+                    w[c, c, 0, :] += 1.0 / kernel
+                for c in range(min(c_in, c_out), c_out):
+                    mix = torch.rand(c_in, generator=gen) * (torch.rand(c_in, generator=gen) < 0.2)
+                    w[c, :, 0, :] += mix[:, None] / kernel
+                conv.weight.copy_(w)
+            if calibration_sequences is not None:
+                pre = dense[:3](convs(torch.as_tensor(calibration_sequences).unsqueeze(2)))
+                dense[2][1].bias.sub_(torch.quantile(pre, 1 - active, dim=0))
         if calibration_sequences is not None:
             x = torch.as_tensor(calibration_sequences)
             hidden_out = dense[:4](convs(x.unsqueeze(2)))
@@ -244,7 +276,7 @@ def count_outputs(model, length):
 
 
 def write_demo_model(fasta, motifs_json, out_model, out_names, length, n_outputs, seed, channels, hidden,
-                     n_calibration=64):
+                     n_calibration=64, downstream="random"):
     """Stage: build the demo base model on the demo genome's motifs and save it with its names."""
     from .encoding import one_hot, tokenize
     from .genome import chromosome_lengths, open_fasta
@@ -261,7 +293,7 @@ def write_demo_model(fasta, motifs_json, out_model, out_names, length, n_outputs
         start = int(rng.integers(0, lengths[chrom] - length))
         seqs.append(tokenize(genome[chrom][start:start + length]))
     model = build_demo_model(motifs, length, n_outputs, seed, tuple(channels), hidden,
-                             calibration_sequences=one_hot(np.stack(seqs)))
+                             calibration_sequences=one_hot(np.stack(seqs)), downstream=downstream)
     save_model(model, out_model)
     with open(out_names, "w") as fh:
         for i in range(n_outputs):

@@ -120,3 +120,63 @@ def write_splits(windows_bed, tokens_npy, shards, outputs, base_model, mode, dty
         n_outputs = int(pa.ipc.open_file(src).schema.metadata[b"n_outputs"])
     names = output_names(base_model["kind"], base_model.get("names", ""), n_outputs)
     return assemble_splits(windows, tokens, shards, outputs, names, mode, dtype, base_model["kind"])
+
+
+def check_split(path, field="split"):
+    """The memory-mapped table and info of a split file; InputError when it is missing or unreadable."""
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, field, str(path), "split file not found")
+    try:
+        table = open_split(path)
+        info = split_info(table)
+    except Exception as err:
+        raise InputError(path, field, str(path), f"not a readable split file: {str(err).splitlines()[0]}") from None
+    return table, info
+
+
+class SplitDataset:
+    """A map-style torch Dataset over a memory-mapped split table.
+
+    Item ``i``: ``(onehot [4, L] float32, target [F, 4, L] float32)``. Targets stay in the
+    memory-mapped file (one zero-copy numpy view per record batch); only the rows asked for are
+    converted to float32.
+    """
+
+    def __init__(self, table):
+        self.table = table
+        self.info = split_info(table)
+        self.n_outputs, self.length = self.info["n_outputs"], self.info["length"]
+        width = self.n_outputs * 4 * self.length
+        self._targets, self._sequences, self._where = [], [], []
+        chunks = zip(table.column("target").chunks, table.column("sequence").chunks)
+        for c, (targets, sequences) in enumerate(chunks):
+            self._targets.append(targets.flatten().to_numpy(zero_copy_only=False).reshape(-1, width))
+            self._sequences.append(sequences)
+            self._where.extend((c, r) for r in range(len(targets)))
+
+    def __len__(self):
+        return len(self._where)
+
+    def sequence(self, i):
+        """The reference sequence (string) of row ``i``."""
+        c, r = self._where[i]
+        return self._sequences[c][r].as_py()
+
+    def onehot(self, i):
+        """One-hot ``[4, L]`` float32 of row ``i``."""
+        from .encoding import one_hot, tokenize
+
+        return one_hot(tokenize(self.sequence(i)))
+
+    def target(self, i):
+        """Target ``[F, 4, L]`` float32 of row ``i``."""
+        c, r = self._where[i]
+        return self._targets[c][r].astype(np.float32).reshape(self.n_outputs, 4, self.length)
+
+    def __getitem__(self, i):
+        import torch
+
+        return torch.from_numpy(self.onehot(i)), torch.from_numpy(self.target(i))

@@ -1,0 +1,196 @@
+"""Evaluating a trained Multiplexer against exact ISM on held-out windows.
+
+The evaluation split is the test split, or the validation split when the test split is empty.
+Figures (see ``seqmux.metrics`` for the definitions) for the Multiplexer and two baselines:
+
+- ``zero``: predict 0 for every substitution (correlations undefined, reported as 0; its MSE is
+  the mean squared target);
+- ``train_mean``: for each profile, the mean over the training windows of each (base, position)
+  entry, a ``[4, L]`` map per profile (identity entries set to 0, their exact value).
+
+Speed: on the first ``speed_windows`` windows of the evaluation split, in one run and on one
+device, the Multiplexer's forward time (batched, after a warm-up pass) against exact naive ISM of
+the base model (``seqmux.ism.window_targets``: one forward pass per substitution, batched); their
+ratio is ``speedup``. The recomputed ISM targets are also compared with the stored ones
+(``ism_check_max_abs_diff``; float16 storage rounds them).
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .metrics import Metrics
+from .multiplexer import load_multiplexer
+from .splits import SplitDataset, check_split
+from .train import choose_device
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_split(test_path, validation_path):
+    """``(name, table, info, path)`` of the test split, or of the validation split when the test
+    split is empty."""
+    table, info = check_split(test_path, "test split")
+    if table.num_rows:
+        return "test", table, info, test_path
+    log.warning("test split %s is empty: evaluating on the validation split", test_path)
+    table, info = check_split(validation_path, "validation split")
+    if not table.num_rows:
+        raise InputError(validation_path, "rows", 0, f"both the test split ({test_path}) and the validation split "
+                         "are empty: nothing to evaluate on")
+    return "validation", table, info, validation_path
+
+
+def training_mean(train_ds, batch_size=64):
+    """``[F, 4, L]`` float64 mean target over the training windows."""
+    total = np.zeros((train_ds.n_outputs, 4, train_ds.length))
+    for i in range(0, len(train_ds), batch_size):
+        for j in range(i, min(i + batch_size, len(train_ds))):
+            total += train_ds.target(j)
+    return total / max(len(train_ds), 1)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def predict(model, ds, rows, device, batch_size):
+    """Predictions ``[n, F, 4, L]`` float32 (numpy) for dataset rows ``rows``, in batches."""
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x = torch.from_numpy(np.stack([ds.onehot(r) for r in rows[i:i + batch_size]])).to(device)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, ds.n_outputs, 4, ds.length), np.float32)
+
+
+@torch.no_grad()
+def time_speed(model, base_model, ds, rows, device, batch_size, ism_batch_size, mode):
+    """Seconds for the Multiplexer and for exact ISM on the same windows, and the ISM check."""
+    from .encoding import tokenize
+    from .ism import window_targets
+    from .variants import substitutions
+
+    onehots = [torch.from_numpy(ds.onehot(r)) for r in rows]
+    tokens = [tokenize(ds.sequence(r)) for r in rows]
+    model(onehots[0][None].to(device))  # warm-up (allocations, kernel choice)
+    base_model(onehots[0][None].to(device))
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        x = torch.stack(onehots[i:i + batch_size]).to(device)
+        model(x).float().cpu()
+    _sync(device)
+    mux_s = time.perf_counter() - t0
+    max_diff = 0.0
+    t0 = time.perf_counter()
+    targets = []
+    for tok in tokens:
+        offsets, alts = substitutions(tok)
+        _, target = window_targets(base_model, tok, offsets, alts, mode, "naive", ism_batch_size, device)
+        targets.append(target)
+    _sync(device)
+    ism_s = time.perf_counter() - t0
+    for r, target in zip(rows, targets):
+        max_diff = max(max_diff, float(np.abs(target - ds.target(r)).max()))
+    return mux_s, ism_s, max_diff
+
+
+def pick_example(ds, rows, batch_size=64):
+    """``(row, profile)`` for the heatmap: the profile with the largest total |exact effect| over
+    the split, and the window where it is largest."""
+    per_window = []
+    for r in rows:
+        per_window.append(np.abs(ds.target(r)).sum(axis=(1, 2)))
+    per_window = np.stack(per_window)  # [n, F]
+    profile = int(np.argmax(per_window.sum(axis=0)))
+    return rows[int(np.argmax(per_window[:, profile]))], profile
+
+
+def evaluate_multiplexer(model_path, train_path, validation_path, test_path, base_model, out_metrics, out_hexbin,
+                         out_histogram, out_heatmap, batch_size=16, speed_windows=10, ism_batch_size=512,
+                         device="auto", seed=1):
+    """Stage: metrics.json and the three evaluation plots of a trained Multiplexer.
+
+    ``base_model``: the config's base_model section with resolved paths (for the speed run).
+    """
+    from .models import build_base_model
+    from .plots import plot_effect_heatmap, plot_hexbin, plot_profile_histogram
+
+    model, minfo = load_multiplexer(model_path)
+    split, table, info, split_path = evaluation_split(test_path, validation_path)
+    for key in ("length", "n_outputs"):
+        if info[key] != minfo[key]:
+            raise InputError(split_path, key, info[key], f"the multiplexer {model_path} was trained with {minfo[key]}")
+    train_table, tinfo = check_split(train_path, "train split")
+    ds, train_ds = SplitDataset(table), SplitDataset(train_table)
+    dev = choose_device(device)
+    model.to(dev).eval()
+    n_out, length = info["n_outputs"], info["length"]
+    log.info("evaluating %s on %d %s windows (%d bp, %d outputs) on %s", model_path, len(ds), split, length, n_out,
+             dev)
+
+    mean_map = training_mean(train_ds).astype(np.float32)
+    metrics = {name: Metrics(n_out, seed=seed) for name in ("multiplexer", "zero", "train_mean")}
+    rows = list(range(len(ds)))
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        pred = predict(model, ds, chunk, dev, batch_size)
+        exact = np.stack([ds.target(r) for r in chunk])
+        onehot = np.stack([ds.onehot(r) for r in chunk])
+        metrics["multiplexer"].update(pred, exact, onehot)
+        metrics["zero"].update(np.zeros_like(exact), exact, onehot)
+        baseline = mean_map[None] * (1 - onehot)[:, None]  # identity entries: exactly 0
+        metrics["train_mean"].update(baseline, exact, onehot)
+    mux = metrics["multiplexer"]
+    results = {name: m.result() for name, m in metrics.items()}
+
+    speed_rows = rows[:max(0, min(speed_windows, len(rows)))]
+    speed = None
+    if speed_rows:
+        base = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
+                                base_model.get("class", ""), length).to(dev)
+        mux_s, ism_s, max_diff = time_speed(model, base, ds, speed_rows, dev, batch_size, ism_batch_size,
+                                            info["mode"])
+        speed = dict(windows=len(speed_rows), device=str(dev), multiplexer_seconds=round(mux_s, 6),
+                     ism_seconds=round(ism_s, 6), multiplexer_ms_per_window=round(1000 * mux_s / len(speed_rows), 3),
+                     ism_ms_per_window=round(1000 * ism_s / len(speed_rows), 3),
+                     speedup=round(ism_s / max(mux_s, 1e-9), 2), ism_method="naive",
+                     ism_check_max_abs_diff=max_diff)
+        log.info("speed on %d windows: multiplexer %.3f s, exact ISM %.3f s: %.1fx", len(speed_rows), mux_s, ism_s,
+                 ism_s / max(mux_s, 1e-9))
+
+    out = {k: v for k, v in results["multiplexer"].items() if k != "per_profile"}
+    out.update(split=split, windows=len(ds), n_outputs=n_out, length=length, mode=info["mode"],
+               baselines={name: {k: v for k, v in results[name].items() if k != "per_profile"}
+                          for name in ("zero", "train_mean")},
+               per_profile=dict(zip(info["output_names"], results["multiplexer"]["per_profile"])),
+               speed=speed, model=str(model_path), preset=minfo["preset"])
+    Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_metrics, "w") as fh:
+        json.dump(out, fh, indent=2)
+    log.info("weighted Pearson mean %.4f (median %.4f, p10 %.4f); baselines: zero %.4f, train mean %.4f",
+             out["weighted_pearson_mean"], out["weighted_pearson_median"], out["weighted_pearson_p10"],
+             out["baselines"]["zero"]["weighted_pearson_mean"], out["baselines"]["train_mean"]["weighted_pearson_mean"])
+
+    sample_pred, sample_exact = (np.concatenate(s) for s in mux.samples)
+    plot_hexbin(sample_pred, sample_exact, out_hexbin,
+                title=f"{split} split, {len(ds)} windows, non-identity substitutions: "
+                      f"Pearson {out['pearson']:.3f}, Spearman {out['spearman']:.3f}")
+    plot_profile_histogram(np.array(results["multiplexer"]["per_profile"]), out_histogram,
+                           baselines={"training mean": np.array(results["train_mean"]["per_profile"]),
+                                      "predict 0": np.array(results["zero"]["per_profile"])})
+    row, profile = pick_example(ds, rows)
+    pred = predict(model, ds, [row], dev, 1)[0, profile]
+    window = table.select(["window_id", "chrom", "start", "end"]).slice(row, 1).to_pylist()[0]
+    plot_effect_heatmap(ds.target(row)[profile], pred, ds.sequence(row), out_heatmap, start=window["start"],
+                        title=f"{info['output_names'][profile]} on {window['chrom']}:{window['start']:,}-"
+                              f"{window['end']:,} ({split} window {window['window_id']}); weighted Pearson of this "
+                              f"profile over the split: {results['multiplexer']['per_profile'][profile]:.3f}")
+    return out

@@ -1,0 +1,186 @@
+"""Agreement between predicted and exact substitution effects ``[N, F, 4, L]``.
+
+Definitions (``exact`` = the ISM targets of the split, ``pred`` = a prediction of them):
+
+- **weighted per-profile Pearson** (the published Multiplexer metric): for each output ``f`` (a
+  "profile"), the Pearson correlation between ``pred[:, f]`` and ``exact[:, f]`` over every window
+  and every (base, position) entry, each entry weighted by ``w = |exact|``::
+
+      m_x = sum(w x) / sum(w),   cov(x, y) = sum(w (x - m_x)(y - m_y)) / sum(w),
+      r_f = cov(p, e) / sqrt(cov(p, p) cov(e, e))
+
+  Identity substitutions (the reference base) have an exact target of 0, so weight 0: they do not
+  count, whatever is predicted there. ``weighted_pearson_mean`` / ``_median`` / ``_p10`` are the
+  mean, median and 10th percentile of ``r_f`` over profiles.
+- **pearson**, **spearman**: one correlation over all non-identity entries of every profile and
+  window, unweighted (identity entries are excluded because they are exactly 0 by construction).
+- **position_pearson**: per-position averaged effect: the mean effect of the three substitutions
+  at each position gives a track ``[N, F, L]``; Pearson correlation of the pooled tracks.
+- **mse**: mean squared error over non-identity entries.
+
+A constant prediction (e.g. all zeros) has no variance: its correlations are undefined and are
+reported as 0 (it carries no information about which substitution matters more).
+"""
+
+import numpy as np
+
+
+def _safe_corr(cov, var_x, var_y):
+    denom = np.sqrt(var_x * var_y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, cov / np.where(denom > 0, denom, 1.0), 0.0)
+    return r
+
+
+def weighted_pearson(x, y, w):
+    """Weighted Pearson correlation of 1-d arrays (float64 accumulation); 0 when undefined."""
+    x, y, w = (np.asarray(a, dtype=np.float64).ravel() for a in (x, y, w))
+    sw = w.sum()
+    if sw <= 0:
+        return 0.0
+    mx, my = (w * x).sum() / sw, (w * y).sum() / sw
+    dx, dy = x - mx, y - my
+    return float(_safe_corr((w * dx * dy).sum(), (w * dx * dx).sum(), (w * dy * dy).sum()))
+
+
+class PearsonAccumulator:
+    """Weighted Pearson correlations of ``G`` groups, fed batch by batch: ``update(x, y, w)`` with
+    arrays ``[G, ...]`` (``w`` broadcastable). Sums of weighted moments in float64, shifted by the
+    first batch's weighted means for numerical stability, so a whole split never has to be in
+    memory. ``result()``: ``r [G]`` (0 where undefined).
+    """
+
+    def __init__(self, groups):
+        self.sums = np.zeros((6, groups))  # w, wx, wy, wxx, wyy, wxy
+        self.shift = None
+
+    def update(self, x, y, w=1.0):
+        shape = np.shape(x)
+        w = np.broadcast_to(np.asarray(w, dtype=np.float64), shape).reshape(self.sums.shape[1], -1)
+        x = np.asarray(x, dtype=np.float64).reshape(w.shape)
+        y = np.asarray(y, dtype=np.float64).reshape(w.shape)
+        if self.shift is None:
+            sw = w.sum(1)
+            safe = np.where(sw > 0, sw, 1.0)
+            self.shift = ((w * x).sum(1) / safe)[:, None], ((w * y).sum(1) / safe)[:, None]
+        x, y = x - self.shift[0], y - self.shift[1]
+        self.sums += np.stack([w.sum(1), (w * x).sum(1), (w * y).sum(1), (w * x * x).sum(1), (w * y * y).sum(1),
+                               (w * x * y).sum(1)])
+
+    def result(self):
+        sw, sx, sy, sxx, syy, sxy = self.sums
+        safe = np.where(sw > 0, sw, 1.0)
+        mx, my = sx / safe, sy / safe
+        var_x, var_y, cov = sxx / safe - mx * mx, syy / safe - my * my, sxy / safe - mx * my
+        r = _safe_corr(cov, np.maximum(var_x, 0), np.maximum(var_y, 0))
+        return np.where(sw > 0, r, 0.0)
+
+
+def profile_major(values):
+    """``[N, F, 4, L] -> [F, N * 4 * L]``."""
+    values = np.asarray(values)
+    return np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+
+
+def per_profile_weighted_pearson(pred, exact):
+    """``r [F]`` of arrays ``[N, F, 4, L]`` (see the module docstring)."""
+    acc = PearsonAccumulator(np.asarray(exact).shape[1])
+    e = profile_major(exact)
+    acc.update(profile_major(pred), e, np.abs(e.astype(np.float64)))
+    return acc.result()
+
+
+def pearson(x, y):
+    """Unweighted Pearson of two 1-d arrays; 0 when undefined."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    dx, dy = x - x.mean(), y - y.mean()
+    return float(_safe_corr((dx * dy).sum(), (dx * dx).sum(), (dy * dy).sum()))
+
+
+def average_ranks(x):
+    """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
+    x = np.asarray(x).ravel()
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    boundaries = np.concatenate([[True], xs[1:] != xs[:-1], [True]])
+    starts = np.flatnonzero(boundaries)
+    avg = (starts[:-1] + starts[1:] - 1) / 2.0 + 1.0  # mean of ranks start+1 .. end
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(avg, np.diff(starts))
+    return ranks
+
+
+def spearman(x, y):
+    """Spearman rank correlation (average ranks for ties); 0 when undefined."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def non_identity_mask(onehot):
+    """``[N, 1, 4, L]`` bool: True for the three substitutions of each position (not the reference
+    base). An N position (all-zero one-hot) has four substitutions."""
+    return (np.asarray(onehot) == 0)[:, None]
+
+
+def position_tracks(values, onehot):
+    """Mean effect of the substitutions at each position: ``[N, F, L]``."""
+    mask = non_identity_mask(onehot)
+    return (np.asarray(values, dtype=np.float64) * mask).sum(axis=2) / mask.sum(axis=2)
+
+
+def summarise_profiles(r):
+    """Mean, median and 10th percentile of per-profile correlations."""
+    r = np.asarray(r, dtype=np.float64)
+    return dict(weighted_pearson_mean=float(r.mean()), weighted_pearson_median=float(np.median(r)),
+                weighted_pearson_p10=float(np.percentile(r, 10)))
+
+
+class Metrics:
+    """Every figure of the module docstring, fed batch by batch with ``update(pred, exact, onehot)``
+    (``[n, F, 4, L]``, ``[n, F, 4, L]``, ``[n, 4, L]``). Spearman needs ranks of all entries: it is
+    computed on a seeded sample of at most ``spearman_per_window`` non-identity entries per window
+    (all of them when a window has fewer)."""
+
+    def __init__(self, n_outputs, spearman_per_window=20000, seed=0):
+        self.profiles = PearsonAccumulator(n_outputs)
+        self.overall = PearsonAccumulator(1)
+        self.position = PearsonAccumulator(1)
+        self.sq_err, self.count = 0.0, 0
+        self.per_window = spearman_per_window
+        self.rng = np.random.default_rng(seed)
+        self.samples = ([], [])
+
+    def update(self, pred, exact, onehot):
+        pred = np.asarray(pred, dtype=np.float32)
+        exact = np.asarray(exact, dtype=np.float32)
+        e = profile_major(exact)
+        self.profiles.update(profile_major(pred), e, np.abs(e))
+        mask = np.broadcast_to(non_identity_mask(onehot), exact.shape)
+        self.overall.update(pred, exact, mask)
+        self.position.update(position_tracks(pred, onehot), position_tracks(exact, onehot))
+        diff = (pred.astype(np.float64) - exact)[mask]
+        self.sq_err += float((diff * diff).sum())
+        self.count += diff.size
+        for i in range(len(pred)):
+            idx = np.flatnonzero(mask[i])
+            if len(idx) > self.per_window:
+                idx = np.sort(self.rng.choice(idx, self.per_window, replace=False))
+            self.samples[0].append(pred[i].ravel()[idx])
+            self.samples[1].append(exact[i].ravel()[idx])
+
+    def result(self):
+        r = self.profiles.result()
+        out = summarise_profiles(r)
+        sp = (spearman(np.concatenate(self.samples[0]), np.concatenate(self.samples[1]))
+              if self.samples[0] else 0.0)
+        out.update(pearson=float(self.overall.result()[0]), spearman=sp,
+                   position_pearson=float(self.position.result()[0]), mse=self.sq_err / max(self.count, 1),
+                   per_profile=[float(v) for v in r])
+        return out
+
+
+def all_metrics(pred, exact, onehot, spearman_per_window=None):
+    """``Metrics`` of whole arrays in one go (every entry in the Spearman correlation by default)."""
+    pred = np.asarray(pred)
+    m = Metrics(pred.shape[1], spearman_per_window or pred[0].size)
+    m.update(pred, exact, onehot)
+    return m.result()

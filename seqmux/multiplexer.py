@@ -1,0 +1,204 @@
+"""The Multiplexer: every single-nucleotide substitution effect of a base model in one forward pass.
+
+Input one-hot ``[B, 4, L]`` (A,G,C,T; N all zeros); output ``[B, F, 4, L]`` where ``[b, f, a, p]``
+is the predicted effect on base-model output ``f`` of putting base ``a`` at position ``p`` (the same
+layout as the split targets, see ``seqmux.splits``).
+
+Architecture (a generalisation of the published BelugaMultiplexer to any ``L`` and ``F``):
+
+- a fifth input channel, the positional ramp ``min(p, L - p) / (L / 2)``: for ``L = 2000`` this is
+  exactly the published 0, 0.001, ..., 0.999 over the first 1000 positions and 1.0, 0.999, ...,
+  0.001 over the last 1000. It is a non-persistent buffer (no ``state_dict`` key).
+- blocks ``model_one``, ``model_two``, ...: ``Conv1d(k) -> BatchNorm1d -> ReLU -> Conv1d(k) ->
+  BatchNorm1d -> ReLU`` (``state_dict`` indices 0, 1, 3, 4; the ReLUs at 2 and 5 hold no
+  parameters). Both convolutions of block ``i`` use dilation ``dilations[i]``; each keeps the length
+  ``L`` with PyTorch's ``padding="same"``, which for an even kernel puts the odd extra pad on the
+  right (kernel 8, dilation 1: 3 left, 4 right; dilation d: ``7d // 2`` left, the rest right).
+- skip connections: a block whose input and output widths are equal is residual,
+  ``out = block(x) + x``; a block that changes width (the first two of the published layout,
+  5 -> 640 and 640 -> 1280) is plain ``out = block(x)``.
+- head ``model_final``: ``Conv1d(width, H, 1) -> BatchNorm1d -> ReLU -> Conv1d(H, 4F, 1)`` with
+  ``H = 4F`` by default (as published); its ``4F`` channels are channel ``4 f + a`` and are
+  reshaped to ``[B, F, 4, L]``.
+- ``mask_reference`` (default on, no parameters): the prediction for the identity substitution
+  (the reference base at each position) is set to exactly 0, which is its exact target.
+
+``PRESETS["beluga"]`` with ``n_outputs = 2002`` has exactly the published ``state_dict`` keys and
+shapes (202,273,376 parameters), so the published weights load with ``load_published``; the
+published dilations are not recorded in the state dict, ours are ``1, 1, 2, 4, 8, 16``.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+BLOCK_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+
+PRESETS = {
+    # the published BelugaMultiplexer (F = 2002, L = 2000)
+    "beluga": dict(widths=[640, 1280, 1280, 1280, 1280, 1280], dilations=[1, 1, 2, 4, 8, 16], kernel=8,
+                   head_hidden=0),
+    # sized for a CPU: the embedded demo (L = 400, F = 16)
+    "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256),
+}
+
+
+def block_name(i):
+    """``model_one`` ... ``model_twelve``, then ``model_13`` ..."""
+    return f"model_{BLOCK_NAMES[i]}" if i < len(BLOCK_NAMES) else f"model_{i + 1}"
+
+
+RAMPS = ("tent", "linear")
+
+
+def positional_ramp(length, kind="tent"):
+    """``[L]`` float32. ``tent`` (published): ``min(p, L - p) / (L / 2)``, 0 at the ends and 1 at
+    the centre. ``linear``: ``p / (L - 1)``, 0 to 1 (tells the two halves of the window apart)."""
+    p = torch.arange(length, dtype=torch.float64)
+    if kind == "tent":
+        return (torch.minimum(p, length - p) / (length / 2)).float()
+    if kind == "linear":
+        return (p / max(length - 1, 1)).float()
+    raise ValueError(f"unknown ramp {kind!r}, expected one of {RAMPS}")
+
+
+class SameConv1d(nn.Conv1d):
+    """``Conv1d`` that keeps the length: ``(k - 1) * d`` zeros in all, ``// 2`` of them on the left
+    and the rest on the right (what ``padding="same"`` does, without its even-kernel warning). Same
+    parameters and ``state_dict`` keys as ``nn.Conv1d``."""
+
+    def __init__(self, c_in, c_out, kernel, dilation=1):
+        super().__init__(c_in, c_out, kernel, dilation=dilation)
+        total = (kernel - 1) * dilation
+        self.pad = (total // 2, total - total // 2)
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, self.pad))
+
+
+def conv_block(c_in, c_out, kernel, dilation):
+    return nn.Sequential(
+        SameConv1d(c_in, c_out, kernel, dilation), nn.BatchNorm1d(c_out), nn.ReLU(),
+        SameConv1d(c_out, c_out, kernel, dilation), nn.BatchNorm1d(c_out), nn.ReLU(),
+    )
+
+
+class Multiplexer(nn.Module):
+    """One forward pass: one-hot ``[B, 4, L]`` -> substitution effects ``[B, F, 4, L]``."""
+
+    def __init__(self, length, n_outputs, widths, dilations=None, kernel=8, head_hidden=0, ramp="tent",
+                 mask_reference=True):
+        super().__init__()
+        widths = [int(w) for w in widths]
+        dilations = [int(d) for d in (dilations or [1] * len(widths))]
+        if not widths or len(dilations) != len(widths):
+            raise ValueError(f"need one dilation per block: widths {widths}, dilations {dilations}")
+        self.length, self.n_outputs = int(length), int(n_outputs)
+        head_hidden = int(head_hidden) or 4 * self.n_outputs
+        self.sizes = dict(widths=widths, dilations=dilations, kernel=int(kernel), head_hidden=head_hidden,
+                          ramp=ramp, mask_reference=bool(mask_reference))
+        self.register_buffer("ramp", positional_ramp(self.length, ramp), persistent=False)
+        c_in = 5
+        self.residual = []
+        self.block_names = []
+        for i, (w, d) in enumerate(zip(widths, dilations)):
+            name = block_name(i)
+            setattr(self, name, conv_block(c_in, w, kernel, d))
+            self.block_names.append(name)
+            self.residual.append(c_in == w)
+            c_in = w
+        self.model_final = nn.Sequential(
+            nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
+            nn.Conv1d(head_hidden, 4 * self.n_outputs, 1),
+        )
+
+    def config(self):
+        """Constructor arguments (``Multiplexer(**m.config())`` rebuilds the architecture)."""
+        return dict(length=self.length, n_outputs=self.n_outputs, **self.sizes)
+
+    def forward(self, x):
+        if x.shape[-1] != self.length:
+            raise ValueError(f"input of length {x.shape[-1]}, the multiplexer was built for {self.length}")
+        batch = x.shape[0]
+        h = torch.cat([x, self.ramp.to(x.dtype).expand(batch, 1, -1)], dim=1)
+        for name, residual in zip(self.block_names, self.residual):
+            out = getattr(self, name)(h)
+            h = out + h if residual else out
+        y = self.model_final(h).view(batch, self.n_outputs, 4, self.length)
+        if self.sizes["mask_reference"]:
+            y = y * (1 - x).unsqueeze(1).to(y.dtype)
+        return y
+
+
+def n_parameters(model):
+    """Trainable parameters (buffers such as BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def preset_sizes(preset, sizes=None):
+    """Sizes of a preset; ``sizes`` (dict, e.g. the config's ``multiplexer.demo``) overrides the
+    ``demo`` preset only (``beluga`` is fixed by the published layout)."""
+    if preset not in PRESETS:
+        raise InputError("config", "multiplexer.preset", preset, f"expected one of {sorted(PRESETS)}")
+    out = dict(PRESETS[preset])
+    if preset == "demo" and sizes:
+        out.update({k: v for k, v in sizes.items() if k in out})
+    return out
+
+
+def build_multiplexer(preset, length, n_outputs, sizes=None, mask_reference=True):
+    """A ``Multiplexer`` of ``preset`` for windows of ``length`` and ``n_outputs`` outputs."""
+    return Multiplexer(length, n_outputs, mask_reference=mask_reference, **preset_sizes(preset, sizes))
+
+
+def beluga_multiplexer(length=2000, n_outputs=2002):
+    """The published BelugaMultiplexer layout (202,273,376 parameters at the defaults)."""
+    return build_multiplexer("beluga", length, n_outputs)
+
+
+def load_published(path, length=2000, n_outputs=2002):
+    """A BelugaMultiplexer with the published weights file (a bare ``state_dict``)."""
+    from .models import load_state_dict_checked
+
+    return load_state_dict_checked(beluga_multiplexer(length, n_outputs), path, field="multiplexer weights").eval()
+
+
+def save_multiplexer(model, path, output_names, mode, preset="", extra=None):
+    """``model.pt``: constructor config, state_dict, output names, window length, target mode."""
+    blob = dict(config=model.config(), state_dict=model.state_dict(), output_names=list(output_names),
+                length=model.length, mode=mode, preset=preset, **(extra or {}))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_multiplexer(path, device="cpu"):
+    """``(model, info)`` from a ``model.pt`` written by the train stage; ``model`` in eval mode.
+
+    ``model(onehot [B, 4, L]) -> [B, F, 4, L]``. ``info``: ``output_names``, ``length``, ``mode``,
+    ``preset``, ``sizes`` (the constructor config), ``n_outputs``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "multiplexer", str(path), "model file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, "multiplexer", str(path), f"cannot read model: {str(err).splitlines()[0]}") from None
+    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+        raise InputError(path, "multiplexer", str(path), "not a multiplexer model.pt (no config/state_dict)")
+    model = Multiplexer(**blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    info = dict(output_names=list(blob.get("output_names", [])), length=int(blob["config"]["length"]),
+                n_outputs=int(blob["config"]["n_outputs"]), mode=blob.get("mode", "logfold"),
+                preset=blob.get("preset", ""), sizes=dict(blob["config"]))
+    return model, info

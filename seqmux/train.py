@@ -1,0 +1,361 @@
+"""Training the Multiplexer on the split files: Adam + MSE, validation, early stopping, resuming.
+
+- Data: ``SplitDataset`` over the memory-mapped train / validation files; batches come from
+  ``StepBatches``, whose order is a function of ``(seed, step)`` only (one seeded permutation per
+  epoch), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+- Every ``validate_every`` steps (and at the last step) the validation loss (MSE over every entry)
+  is computed; the lowest one gives the best weights. After ``patience`` validations without
+  improvement training stops early (0: never).
+- Checkpoints live in ``checkpoint_dir`` (not a declared output, so Snakemake does not delete them
+  when the job fails): ``last.pt`` (model, optimizer, scheduler, scaler, step, RNG states,
+  best validation loss, early-stopping counter, a hash of everything that defines the run),
+  ``best.pt`` (best weights) and ``log.csv`` (one row per step). A rerun with the same hash
+  resumes from ``last.pt``; a different hash (new config or new splits) starts over.
+  SIGTERM / Ctrl-C write a checkpoint before exiting.
+- Device: ``auto`` takes the CUDA device with the most free memory (Snakemake does not set
+  ``CUDA_VISIBLE_DEVICES`` on a local run), else the CPU. Mixed precision (bfloat16, or float16
+  with loss scaling where bfloat16 is missing) only on CUDA.
+"""
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import InputError
+from .multiplexer import build_multiplexer, n_parameters, save_multiplexer
+from .splits import SplitDataset, check_split
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ["step", "epoch", "train_loss", "validation_loss", "lr", "elapsed_s"]
+KILL_ENV = "SEQMUX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step
+
+
+def choose_device(requested="auto"):
+    """``auto``: the CUDA device with the most free memory, else the CPU; otherwise as asked."""
+    if requested != "auto":
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("config", "device", requested, "CUDA is not available on this machine")
+        return dev
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    free = []
+    for i in range(torch.cuda.device_count()):
+        try:
+            free.append(torch.cuda.mem_get_info(i)[0])
+        except Exception:  # a device we cannot query (busy, exclusive mode)
+            free.append(-1)
+    return torch.device(f"cuda:{int(np.argmax(free))}")
+
+
+def autocast_for(device, enabled):
+    """``(context, scaler)`` for mixed precision on CUDA; plain float32 elsewhere."""
+    if not enabled or device.type != "cuda":
+        return nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
+    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+
+
+class StepBatches:
+    """Batch sampler: the index lists of steps ``start .. end - 1``. Epoch ``e`` is a permutation
+    drawn from a ``torch.Generator`` seeded with ``(seed, e)``; the last incomplete batch of an
+    epoch is dropped (unless the split is smaller than one batch)."""
+
+    def __init__(self, n, batch_size, seed, start, end):
+        self.n, self.seed, self.start, self.end = n, int(seed), int(start), int(end)
+        self.batch_size = min(int(batch_size), n)
+        self.per_epoch = max(n // self.batch_size, 1)
+
+    def permutation(self, epoch):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=gen)
+
+    def __len__(self):
+        return max(self.end - self.start, 0)
+
+    def __iter__(self):
+        epoch, perm = None, None
+        for step in range(self.start, self.end):
+            e, j = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch, perm = e, self.permutation(e)
+            yield perm[j * self.batch_size:(j + 1) * self.batch_size].tolist()
+
+
+def split_fingerprint(table, info):
+    """A short hash of a split's contents (metadata, window ids, first and last targets)."""
+    h = hashlib.sha256(json.dumps(info, sort_keys=True).encode())
+    h.update(str(table.num_rows).encode())
+    ids = table.column("window_id").to_numpy()
+    h.update(np.ascontiguousarray(ids).tobytes())
+    if table.num_rows:
+        ds = SplitDataset(table)
+        h.update(ds.target(0).tobytes())
+        h.update(ds.target(len(ds) - 1).tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_hash(parts):
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_splits(train_path, validation_path):
+    """Train and validation tables with their info; InputError on a missing or empty train split
+    and on windows of different length / different outputs."""
+    train, tinfo = check_split(train_path, "train split")
+    val, vinfo = check_split(validation_path, "validation split")
+    if train.num_rows == 0:
+        raise InputError(train_path, "rows", 0, "the train split is empty: no window to train on")
+    for key in ("length", "n_outputs", "mode"):
+        if vinfo[key] != tinfo[key]:
+            raise InputError(validation_path, key, vinfo[key], f"the train split {train_path} has {tinfo[key]}")
+    return train, tinfo, val, vinfo
+
+
+def make_scheduler(opt, kind, steps, lr):
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2), pct_start=0.1)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    raise InputError("config", "multiplexer.train.lr_schedule", kind, "expected constant, onecycle or cosine")
+
+
+@torch.no_grad()
+def validation_loss(model, loader, device, autocast):
+    """Mean squared error over every entry of the validation split (eval mode)."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            pred = model(x)
+        total += float(((pred.float() - y) ** 2).sum())
+        count += y.numel()
+    model.train()
+    return total / max(count, 1)
+
+
+def _save_atomic(obj, path):
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_csv(path, upto):
+    if not Path(path).is_file():
+        return []
+    with open(path) as fh:
+        return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
+
+
+def _write_csv(path, rows):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class _Stop:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints and exits."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train_multiplexer(train_path, validation_path, model_out, last_out, log_out, plot_out, checkpoint_dir,
+                      preset="demo", sizes=None, mask_reference=True, lr=1e-3, batch_size=16, steps=1000,
+                      validate_every=100, patience=5, lr_schedule="constant", device="auto", amp=True,
+                      num_workers=0, seed=1):
+    """Stage: train a Multiplexer, write the best weights (``model_out``), the last weights
+    (``last_out``), the per-step CSV log (``log_out``) and the loss-curve plot (``plot_out``).
+
+    Resumes from ``checkpoint_dir/last.pt`` when it belongs to the same run (same hash of config
+    and splits). Returns a dict of run facts.
+    """
+    from .plots import plot_loss_curve
+
+    train, tinfo, val, vinfo = load_splits(train_path, validation_path)
+    length, n_out = tinfo["length"], tinfo["n_outputs"]
+    sizes = dict(sizes or {})
+    hparams = dict(preset=preset, sizes=sizes, mask_reference=mask_reference, lr=lr, batch_size=batch_size,
+                   steps=steps, validate_every=validate_every, patience=patience, lr_schedule=lr_schedule,
+                   seed=seed, amp=amp)
+    key = run_hash(dict(hparams, train=split_fingerprint(train, tinfo), validation=split_fingerprint(val, vinfo)))
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    last_ck, best_ck, csv_ck = ckdir / "last.pt", ckdir / "best.pt", ckdir / "log.csv"
+
+    dev = choose_device(device)
+    torch.manual_seed(seed)
+    model = build_multiplexer(preset, length, n_out, sizes, mask_reference).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = make_scheduler(opt, lr_schedule, steps, lr)
+    autocast, scaler = autocast_for(dev, amp)
+    state = dict(step=0, best_val=math.inf, best_step=0, bad=0, done=False, elapsed=0.0)
+
+    resumed = None
+    if last_ck.is_file():
+        ck = torch.load(last_ck, map_location="cpu", weights_only=False)
+        if ck.get("hash") == key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            if dev.type == "cuda" and ck["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ck["rng"]["cuda"], dev)
+            state.update(ck["state"])
+            resumed = state["step"]
+            log.info("resuming from checkpoint %s at step %d (best validation loss %.6g at step %d)",
+                     last_ck, state["step"], state["best_val"], state["best_step"])
+        else:
+            log.info("checkpoint %s belongs to another run (hash %s, this run %s): starting over",
+                     last_ck, ck.get("hash"), key)
+    if resumed is None:
+        for p in (last_ck, best_ck, csv_ck):
+            p.unlink(missing_ok=True)
+    rows = _read_csv(csv_ck, state["step"])
+
+    train_ds, val_ds = SplitDataset(train), SplitDataset(val)
+    log.info("multiplexer %s: %d parameters, %d train / %d validation windows of %d bp, %d outputs, on %s "
+             "(%s)", preset, n_parameters(model), len(train_ds), len(val_ds), length, n_out, dev,
+             "mixed precision" if autocast is not nullcontext else "float32")
+    loader_args = dict(num_workers=num_workers, pin_memory=dev.type == "cuda")
+    sampler = StepBatches(len(train_ds), batch_size, seed, state["step"], steps)
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
+                                         generator=torch.Generator().manual_seed(seed), **loader_args)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_args)
+
+    def checkpoint():
+        _write_csv(csv_ck, rows)
+        _save_atomic(dict(
+            hash=key, hparams=hparams, model=model.state_dict(), optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(), scaler=scaler.state_dict() if scaler is not None else None,
+            rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None),
+            state=dict(state)), last_ck)
+
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    started = time.time() - state["elapsed"]
+    model.train()
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=steps, initial=state["step"], desc="train multiplexer", file=sys.stderr,
+               mininterval=0.5 if interactive else 15, dynamic_ncols=interactive)
+    with _Stop() as stop:
+        for idx in (loader if not state["done"] else []):
+            x, y = idx
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with autocast():
+                pred = model(x)
+            loss = torch.nn.functional.mse_loss(pred.float(), y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite training loss at step {state['step'] + 1}")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            lr_now = opt.param_groups[0]["lr"]
+            sched.step()
+            state["step"] += 1
+            step = state["step"]
+            state["elapsed"] = time.time() - started
+            row = dict(step=step, epoch=f"{step / sampler.per_epoch:.3f}", train_loss=f"{loss_value:.6g}",
+                       validation_loss="", lr=f"{lr_now:.6g}", elapsed_s=f"{state['elapsed']:.2f}")
+            rows.append(row)
+            bar.update(1)
+            stopping = False
+            if step % validate_every == 0 or step == steps:
+                if len(val_ds):
+                    vloss = validation_loss(model, val_loader, dev, autocast)
+                    row["validation_loss"] = f"{vloss:.6g}"
+                    if vloss < state["best_val"]:
+                        state.update(best_val=vloss, best_step=step, bad=0)
+                        _save_atomic(dict(model=model.state_dict(), step=step, validation_loss=vloss), best_ck)
+                    else:
+                        state["bad"] += 1
+                    stopping = bool(patience) and state["bad"] >= patience
+                    bar.set_postfix(loss=f"{loss_value:.4g}", val=f"{vloss:.4g}", best=state["best_step"])
+                    log.info("step %d: train loss %.5g, validation loss %.5g (best %.5g at step %d)", step,
+                             loss_value, vloss, state["best_val"], state["best_step"])
+                else:
+                    log.info("step %d: train loss %.5g (no validation windows)", step, loss_value)
+                state["done"] = stopping or step == steps
+                if stopping:
+                    log.info("early stop at step %d: no improvement in %d validations", step, patience)
+                checkpoint()
+            if kill_after and step == kill_after:
+                bar.close()
+                log.info("test hook %s=%d: killing the process", KILL_ENV, kill_after)
+                logging.shutdown()
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop.requested is not None:
+                checkpoint()
+                bar.close()
+                log.info("signal %d: checkpoint written at step %d, exiting", stop.requested, step)
+                raise SystemExit(1)
+            if stopping:
+                break
+    bar.close()
+    if not state["done"]:  # a loader that ended early (cannot happen) or steps = 0
+        state["done"] = True
+        checkpoint()
+
+    last_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if best_ck.is_file():
+        best = torch.load(best_ck, map_location="cpu", weights_only=True)
+        best_state, best_step, best_val = best["model"], best["step"], best["validation_loss"]
+    else:  # no validation windows: the last weights are the best we have
+        best_state, best_step, best_val = last_state, state["step"], None
+    facts = dict(steps_done=state["step"], best_step=best_step, best_validation_loss=best_val,
+                 train_seconds=round(state["elapsed"], 2), n_parameters=n_parameters(model), device=str(dev),
+                 resumed_from_step=resumed, hparams=hparams)
+    model.load_state_dict(best_state)
+    save_multiplexer(model.cpu(), model_out, tinfo["output_names"], tinfo["mode"], preset, extra=dict(train=facts))
+    model.load_state_dict(last_state)
+    save_multiplexer(model, last_out, tinfo["output_names"], tinfo["mode"], preset,
+                     extra=dict(train=dict(facts, weights="last")))
+    Path(log_out).parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(log_out, rows)
+    plot_loss_curve(log_out, plot_out)
+    log.info("trained %d steps in %.1f s; best validation loss %s at step %d", state["step"], state["elapsed"],
+             best_val, best_step)
+    return facts

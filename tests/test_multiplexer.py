@@ -1,0 +1,71 @@
+import json
+from importlib.resources import files
+
+import numpy as np
+import pytest
+import torch
+
+from seqmux.errors import InputError
+from seqmux.multiplexer import (Multiplexer, beluga_multiplexer, build_multiplexer, load_multiplexer, n_parameters,
+                                positional_ramp, save_multiplexer)
+
+PUBLISHED = json.loads(files("seqmux").joinpath("data/published_layouts.json").read_text())["beluga_multiplexer"]
+
+
+def test_beluga_preset_has_the_published_layout():
+    with torch.device("meta"):
+        model = beluga_multiplexer()
+    state = model.state_dict()
+    assert list(state) == list(PUBLISHED["state_dict"])
+    assert {k: list(v.shape) for k, v in state.items()} == PUBLISHED["state_dict"]
+    assert n_parameters(model) == PUBLISHED["n_parameters"] == 202_273_376
+    # a state dict with exactly the published keys and shapes loads (meta tensors: no memory)
+    published = {k: torch.empty(shape, device="meta") for k, shape in PUBLISHED["state_dict"].items()}
+    model.load_state_dict(published, strict=True, assign=True)
+
+
+def test_ramp_matches_the_published_one_at_2000():
+    ramp = positional_ramp(2000).double().numpy()
+    expected = np.concatenate([np.arange(1000) * 0.001, 1 - np.arange(1000) * 0.001])
+    assert np.allclose(ramp, expected, atol=1e-6)
+    lin = positional_ramp(5, "linear").numpy()
+    assert np.allclose(lin, [0, 0.25, 0.5, 0.75, 1])
+
+
+def test_output_layout_and_reference_mask():
+    torch.manual_seed(0)
+    length, n_out = 24, 3
+    model = Multiplexer(length, n_out, widths=[4, 4], dilations=[1, 2], mask_reference=False).eval()
+    head = model.model_final[3]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.arange(4 * n_out, dtype=torch.float32))
+    x = torch.zeros(2, 4, length)
+    x[:, 1] = 1  # all G
+    y = model(x)
+    assert y.shape == (2, n_out, 4, length)
+    # head channel 4 f + a is output f, base a, at every position
+    expected = torch.arange(4 * n_out, dtype=torch.float32).view(n_out, 4, 1).expand(n_out, 4, length)
+    assert torch.equal(y[0], expected)
+    model.sizes["mask_reference"] = True
+    y = model(x)
+    assert torch.all(y[:, :, 1] == 0) and torch.equal(y[0, :, 0], expected[:, 0])
+
+
+def test_length_is_kept_for_even_kernels_and_dilations():
+    model = build_multiplexer("demo", 37, 2, dict(widths=[4, 6, 6], dilations=[1, 3, 4], kernel=8)).eval()
+    assert model(torch.rand(1, 4, 37)).shape == (1, 2, 4, 37)
+    assert model.residual == [False, False, True]
+
+
+def test_save_and_load(tmp_path):
+    model = build_multiplexer("demo", 40, 2, dict(widths=[4, 4], dilations=[1, 2])).eval()
+    path = tmp_path / "model.pt"
+    save_multiplexer(model, path, ["a", "b"], "logfold", "demo")
+    loaded, info = load_multiplexer(path)
+    x = torch.rand(3, 4, 40)
+    assert torch.equal(loaded(x), model(x))
+    assert info["output_names"] == ["a", "b"] and info["length"] == 40 and info["mode"] == "logfold"
+    assert info["preset"] == "demo" and info["sizes"]["widths"] == [4, 4]
+    with pytest.raises(InputError, match="model file not found"):
+        load_multiplexer(tmp_path / "missing.pt")

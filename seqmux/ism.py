@@ -169,11 +169,11 @@ def compute_target_shard(model, windows, tokens, variants, out_path, names, mode
 
 
 def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, base_model, mode="logfold",
-                    dtype="float16", method="fast", batch_size=256, device="auto"):
+                    dtype="float16", method="fast", batch_size=256, device="auto", precision="float32"):
     """Stage: ISM targets of one shard's windows.
 
     ``base_model``: dict with ``kind``, ``weights``, ``module``, ``class``, ``names`` (the config
-    section, paths resolved).
+    section, paths resolved). ``precision``: ``float32`` or ``float64`` arithmetic in the model.
     """
     import os
 
@@ -186,9 +186,10 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
     model = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
                              base_model.get("class", ""), length)
     names = output_names(base_model["kind"], base_model.get("names", ""), count_outputs(model, length))
+    model = model.to(torch.float64 if precision == "float64" else torch.float32)
     dev = pick_device(device)
-    log.info("shard %d/%d: %d windows of %d bp, %d outputs, %s ISM on %s", shard + 1, n_shards, len(windows),
-             length, len(names), method, dev)
+    log.info("shard %d/%d: %d windows of %d bp, %d outputs, %s ISM in %s on %s", shard + 1, n_shards,
+             len(windows), length, len(names), method, precision, dev)
     with pa.memory_map(str(variants), "r") as src:
         table = pa.ipc.open_file(src).read_all()
     tmp = f"{out}.tmp"

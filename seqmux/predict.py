@@ -133,14 +133,15 @@ def unique_names(names):
 
 
 class ExactScorer:
-    """Exact ISM of a base model: one forward pass per substitution (``window_targets``)."""
+    """Exact ISM of a base model (``window_targets``: fast incremental ISM, naive forward passes
+    for models it cannot analyse)."""
 
     def __init__(self, model, mode, batch_size, device):
         self.model, self.mode, self.batch_size, self.device = model.to(device).eval(), mode, batch_size, device
 
     def __call__(self, tokens, offsets, alts):
         """Effects ``[M, F]`` float32 of the substitutions ``(offsets, alts)`` of one window."""
-        _, target = window_targets(self.model, tokens, offsets, alts, self.mode, "naive", self.batch_size,
+        _, target = window_targets(self.model, tokens, offsets, alts, self.mode, "fast", self.batch_size,
                                    self.device)
         return target[:, alts, offsets].T
 

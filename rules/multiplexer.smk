@@ -27,6 +27,8 @@ rule train_multiplexer:
     threads: MUX["train"]["threads"]
     resources:
         gpu=1,
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("train_multiplexer"),
     benchmark:
@@ -60,6 +62,8 @@ rule evaluate_multiplexer:
     threads: MUX["evaluate"]["threads"]
     resources:
         gpu=1,
+    conda:
+        "../envs/seqmux.yaml"
     log:
         log_path("evaluate_multiplexer"),
     benchmark:

@@ -17,6 +17,7 @@ TINY = {
     "genome": {"demo": {"chromosomes": {f"chr{i}": 40000 for i in range(1, 10)}}},
     "windows": {"length": 400, "count": {"train": 6, "validation": 2, "test": 2}},
     "targets": {"shards": 2, "dtype": "float32"},
+    "multiplexer": {"train": {"steps": 4, "validate_every": 2}, "evaluate": {"speed_windows": 1}},
 }
 
 

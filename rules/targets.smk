@@ -13,7 +13,7 @@ rule compute_targets:
         n_shards=config["targets"]["shards"],
         base_model=base_model_spec(),
         targets=config["targets"],
-    threads: 2
+    threads: config["targets"]["threads"]
     resources:
         gpu=1,
     conda:

@@ -8,8 +8,6 @@ substitution. Labels are 1-based, VCF style: ``chr11:1000000 C>A``.
 import numpy as np
 import pyarrow as pa
 
-from .encoding import N_TOKEN
-
 _LETTERS = np.array(list("AGCTN"))
 
 

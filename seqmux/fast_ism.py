@@ -336,7 +336,8 @@ def analyse(model, length):
             else:
                 raise Unsupported(f"{n.target}: layer {type(m).__name__} is not supported")
         elif n.op in ("call_function", "call_method"):
-            args, kwargs = _const_args(n, prev)
+            # a flatten by reshape also reads the batch size (a shape node), not only ``prev``
+            args, kwargs = ((), {}) if is_flatten_reshape(n) else _const_args(n, prev)
             target = n.target
             if n.op == "call_method":
                 name = target

@@ -3,15 +3,26 @@
 For a window with one-hot ``x [4, L]`` and sigmoid outputs ``ref = model(x) [F]``, the target of
 putting base ``b`` at position ``p`` is ``[f, b, p]``: the log-fold change (default) or the
 difference ``alt - ref`` of the model's outputs, exactly 0 for the identity substitution.
-``predict_substitutions`` is the one entry point for computing substitution predictions.
+``predict_substitutions`` is the one entry point for computing substitution predictions (model
+outputs); ``substitution_effects`` turns them into targets.
+
+When the model's last operation is a sigmoid, effects are computed from its logits ``z`` (in
+float64, with ``1 - p`` as ``sigmoid(-z)``): in float32 an output near 1 has a resolution of 6e-8,
+which the log-fold formula would amplify into up to 1e-3 of noise between two equally exact
+computations (fast vs naive ISM, two batch sizes); from the logits it stays at the logits' own
+float32 rounding (at most 6.2e-6 between fast and naive ISM on the embedded default).
 """
 
 import logging
 import sys
+import weakref
 
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from .encoding import one_hot
@@ -26,13 +37,72 @@ def logfold(alt, ref, eps=EPS):
     return torch.log((alt + eps) * (1 - ref + eps) / ((1 - alt + eps) * (ref + eps)))
 
 
+def log_odds(z, eps=EPS):
+    """``log((p + e) / (1 - p + e))`` of ``p = sigmoid(z)``, in float64, with ``1 - p`` computed
+    as ``sigmoid(-z)`` (full precision where ``p`` is near 1)."""
+    z = z.double()
+    return torch.log(torch.sigmoid(z) + eps) - torch.log(torch.sigmoid(-z) + eps)
+
+
 def effect(alt, ref, mode):
-    """``logfold`` (mode ``logfold``) or ``alt - ref`` (mode ``diff``); broadcasts ``ref``."""
+    """``logfold`` (mode ``logfold``) or ``alt - ref`` (mode ``diff``) of outputs; broadcasts ``ref``."""
     if mode == "logfold":
         return logfold(alt, ref)
     if mode == "diff":
         return alt - ref
     raise ValueError(f"unknown target mode {mode!r}")
+
+
+def effect_of_logits(z_alt, z_ref, mode):
+    """``effect(sigmoid(z_alt), sigmoid(z_ref), mode)`` computed from logits in float64, returned
+    in the dtype of ``z_alt``; broadcasts ``z_ref``."""
+    if mode == "logfold":
+        out = log_odds(z_alt) - log_odds(z_ref)
+    elif mode == "diff":
+        out = torch.sigmoid(z_alt.double()) - torch.sigmoid(z_ref.double())
+    else:
+        raise ValueError(f"unknown target mode {mode!r}")
+    return out.to(z_alt.dtype)
+
+
+_LOGIT_MODELS = weakref.WeakKeyDictionary()   # model -> GraphModule without the final sigmoid, or None
+
+
+def _is_sigmoid(node, modules):
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Sigmoid)
+    if node.op == "call_function":
+        return node.target in (torch.sigmoid, F.sigmoid)
+    return node.op == "call_method" and node.target == "sigmoid"
+
+
+def logit_model(model):
+    """``model`` without its final sigmoid: a torch.fx ``GraphModule`` that shares the model's
+    layers (weights, dtype, device, eval mode) and maps ``[B, 4, L]`` to logits ``[B, F]``.
+    ``None`` when the model's last operation is not a sigmoid or torch.fx cannot trace it."""
+    if model in _LOGIT_MODELS:
+        return _LOGIT_MODELS[model]
+    head = None
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as err:  # any untraceable forward: effects come from the outputs
+        log.info("%s cannot be traced (%s): effects computed from its outputs", type(model).__name__,
+                 str(err).splitlines()[0] if str(err) else type(err).__name__)
+    else:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        last = out.args[0]
+        if (isinstance(last, fx.Node) and _is_sigmoid(last, dict(gm.named_modules()))
+                and len(last.args) == 1 and isinstance(last.args[0], fx.Node) and not last.kwargs):
+            out.args = (last.args[0],)
+            gm.graph.erase_node(last)
+            gm.graph.lint()
+            gm.recompile()
+            head = gm
+            log.info("%s ends in a sigmoid: effects computed from its logits", type(model).__name__)
+        else:
+            log.info("%s does not end in a sigmoid: effects computed from its outputs", type(model).__name__)
+    _LOGIT_MODELS[model] = head
+    return head
 
 
 def pick_device(requested="auto"):
@@ -84,15 +154,33 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
         alt = naive_substitution_predictions(model, onehot, offsets, alts, batch_size)
     else:
         raise ValueError(f"unknown ISM method {method!r}")
+    if alt.shape[0] == 0:
+        alt = ref.new_empty(0, ref.shape[0])
     return ref, alt
 
 
-def scatter_targets(ref, alt, offsets, alts, length, mode="logfold"):
-    """Target ``[F, 4, L]`` (dtype of ``alt``) from ``ref [F]`` and substitution outputs ``alt [M, F]``;
+@torch.no_grad()
+def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="fast", batch_size=256):
+    """Reference outputs ``[F]`` and effects ``[M, F]`` (``mode``: ``logfold`` or ``diff``) of
+    the substitutions ``offsets``/``alts`` of ``onehot [4, L]`` (see ``predict_substitutions``).
+
+    A model ending in a sigmoid runs without it (``logit_model``) and the effects come from its
+    logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
+    """
+    head = logit_model(model)
+    if head is None:
+        ref, alt = predict_substitutions(model, onehot, offsets, alts, method, batch_size)
+        return ref, effect(alt, ref[None, :], mode)
+    z_ref, z_alt = predict_substitutions(head, onehot, offsets, alts, method, batch_size)
+    return torch.sigmoid(z_ref), effect_of_logits(z_alt, z_ref[None, :], mode)
+
+
+def scatter_targets(effects, offsets, alts, length):
+    """Target ``[F, 4, L]`` (dtype of ``effects``) from substitution effects ``[M, F]``;
     substitutions not listed (identity) stay exactly 0."""
-    target = torch.zeros(ref.shape[0], 4, length, dtype=alt.dtype, device=ref.device)
+    target = torch.zeros(effects.shape[1], 4, length, dtype=effects.dtype, device=effects.device)
     if len(offsets):
-        target[:, alts, offsets] = effect(alt, ref[None, :], mode).T
+        target[:, alts, offsets] = effects.T
     return target
 
 
@@ -105,8 +193,8 @@ def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", 
     x = torch.from_numpy(one_hot(tokens)).to(device, dtype)
     off = torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device)
     alt_idx = torch.from_numpy(np.asarray(alts, dtype=np.int64)).to(device)
-    ref, alt = predict_substitutions(model, x, off, alt_idx, method, batch_size)
-    target = scatter_targets(ref, alt, off, alt_idx, x.shape[-1], mode)
+    ref, effects = substitution_effects(model, x, off, alt_idx, mode, method, batch_size)
+    target = scatter_targets(effects, off, alt_idx, x.shape[-1])
     return ref.cpu().numpy(), target.cpu().numpy()
 
 

@@ -4,7 +4,8 @@ import torch
 
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta
-from seqmux.ism import logfold, mutate, scatter_targets, window_targets
+from seqmux.ism import effect_of_logits, logfold, logit_model, mutate, scatter_targets, substitution_effects, window_targets
+from seqmux.models import BelugaFamily
 from seqmux.models import load_model
 from seqmux.variants import substitutions
 
@@ -60,9 +61,7 @@ def test_every_target_equals_an_independent_forward_pass(demo_dir, mode):
 
 
 def test_scatter_layout_is_feature_base_position():
-    ref = torch.tensor([0.5, 0.5])
-    alt = torch.tensor([[0.6, 0.4]])
-    t = scatter_targets(ref, alt, torch.tensor([7]), torch.tensor([2]), 10, mode="diff")
+    t = scatter_targets(torch.tensor([[0.1, -0.1]]), torch.tensor([7]), torch.tensor([2]), 10)
     assert t.shape == (2, 4, 10)
     assert t[0, 2, 7].item() == pytest.approx(0.1) and t[1, 2, 7].item() == pytest.approx(-0.1)
     assert torch.count_nonzero(t) == 2
@@ -76,3 +75,51 @@ def test_float32_targets_match_within_tolerance(demo_dir):
     _, t32 = window_targets(model, tokens, offsets, alts, mode="diff")
     _, t64 = window_targets(model.double(), tokens, offsets, alts, mode="diff")
     assert t32.dtype == np.float32 and np.abs(t32 - t64).max() <= 1e-5
+
+
+def test_effects_from_logits_equal_the_formula():
+    z = torch.tensor([-30.0, -8.0, -1.0, 0.0, 0.5, 3.0, 9.0, 30.0], dtype=torch.float64)
+    z_ref = torch.tensor([0.3], dtype=torch.float64)
+    p, p_ref = torch.sigmoid(z), torch.sigmoid(z_ref)
+    assert torch.allclose(effect_of_logits(z, z_ref, "logfold"), logfold(p, p_ref), rtol=1e-9, atol=1e-9)
+    assert torch.allclose(effect_of_logits(z, z_ref, "diff"), p - p_ref, rtol=0, atol=1e-12)
+    assert torch.equal(effect_of_logits(z, z, "logfold"), torch.zeros_like(z))   # identity: exactly 0
+    assert effect_of_logits(z.float(), z_ref.float(), "logfold").dtype == torch.float32
+
+
+def test_logit_model_drops_only_a_final_sigmoid():
+    model = BelugaFamily(403, (8, 8, 8), 8, 4, 16, 5).eval()
+    x = torch.from_numpy(one_hot(np.random.default_rng(0).integers(0, 4, (3, 403)).astype(np.uint8)))
+    head = logit_model(model)
+    with torch.no_grad():
+        assert torch.allclose(torch.sigmoid(head(x)), model(x), atol=1e-7)
+        model.model[1][4][1].bias += 1.0            # shares the model's weights
+        assert torch.allclose(torch.sigmoid(head(x)), model(x), atol=1e-7)
+    assert logit_model(model) is head               # built once per model
+    assert logit_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 403, 2))) is None
+
+
+def test_float32_logfold_near_saturation(demo_dir):
+    """Outputs near 1, where a float32 probability has a resolution of 6e-8: log-fold targets in
+    float32 still equal float64 within 1e-5 (computed from the logits), whatever the batching."""
+    model = load_model(demo_dir / "model.pt").eval()
+    with torch.no_grad():
+        model.model[1][4][1].bias += 8.0           # sigmoid(8) = 0.99966
+    fa = open_fasta(demo_dir / "genome.fa")
+    tokens = tokenize(fa["chr4"][9000:9400])
+    offsets, alts = substitutions(tokens)
+    ref, t32 = window_targets(model, tokens, offsets, alts, batch_size=64)
+    _, t32b = window_targets(model, tokens, offsets, alts, method="naive", batch_size=501)
+    _, t64 = window_targets(model.double(), tokens, offsets, alts)
+    assert (ref > 0.999).sum() >= 3
+    assert np.abs(t64).max() > 0.05                 # real effects
+    assert np.abs(t32 - t64).max() <= 1e-5 and np.abs(t32 - t32b).max() <= 1e-5
+    # the same log-folds from float32 probabilities are off by far more
+    x = torch.from_numpy(one_hot(tokens))
+    off, alt = torch.from_numpy(offsets.astype(np.int64)), torch.from_numpy(alts.astype(np.int64))
+    with torch.no_grad():
+        model.float()
+        base = model(x[None])[0]
+        probs = torch.cat([model(mutate(x, off[i:i + 64], alt[i:i + 64])) for i in range(0, len(off), 64)])
+    from_probs = scatter_targets(logfold(probs, base[None]), off, alt, 400).numpy()
+    assert np.abs(from_probs - t64).max() > 1e-4

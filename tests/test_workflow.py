@@ -56,6 +56,22 @@ def test_same_config_same_bytes(tiny_run, tmp_path):
         assert digest(tiny_run / product) == digest(tmp_path / product), product
 
 
+def test_fast_targets_equal_naive_targets(tiny_run, tmp_path):
+    """The target stage's default (fast ISM) and naive ISM agree within 1e-5 on every target, in
+    float32; the reference predictions are the same forward pass."""
+    shards = ["results/targets/0000.arrow", "results/targets/0001.arrow"]
+    result = run_workflow(tmp_path, deep_update(TINY, {"targets": {"method": "naive"}}), *shards)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "naive ISM" in (tmp_path / "logs/compute_targets.0000.log").read_text()
+    for shard in shards:
+        fast, naive = open_split(tiny_run / shard), open_split(tmp_path / shard)
+        assert fast.column("window_id").equals(naive.column("window_id"))
+        t_fast, t_naive = (np.stack(t.column("target").to_numpy(zero_copy_only=False)) for t in (fast, naive))
+        assert t_fast.dtype == np.float32 and np.abs(t_naive).max() > 0.1
+        assert np.abs(t_fast - t_naive).max() <= 1e-5
+        assert fast.column("reference_prediction").equals(naive.column("reference_prediction"))
+
+
 def test_demo_targets_respond_to_planted_motifs(tiny_run):
     """Mean |log-fold| inside planted motif sites is at least 5x the background's."""
     sites = read_bed_intervals(tiny_run / "resources/demo/motif_sites.bed")

@@ -236,3 +236,35 @@ def test_plot_needs_window_when_file_holds_several(demo, tmp_path):
     assert not (tmp_path / "two.png").exists()
     profile = plot_prediction(tmp_path / "two", tmp_path / "two.png", window=f"chr1:{first + 7}")
     assert profile in demo["names"] and (tmp_path / "two.png").stat().st_size > 0
+
+
+def test_predict_with_the_trained_multiplexer(tiny_run, tmp_path):
+    """From the workflow directory with the defaults (demo genome, results/multiplexer/model.pt):
+    every substitution of a window, each value the trained multiplexer's own output."""
+    import torch
+
+    from seqmux.encoding import one_hot
+    from seqmux.multiplexer import load_multiplexer
+
+    model, info = load_multiplexer(tiny_run / "results/multiplexer/model.pt")
+    length, names = info["length"], info["output_names"]
+    pos = 20_000
+    res = run_cli("predict", "--chromosome", "chr3", "--position", pos, "--output", tmp_path / "mux", cwd=tiny_run)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "mux.tsv.gz", sep="\t")
+    assert list(table.columns) == ["variant", "window", *unique_names(names)]
+    fasta = open_fasta(tiny_run / "resources/demo/genome.fa")
+    start, end = window_bounds(pos, length)
+    tokens = tokenize(fasta["chr3"][start:end])
+    assert len(table) == 3 * int((tokens < 4).sum()) + 4 * int((tokens == 4).sum())
+    with torch.no_grad():
+        want = model(torch.from_numpy(one_hot(tokens))[None])[0].numpy()   # [F, 4, L]
+    labels = parse(table["variant"])
+    offsets = labels["pos"].to_numpy() - start - 1
+    alts = labels["alt"].map(BASES.index).to_numpy()
+    assert (offsets >= 0).all() and (offsets < length).all()
+    np.testing.assert_allclose(table[unique_names(names)].to_numpy(np.float32), want[:, alts, offsets].T,
+                               rtol=1e-6, atol=1e-7)
+    assert np.abs(want[:, alts, offsets]).max() > 0     # a trained model, not zeros
+    meta = (tmp_path / "mux.json").read_text()
+    assert "multiplexer" in meta

@@ -22,6 +22,10 @@ Architecture (a generalisation of the published BelugaMultiplexer to any ``L`` a
   reshaped to ``[B, F, 4, L]``.
 - ``mask_reference`` (default on, no parameters): the prediction for the identity substitution
   (the reference base at each position) is set to exactly 0, which is its exact target.
+- ``output_scale`` (default 1, no parameters): the head's output is multiplied by it. Training sets
+  it to the RMS of the training targets, so the network works at unit scale whatever the base model
+  and target mode (log-fold changes of ~0.1, ``diff`` values of ~1e-3): Adam's steps are of a fixed
+  size in parameter space, hence in the output's units without it.
 
 ``PRESETS["beluga"]`` with ``n_outputs = 2002`` has exactly the published ``state_dict`` keys and
 shapes (202,273,376 parameters), so the published weights load with ``load_published``; the
@@ -93,7 +97,7 @@ class Multiplexer(nn.Module):
     """One forward pass: one-hot ``[B, 4, L]`` -> substitution effects ``[B, F, 4, L]``."""
 
     def __init__(self, length, n_outputs, widths, dilations=None, kernel=8, head_hidden=0, ramp="tent",
-                 mask_reference=True):
+                 mask_reference=True, output_scale=1.0):
         super().__init__()
         widths = [int(w) for w in widths]
         dilations = [int(d) for d in (dilations or [1] * len(widths))]
@@ -102,7 +106,7 @@ class Multiplexer(nn.Module):
         self.length, self.n_outputs = int(length), int(n_outputs)
         head_hidden = int(head_hidden) or 4 * self.n_outputs
         self.sizes = dict(widths=widths, dilations=dilations, kernel=int(kernel), head_hidden=head_hidden,
-                          ramp=ramp, mask_reference=bool(mask_reference))
+                          ramp=ramp, mask_reference=bool(mask_reference), output_scale=float(output_scale))
         self.register_buffer("ramp", positional_ramp(self.length, ramp), persistent=False)
         c_in = 5
         self.residual = []
@@ -131,6 +135,8 @@ class Multiplexer(nn.Module):
             out = getattr(self, name)(h)
             h = out + h if residual else out
         y = self.model_final(h).view(batch, self.n_outputs, 4, self.length)
+        if self.sizes["output_scale"] != 1.0:
+            y = y * self.sizes["output_scale"]
         if self.sizes["mask_reference"]:
             y = y * (1 - x).unsqueeze(1).to(y.dtype)
         return y
@@ -152,9 +158,10 @@ def preset_sizes(preset, sizes=None):
     return out
 
 
-def build_multiplexer(preset, length, n_outputs, sizes=None, mask_reference=True):
+def build_multiplexer(preset, length, n_outputs, sizes=None, mask_reference=True, output_scale=1.0):
     """A ``Multiplexer`` of ``preset`` for windows of ``length`` and ``n_outputs`` outputs."""
-    return Multiplexer(length, n_outputs, mask_reference=mask_reference, **preset_sizes(preset, sizes))
+    return Multiplexer(length, n_outputs, mask_reference=mask_reference, output_scale=output_scale,
+                       **preset_sizes(preset, sizes))
 
 
 def beluga_multiplexer(length=2000, n_outputs=2002):

@@ -59,6 +59,21 @@ def targets_of(table, rows=None):
     return flat.astype(np.float32).reshape(-1, info["n_outputs"], 4, info["length"])
 
 
+def target_rms(table, max_rows=256):
+    """Root mean square of the targets of up to ``max_rows`` rows spread evenly over ``table``
+    (identity substitutions, exactly 0, included); 1.0 for an empty or all-zero table."""
+    n = table.num_rows
+    if n == 0:
+        return 1.0
+    rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).round().astype(np.int64))
+    total, count = 0.0, 0
+    for r in rows:
+        t = targets_of(table, [r]).astype(np.float64)
+        total, count = total + float(np.square(t).sum()), count + t.size
+    rms = float(np.sqrt(total / count))
+    return rms if rms > 0 else 1.0
+
+
 def assemble_splits(windows, tokens, shard_paths, out_paths, names, mode, dtype, base_model):
     """Route the rows of the target shards to one file per split, adding coordinates and sequence.
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .errors import InputError
 from .multiplexer import build_multiplexer, n_parameters, save_multiplexer
-from .splits import SplitDataset, check_split
+from .splits import SplitDataset, check_split, target_rms
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,13 @@ class _Stop:
 def train_multiplexer(train_path, validation_path, model_out, last_out, log_out, plot_out, checkpoint_dir,
                       preset="demo", sizes=None, mask_reference=True, lr=1e-3, batch_size=16, steps=1000,
                       validate_every=100, patience=5, lr_schedule="constant", device="auto", amp=True,
-                      num_workers=0, seed=1):
+                      num_workers=0, seed=1, scale_targets=True):
     """Stage: train a Multiplexer, write the best weights (``model_out``), the last weights
     (``last_out``), the per-step CSV log (``log_out``) and the loss-curve plot (``plot_out``).
 
     Resumes from ``checkpoint_dir/last.pt`` when it belongs to the same run (same hash of config
-    and splits). Returns a dict of run facts.
+    and splits). ``scale_targets``: the model's ``output_scale`` is the RMS of the training targets
+    (``seqmux.splits.target_rms``), else 1. Returns a dict of run facts.
     """
     from .plots import plot_loss_curve
 
@@ -213,7 +214,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     sizes = dict(sizes or {})
     hparams = dict(preset=preset, sizes=sizes, mask_reference=mask_reference, lr=lr, batch_size=batch_size,
                    steps=steps, validate_every=validate_every, patience=patience, lr_schedule=lr_schedule,
-                   seed=seed, amp=amp)
+                   seed=seed, amp=amp, scale_targets=scale_targets)
     key = run_hash(dict(hparams, train=split_fingerprint(train, tinfo), validation=split_fingerprint(val, vinfo)))
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,10 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     dev = choose_device(device)
     torch.manual_seed(seed)
-    model = build_multiplexer(preset, length, n_out, sizes, mask_reference).to(dev)
+    scale = target_rms(train) if scale_targets else 1.0
+    if scale_targets:
+        log.info("target RMS on the training split: %.6g (the network's output scale)", scale)
+    model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = make_scheduler(opt, lr_schedule, steps, lr)
     autocast, scaler = autocast_for(dev, amp)

@@ -69,3 +69,33 @@ def test_save_and_load(tmp_path):
     assert info["preset"] == "demo" and info["sizes"]["widths"] == [4, 4]
     with pytest.raises(InputError, match="model file not found"):
         load_multiplexer(tmp_path / "missing.pt")
+
+
+def test_output_scale_multiplies_the_prediction_and_is_saved(tmp_path):
+    torch.manual_seed(1)
+    plain = build_multiplexer("demo", 40, 2, dict(widths=[4, 4], dilations=[1, 2])).eval()
+    scaled = build_multiplexer("demo", 40, 2, dict(widths=[4, 4], dilations=[1, 2]), output_scale=0.25).eval()
+    scaled.load_state_dict(plain.state_dict())            # no state_dict key for the scale
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (3, 40)), 4).transpose(1, 2).float()
+    with torch.no_grad():
+        assert torch.allclose(scaled(x), 0.25 * plain(x), rtol=1e-6, atol=1e-8)
+    save_multiplexer(scaled, tmp_path / "m.pt", ["a", "b"], "diff", "demo")
+    loaded, info = load_multiplexer(tmp_path / "m.pt")
+    assert info["sizes"]["output_scale"] == 0.25
+    with torch.no_grad():
+        assert torch.equal(loaded(x), scaled(x))
+
+
+def test_target_rms(tmp_path):
+    from mux_synthetic import random_sequences, write_split
+    from seqmux.splits import open_split, target_rms
+
+    rng = np.random.default_rng(0)
+    targets = rng.normal(0, 0.01, (5, 2, 4, 12)).astype(np.float32)
+    write_split(tmp_path / "t.feather", random_sequences(5, 12, rng), targets, ["a", "b"])
+    table = open_split(tmp_path / "t.feather")
+    assert target_rms(table) == pytest.approx(float(np.sqrt(np.mean(targets.astype(np.float64) ** 2))), rel=1e-6)
+    assert target_rms(table, max_rows=2) == pytest.approx(
+        float(np.sqrt(np.mean(targets[[0, 4]].astype(np.float64) ** 2))), rel=1e-6)
+    write_split(tmp_path / "z.feather", random_sequences(2, 12, rng), np.zeros((2, 2, 4, 12), np.float32), ["a", "b"])
+    assert target_rms(open_split(tmp_path / "z.feather")) == 1.0

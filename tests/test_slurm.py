@@ -177,10 +177,11 @@ def test_gpu_rules_got_a_gpu(slurm_run):
         assert ("CUDA_VISIBLE_DEVICES=0" in first_line) == (rule in GPU_RULES), (rule, first_line)
 
 
-def test_same_products_as_a_local_run(slurm_run, tiny_run):
+def test_same_products_as_a_local_run(slurm_run, request):
     """Byte-identical windows, tokens, targets and splits; the same Multiplexer (weights, training
     curve, metrics), timings aside."""
     workdir = slurm_run[0]
+    tiny_run = request.getfixturevalue("tiny_run")  # the local run, only once the SLURM run is there
     for product in SAME_BYTES:
         assert (workdir / product).read_bytes() == (tiny_run / product).read_bytes(), product
     mux, local = workdir / "results/multiplexer", tiny_run / "results/multiplexer"

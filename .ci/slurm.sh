@@ -33,8 +33,8 @@ GPUS=${SEQMUX_SLURM_GPUS:-1}
 ETC=/etc/slurm
 MARK="# written by seqmux .ci/slurm.sh"
 PIDS=$DIR/pids                  # root-owned PID files: slurmctld, slurmd, slurmdbd
-MYSQL_DATA=$DIR/mariadb         # private MariaDB data dir (owned by mysql), PID file inside
-MYSQL_PID=$MYSQL_DATA/mariadbd.pid
+MYSQL_DATA=$DIR/mariadb         # private MariaDB data dir (owned by mysql)
+MYSQL_PID=$DIR/mariadb-run/mariadbd.pid   # in a dir that mysql may write and all may read
 MYSQL_SOCK=/run/mysqld/mysqld.sock   # default socket: slurmdbd's client library finds it
 MUNGE_PID=/run/munge/seqmux-munged.pid
 PACKAGES="slurmctld slurmd slurm-client munge slurmdbd mariadb-server"
@@ -62,14 +62,21 @@ pids_named() {
   return 0
 }
 
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE [NAME]: the PID file names a running process (called NAME, when given)
+alive() {
+  local pid
+  [ -s "$1" ] || return 1
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+  [ -z "${2:-}" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
 
-# stop_by_pidfile FILE NAME: TERM, up to 20 s, then KILL; removes the PID file
+# stop_by_pidfile FILE NAME: TERM, up to 20 s, then KILL (only a process called NAME: a stale
+# PID file may name a recycled PID); removes the PID file
 stop_by_pidfile() {
   local file=$1 name=$2 pid
   [ -e "$file" ] || return 0
   pid=$(cat "$file" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  if alive "$file" "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
@@ -202,7 +209,7 @@ EOF
 munge_works() { munge -n | unmunge; }
 
 start_munge() {
-  if alive "$MUNGE_PID"; then return 0; fi
+  if alive "$MUNGE_PID" munged; then return 0; fi
   if munge_works >/dev/null 2>&1; then say "munged already running (not ours): using it"; return 0; fi
   [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
   chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge
@@ -215,12 +222,13 @@ start_munge() {
 mariadb_sql() { mariadb --no-defaults --socket="$MYSQL_SOCK" -uroot -e "$1"; }
 
 start_mariadb() {
-  if [ -S "$MYSQL_SOCK" ] && ! alive "$MYSQL_PID" && mariadb-admin --no-defaults --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; then
+  if [ -S "$MYSQL_SOCK" ] && ! alive "$MYSQL_PID" mariadbd && mariadb-admin --no-defaults --socket="$MYSQL_SOCK" ping >/dev/null 2>&1; then
     die "a MariaDB/MySQL server not started by this script answers on $MYSQL_SOCK; stop it first"
   fi
   # a fresh private database at every start (job ids restart at 1 with the wiped controller state)
   rm -rf "$MYSQL_DATA"
   install -d -o mysql -g mysql -m 0750 "$MYSQL_DATA"
+  install -d -o mysql -g mysql -m 0755 "$(dirname "$MYSQL_PID")"
   install -d -o mysql -g mysql -m 0755 /run/mysqld
   mariadb-install-db --no-defaults --user=mysql --datadir="$MYSQL_DATA" --auth-root-authentication-method=socket \
     --skip-test-db >"$DIR/log/mariadb-install.log" 2>&1 || { tail "$DIR/log/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
@@ -268,7 +276,8 @@ add_account() {
 # ---- commands ------------------------------------------------------------------------------------
 
 ours_running() {
-  alive "$PIDS/slurmctld.pid" && alive "$PIDS/slurmd.pid" && alive "$PIDS/slurmdbd.pid" && alive "$MYSQL_PID"
+  alive "$PIDS/slurmctld.pid" slurmctld && alive "$PIDS/slurmd.pid" slurmd && alive "$PIDS/slurmdbd.pid" slurmdbd &&
+    alive "$MYSQL_PID" mariadbd
 }
 
 smoke() {
@@ -298,7 +307,7 @@ start() {
     return 0
   fi
   for name in slurmctld slurmd slurmdbd; do
-    if pids_named "$name" | grep -q . && ! alive "$PIDS/$name.pid"; then
+    if pids_named "$name" | grep -q . && ! alive "$PIDS/$name.pid" "$name"; then
       die "a $name not started by this script is running (pid $(pids_named "$name" | tr '\n' ' ')); stop it first"
     fi
   done
@@ -347,10 +356,13 @@ stop() {
 }
 
 status() {
-  local ok=0 f name
-  for f in "$MUNGE_PID" "$MYSQL_PID" "$PIDS/slurmdbd.pid" "$PIDS/slurmctld.pid" "$PIDS/slurmd.pid"; do
-    name=$(basename "$f" .pid)
-    if alive "$f"; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: not running"; ok=1; fi
+  local ok=0 entry f name
+  for entry in "$MUNGE_PID:munged" "$MYSQL_PID:mariadbd" "$PIDS/slurmdbd.pid:slurmdbd" \
+    "$PIDS/slurmctld.pid:slurmctld" "$PIDS/slurmd.pid:slurmd"; do
+    f=${entry%:*} name=${entry##*:}
+    if alive "$f" "$name"; then echo "$name: running (pid $(cat "$f"))"
+    elif [ -e "$f" ] && [ ! -r "$f" ]; then echo "$name: unknown (PID file not readable; run as root)"
+    else echo "$name: not running"; ok=1; fi
   done
   if command -v scontrol >/dev/null 2>&1 && controller_up 2>/dev/null; then
     sinfo -N -o "%N %P %T %c %m %G"

@@ -33,7 +33,7 @@ from conftest import REPO, TINY
 PROFILE = REPO / "profiles/slurm"
 PARTITION = os.environ.get("SEQMUX_SLURM_PARTITION", "main")
 ACCOUNT = os.environ.get("SEQMUX_SLURM_ACCOUNT", "seqmux")
-RUN_TIMEOUT = 480  # seconds for the whole SLURM run (about 2 min on 2 busy cores)
+RUN_TIMEOUT = int(os.environ.get("SEQMUX_SLURM_TEST_TIMEOUT", 480))  # s for the whole SLURM run (about 2 min on 2 busy cores)
 GPU_RULES = {"compute_targets", "train_multiplexer", "evaluate_multiplexer"}
 SHARDS = [f"{i:04d}" for i in range(TINY["targets"]["shards"])]
 # one SLURM job per Snakemake job of the tiny config (`all` runs on the submitting host)

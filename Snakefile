@@ -1,5 +1,7 @@
 # seqmux: reference genome + trained sequence model -> training data for a Multiplexer.
-# Run:  snakemake --cores 8 --resources gpu=1        (embedded default, no download)
+# Run:  snakemake --profile profiles/local              (embedded default, no download)
+#       snakemake --profile profiles/slurm              (on a SLURM cluster, see README)
+#       snakemake --cores 8 --resources gpu=1           (the same as profiles/local, on 8 cores)
 #       snakemake --cores 8 --resources gpu=1 --configfile config/hg19_beluga.yaml
 
 import os

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -24,6 +25,16 @@ def configure_logging(log_path=None, level=logging.INFO):
     root.setLevel(level)
 
 
+def where():
+    """Where this process runs: the host, and the SLURM job and GPUs it was given, if any."""
+    parts = [f"host {socket.gethostname()}"]
+    if os.environ.get("SLURM_JOB_ID"):
+        parts.append(f"SLURM job {os.environ['SLURM_JOB_ID']}")
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        parts.append(f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
+    return ", ".join(parts)
+
+
 def run_stage(log_path, fn, *args, threads=None, **kwargs):
     """Call ``fn(*args, **kwargs)`` with logging (and progress bars) going to ``log_path``.
 
@@ -42,7 +53,7 @@ def run_stage(log_path, fn, *args, threads=None, **kwargs):
         torch.set_num_threads(int(threads))
     log = logging.getLogger(fn.__module__)
     started = time.time()
-    log.info("start %s", fn.__name__)
+    log.info("start %s (%s)", fn.__name__, where())
     try:
         result = fn(*args, **kwargs)
     except InputError as err:

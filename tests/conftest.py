@@ -28,14 +28,16 @@ def deep_update(base, extra):
     return out
 
 
-def run_workflow(workdir, config, *targets, extra_args=(), timeout=600):
-    """Run the workflow in ``workdir`` with ``config`` (a dict merged over config/config.yaml)."""
+def run_workflow(workdir, config, *targets, extra_args=(), timeout=600, profile=None):
+    """Run the workflow in ``workdir`` with ``config`` (a dict merged over config/config.yaml), on 2
+    cores with one GPU token, or with ``profile`` (a folder under profiles/) instead."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "test_config.yaml"
     cfg.write_text(yaml.safe_dump(config))
+    how = ["--profile", str(REPO / "profiles" / profile)] if profile else ["--cores", "2", "--resources", "gpu=1"]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg), "--nolock", *extra_args, *targets]
+           *how, "--configfile", str(cfg), "--nolock", *extra_args, *targets]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -222,8 +222,9 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     dev = choose_device(device)
     torch.manual_seed(seed)
-    scale = target_rms(train) if scale_targets else 1.0
+    scale = 1.0
     if scale_targets:
+        scale = target_rms(train)
         log.info("target RMS on the training split: %.6g (the network's output scale)", scale)
     model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

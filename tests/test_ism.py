@@ -4,7 +4,8 @@ import torch
 
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta
-from seqmux.ism import effect_of_logits, logfold, logit_model, mutate, scatter_targets, substitution_effects, window_targets
+from seqmux.ism import (effect_of_logits, logfold, logit_model, mutate, predict_substitutions, scatter_targets,
+                        window_targets)
 from seqmux.models import BelugaFamily
 from seqmux.models import load_model
 from seqmux.variants import substitutions
@@ -117,9 +118,6 @@ def test_float32_logfold_near_saturation(demo_dir):
     # the same log-folds from float32 probabilities are off by far more
     x = torch.from_numpy(one_hot(tokens))
     off, alt = torch.from_numpy(offsets.astype(np.int64)), torch.from_numpy(alts.astype(np.int64))
-    with torch.no_grad():
-        model.float()
-        base = model(x[None])[0]
-        probs = torch.cat([model(mutate(x, off[i:i + 64], alt[i:i + 64])) for i in range(0, len(off), 64)])
+    base, probs = predict_substitutions(model.float(), x, off, alt, "naive", 64)
     from_probs = scatter_targets(logfold(probs, base[None]), off, alt, 400).numpy()
     assert np.abs(from_probs - t64).max() > 1e-4

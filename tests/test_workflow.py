@@ -127,6 +127,8 @@ def test_config_not_matching_schema(tmp_path):
     assert_failed_cleanly(result, tmp_path, "windows.length='long'", "is not of type 'integer'")
     result = run_workflow(tmp_path, deep_update(TINY, {"targets": {"mode": "ratio"}}), "-n")
     assert_failed_cleanly(result, tmp_path, "targets.mode='ratio'")
+    result = run_workflow(tmp_path, deep_update(TINY, {"base_model": {"demo": {"logit_std": 0}}}), "-n")
+    assert_failed_cleanly(result, tmp_path, "base_model.demo.logit_std=0")
 
 
 def test_missing_fasta(tmp_path):

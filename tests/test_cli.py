@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from seqmux.encoding import tokenize
 from seqmux.genome import build_demo_genome, open_fasta
@@ -58,13 +59,23 @@ def genome_base(fasta, chrom, pos):
     return base if base in BASES else "N"
 
 
+def one_thread_targets(model, tokens, offsets, alts):
+    """``window_targets`` on one CPU thread, as the CLI runs with ``--threads 1``: the last bits of a
+    convolution depend on how its sums are split between threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return window_targets(model, tokens, offsets, alts)[1]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def expected_targets(demo, chrom, pos):
     """Tokens, window start and the exact ISM targets [F, 4, L] of the window centred on ``pos``."""
     start, end = window_bounds(pos, LENGTH)
     tokens = tokenize(demo["fasta"][chrom][start:end])
     offsets, alts = substitutions(tokens)
-    _, target = window_targets(load_model(demo["model"]).eval(), tokens, offsets, alts)
-    return tokens, start, target
+    return tokens, start, one_thread_targets(load_model(demo["model"]).eval(), tokens, offsets, alts)
 
 
 def parse(labels):
@@ -79,7 +90,7 @@ def test_predict_position_then_plot(demo, tmp_path):
     pos = demo["first_base"] - 40 + (LENGTH - 1) // 2 + 1
     out = tmp_path / "site"
     res = run_cli("predict", "--chromosome", "chr1", "--position", pos, "--exact", "--weights", demo["model"],
-                  "--genome", demo["genome"], "--format", "both", "--output", out)
+                  "--genome", demo["genome"], "--format", "both", "--threads", 1, "--output", out)
     assert res.returncode == 0, res.stderr
     tokens, start, target = expected_targets(demo, "chr1", pos)
     assert (tokens[:40] == 4).all() and (tokens[40:] < 4).all()
@@ -139,7 +150,7 @@ def test_predict_vcf_with_ref_mismatch(demo, tmp_path):
             fh.write(f"{chrom}\t{pos}\t.\t{ref}\t{alt}\t50\tPASS\t.\n")
     out = tmp_path / "calls"
     res = run_cli("predict", "--vcf", vcf, "--exact", "--weights", demo["model"], "--genome", demo["genome"],
-                  "--format", "both", "--output", out)
+                  "--format", "both", "--threads", 1, "--output", out)
     assert res.returncode == 0, res.stderr
     mismatch = f"{c2}:{p2} {bad_ref}>{refs[(c2, p2)]}"
     assert "REF mismatch" in res.stderr and mismatch in res.stderr  # reported in the log ...
@@ -160,7 +171,7 @@ def test_predict_vcf_with_ref_mismatch(demo, tmp_path):
         centre = pos - 1 - start
         assert centre == (LENGTH - 1) // 2
         alts = [BASES.index(a) for c, p, a in wanted if (c, p) == (chrom, pos)]
-        _, target = window_targets(model, tokenize(fasta[chrom][start:end]), [centre] * len(alts), alts)
+        target = one_thread_targets(model, tokenize(fasta[chrom][start:end]), [centre] * len(alts), alts)
         expected += [target[:, a, centre] for a in alts]
     expected = np.stack(expected)
     parquet = pq.read_table(f"{out}.parquet").to_pandas()

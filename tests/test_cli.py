@@ -70,6 +70,14 @@ def one_thread_targets(model, tokens, offsets, alts):
         torch.set_num_threads(threads)
 
 
+def assert_same_effects(actual, expected):
+    """The CLI's effects equal the in-process ones up to float32 rounding (another process may
+    sum in another order); the text table holds the float32 values exactly (checked against the
+    parquet table)."""
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-12)
+
+
 def expected_targets(demo, chrom, pos):
     """Tokens, window start and the exact ISM targets [F, 4, L] of the window centred on ``pos``."""
     start, end = window_bounds(pos, LENGTH)
@@ -107,11 +115,11 @@ def test_predict_position_then_plot(demo, tmp_path):
     offsets = labels["pos"].to_numpy() - start - 1
     alts = labels["alt"].map(BASES.index).to_numpy()
     expected = target[:, alts, offsets].T
-    np.testing.assert_array_equal(table[demo["names"]].to_numpy(np.float32), expected)  # exact float32 text
+    assert_same_effects(table[demo["names"]].to_numpy(np.float32), expected)
 
     parquet = pq.read_table(f"{out}.parquet").to_pandas()
     assert list(parquet["variant"]) == list(table["variant"])
-    np.testing.assert_array_equal(parquet[demo["names"]].to_numpy(), expected)
+    np.testing.assert_array_equal(table[demo["names"]].to_numpy(np.float32), parquet[demo["names"]].to_numpy())
 
     # plot: strongest profile by default (PNG), a chosen one (PDF); a prefix finds the file
     res = run_cli("plot", f"{out}.tsv.gz", "--out", tmp_path / "site.png")
@@ -176,8 +184,8 @@ def test_predict_vcf_with_ref_mismatch(demo, tmp_path):
     expected = np.stack(expected)
     parquet = pq.read_table(f"{out}.parquet").to_pandas()
     assert list(parquet["variant"]) == list(table["variant"])
-    np.testing.assert_array_equal(parquet[demo["names"]].to_numpy(), expected)
-    np.testing.assert_array_equal(table[demo["names"]].to_numpy(np.float32), expected)
+    assert_same_effects(parquet[demo["names"]].to_numpy(), expected)
+    np.testing.assert_array_equal(table[demo["names"]].to_numpy(np.float32), parquet[demo["names"]].to_numpy())
 
 
 @pytest.mark.parametrize("case", ["unknown chromosome", "too close to the start", "too close to the end",

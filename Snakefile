@@ -9,6 +9,9 @@ import os
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/windows.smk"

@@ -2,7 +2,7 @@
 
 MUX = config["multiplexer"]
 MULTIPLEXER_FILES = expand("results/multiplexer/{name}", name=[
-    "model.pt", "loss_curve.png", "metrics.json", "predicted_vs_exact.png", "profile_correlations.png",
+    "model.pt", "loss_curve.png", "metrics.json", "metrics.tsv", "predicted_vs_exact.png", "profile_correlations.png",
     "example_heatmap.png"])
 
 
@@ -47,6 +47,8 @@ rule evaluate_multiplexer:
     output:
         metrics=report("results/multiplexer/metrics.json", caption="../report/metrics.rst",
                        category="Multiplexer", subcategory="Evaluation"),
+        table=report("results/multiplexer/metrics.tsv", caption="../report/metrics_table.rst",
+                     category="Multiplexer", subcategory="Evaluation"),
         hexbin=report("results/multiplexer/predicted_vs_exact.png", caption="../report/predicted_vs_exact.rst",
                       category="Multiplexer", subcategory="Evaluation"),
         histogram=report("results/multiplexer/profile_correlations.png",

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .errors import InputError
-from .metrics import Metrics
+from .metrics import Metrics, summary_table
 from .multiplexer import load_multiplexer
 from .splits import SplitDataset, check_split
 from .train import choose_device
@@ -113,10 +114,11 @@ def pick_example(ds, rows, batch_size=64):
     return rows[int(np.argmax(per_window[:, profile]))], profile
 
 
-def evaluate_multiplexer(model_path, train_path, validation_path, test_path, base_model, out_metrics, out_hexbin,
-                         out_histogram, out_heatmap, batch_size=16, speed_windows=10, ism_batch_size=512,
+def evaluate_multiplexer(model_path, train_path, validation_path, test_path, base_model, out_metrics, out_table,
+                         out_hexbin, out_histogram, out_heatmap, batch_size=16, speed_windows=10, ism_batch_size=512,
                          device="auto", seed=1):
-    """Stage: metrics.json and the three evaluation plots of a trained Multiplexer.
+    """Stage: metrics.json, its summary table (TSV, for the report) and the three evaluation plots
+    of a trained Multiplexer.
 
     ``base_model``: the config's base_model section with resolved paths (for the speed run).
     """
@@ -175,6 +177,7 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
     with open(out_metrics, "w") as fh:
         json.dump(out, fh, indent=2)
+    pd.DataFrame(summary_table(out)).to_csv(out_table, sep="\t", index=False)
     log.info("weighted Pearson mean %.4f (median %.4f, p10 %.4f); baselines: zero %.4f, train mean %.4f",
              out["weighted_pearson_mean"], out["weighted_pearson_median"], out["weighted_pearson_p10"],
              out["baselines"]["zero"]["weighted_pearson_mean"], out["baselines"]["train_mean"]["weighted_pearson_mean"])

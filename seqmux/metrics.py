@@ -184,3 +184,38 @@ def all_metrics(pred, exact, onehot, spearman_per_window=None):
     m = Metrics(pred.shape[1], spearman_per_window or pred[0].size)
     m.update(pred, exact, onehot)
     return m.result()
+
+
+# the figures of metrics.json a reader of the report sees first, with what each one measures
+SUMMARY_ROWS = [
+    ("weighted_pearson_mean", "per-output Pearson r of predicted vs exact effects, each substitution weighted "
+                              "by |exact effect|; mean over outputs (the published Multiplexer metric)"),
+    ("weighted_pearson_median", "the same, median over outputs"),
+    ("weighted_pearson_p10", "the same, 10th percentile over outputs (the worst-predicted outputs)"),
+    ("pearson", "Pearson r over every non-identity substitution of every output, unweighted"),
+    ("spearman", "Spearman rank correlation over a seeded sample of the same substitutions"),
+    ("position_pearson", "Pearson r of the mean effect of the three substitutions at each position"),
+    ("mse", "mean squared error of the effects (non-identity substitutions)"),
+]
+
+
+def summary_table(metrics):
+    """Rows ``{metric, multiplexer, predict_zero, training_mean, meaning}`` of an evaluation's
+    ``metrics`` (the metrics.json dict): the quality figures of the Multiplexer beside its two
+    baselines, then its speed against exact ISM when it was measured (baseline columns empty)."""
+    zero, mean = metrics["baselines"]["zero"], metrics["baselines"]["train_mean"]
+    rows = [dict(metric=key, multiplexer=f"{metrics[key]:.4g}", predict_zero=f"{zero[key]:.4g}",
+                 training_mean=f"{mean[key]:.4g}", meaning=meaning) for key, meaning in SUMMARY_ROWS]
+    speed = metrics.get("speed")
+    if speed:
+        where = f"{speed['windows']} windows on {speed['device']}"
+        rows += [dict(metric="ms_per_window", multiplexer=f"{speed['multiplexer_ms_per_window']:.4g}",
+                      predict_zero="", training_mean="",
+                      meaning=f"Multiplexer forward pass, milliseconds per window ({where})"),
+                 dict(metric="exact_ism_ms_per_window", multiplexer=f"{speed['ism_ms_per_window']:.4g}",
+                      predict_zero="", training_mean="",
+                      meaning=f"exact {speed['ism_method']} ISM of the base model, milliseconds per window "
+                              f"(same windows, same run)"),
+                 dict(metric="speedup", multiplexer=f"{speed['speedup']:.4g}", predict_zero="", training_mean="",
+                      meaning="exact ISM time / Multiplexer time")]
+    return rows

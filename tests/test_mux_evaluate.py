@@ -1,5 +1,6 @@
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def setup(tmp_path_factory):
 
 
 def run(d, splits, spec, test=None, model=None):
-    outs = [d / n for n in ("metrics.json", "hexbin.png", "hist.png", "heatmap.png")]
+    outs = [d / n for n in ("metrics.json", "metrics.tsv", "hexbin.png", "hist.png", "heatmap.png")]
     return evaluate_multiplexer(model or d / "model.pt", splits["train"], splits["validation"], test or splits["test"],
                                 spec, *outs, batch_size=2, speed_windows=2, seed=1), outs
 
@@ -43,8 +44,18 @@ def test_metrics_file_plots_and_speed(setup):
                                                                          rel=0.02)
     assert speed["ism_check_max_abs_diff"] < 1e-4  # the ISM rerun reproduces the stored targets
     assert set(saved["per_profile"]) == {"out_0", "out_1"}
-    for png in outs[1:]:
+    for png in outs[2:]:
         assert png.stat().st_size > 5000
+    # the report's table: the same figures, rounded to 4 significant digits, beside the baselines
+    table = pd.read_csv(outs[1], sep="\t", index_col="metric")
+    assert list(table.columns) == ["multiplexer", "predict_zero", "training_mean", "meaning"]
+    for key in KEYS:
+        assert table.loc[key, "multiplexer"] == pytest.approx(saved[key], rel=1e-3, abs=1e-12)
+        assert table.loc[key, "training_mean"] == pytest.approx(saved["baselines"]["train_mean"][key], rel=1e-3,
+                                                                abs=1e-12)
+    assert table.loc["speedup", "multiplexer"] == pytest.approx(speed["speedup"], rel=1e-3)
+    assert table.loc["exact_ism_ms_per_window", "multiplexer"] == pytest.approx(speed["ism_ms_per_window"], rel=1e-3)
+    assert table["meaning"].notna().all()
 
 
 def test_validation_split_when_test_is_empty(setup, tmp_path):

@@ -44,7 +44,7 @@ SAME_BYTES = (["results/windows/windows.bed", "results/encoded/tokens.npy"]
               + [f"results/targets/{s}.arrow" for s in SHARDS]
               + [f"results/splits/{s}.feather" for s in ("train", "validation", "test")])
 MULTIPLEXER_FILES = ["model.pt", "model_last.pt", "training_log.csv", "loss_curve.png", "metrics.json",
-                     "predicted_vs_exact.png", "profile_correlations.png", "example_heatmap.png"]
+                     "metrics.tsv", "predicted_vs_exact.png", "profile_correlations.png", "example_heatmap.png"]
 
 
 def controller_answers():

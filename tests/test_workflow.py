@@ -91,6 +91,21 @@ def test_demo_targets_respond_to_planted_motifs(tiny_run):
     assert ratio >= 5, ratio
 
 
+def test_report_describes_the_run(tiny_run, tmp_path):
+    """``snakemake --report``: a front page written from the run's config, then every result marked
+    for the report with its caption, the evaluation's summary table among them."""
+    report = tmp_path / "report.html"
+    res = run_workflow(tiny_run, TINY, extra_args=("--report", str(report)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = report.read_text()
+    assert "What was run" in html and "embedded synthetic demo genome" in html
+    assert "6 training, 2" in html and "windows of 400 bp" in html and "drawn with seed 3" in html
+    for name in ("training_log.csv", "loss_curve.png", "metrics.json", "metrics.tsv", "predicted_vs_exact.png",
+                 "profile_correlations.png", "example_heatmap.png"):
+        assert f'"results/multiplexer/{name}"' in html, name
+    assert "The evaluation in one table" in html and "2 windows of the test chromosomes" in html
+
+
 def test_windows_table_is_bed(tiny_run):
     windows = read_windows(tiny_run / "results/windows/windows.bed")
     assert [w.window_id for w in windows] == list(range(10))

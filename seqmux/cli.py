@@ -72,8 +72,8 @@ def build_parser():
     out.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     out.add_argument("--batch-size", type=_positive_int, default=256,
                      help="mutants per forward pass of exact ISM (default: %(default)s)")
-    out.add_argument("--threads", type=_positive_int, help="CPU threads for torch (1: exact ISM bit-identical "
-                     "from run to run; more threads can differ in the last float32 bits on a loaded machine)")
+    out.add_argument("--threads", type=_positive_int, help="CPU threads for torch (exact ISM repeats bit for "
+                     "bit at a given thread count; another count changes the last float32 bits)")
     out.add_argument("--log", metavar="FILE", help="write the log and progress bar to FILE instead of stderr")
 
     q = commands.add_parser("plot", help="heatmap of a saved prediction",

@@ -7,12 +7,13 @@ difference ``alt - ref`` of the model's outputs, exactly 0 for the identity subs
 outputs); ``substitution_effects`` turns them into targets.
 
 When the model's last operation is a sigmoid, effects are computed from its logits ``z`` (in
-float64, with ``1 - p`` as ``sigmoid(-z)``): in float32 an output near 1 has a resolution of 6e-8,
+float64, with ``1 - p`` as ``exp(-z) p``): in float32 an output near 1 has a resolution of 6e-8,
 which the log-fold formula would amplify into up to 1e-3 of noise between two equally exact
 computations (fast vs naive ISM, two batch sizes); from the logits it stays at the logits' own
 float32 rounding (at most 6.2e-6 between fast and naive ISM on the embedded default).
 """
 
+import contextlib
 import logging
 import sys
 import weakref
@@ -39,9 +40,11 @@ def logfold(alt, ref, eps=EPS):
 
 def log_odds(z, eps=EPS):
     """``log((p + e) / (1 - p + e))`` of ``p = sigmoid(z)``, in float64, with ``1 - p`` computed
-    as ``sigmoid(-z)`` (full precision where ``p`` is near 1)."""
-    z = z.double()
-    return torch.log(torch.sigmoid(z) + eps) - torch.log(torch.sigmoid(-z) + eps)
+    as ``exp(-z) p`` (full precision where ``p`` is near 1). One exp and one log per value;
+    ``z`` is clamped to +-700 (beyond it ``p`` or ``1 - p`` is below 1e-304, nothing beside ``e``)."""
+    u = z.double().clamp(-700.0, 700.0).neg_().exp_()     # exp(-z)
+    p = u.add(1.0).reciprocal_()                          # sigmoid(z)
+    return p.add(eps).div_(u.mul_(p).add_(eps)).log_()    # log((p + e) / (exp(-z) p + e))
 
 
 def effect(alt, ref, mode):
@@ -170,9 +173,32 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     head = logit_model(model)
     if head is None:
         ref, alt = predict_substitutions(model, onehot, offsets, alts, method, batch_size)
-        return ref, effect(alt, ref[None, :], mode)
+        with one_cpu_thread(alt):
+            return ref, effect(alt, ref[None, :], mode)
     z_ref, z_alt = predict_substitutions(head, onehot, offsets, alts, method, batch_size)
-    return torch.sigmoid(z_ref), effect_of_logits(z_alt, z_ref[None, :], mode)
+    with one_cpu_thread(z_alt):
+        return torch.sigmoid(z_ref), effect_of_logits(z_alt, z_ref[None, :], mode)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(tensor):
+    """Torch on one CPU thread inside the block when ``tensor`` is on the CPU (else no change).
+
+    For the element-wise effect formulas: split between threads, torch's log and sigmoid gave
+    other last bits in the second thread's half in about 1 process in 20 on a loaded 2-core
+    machine (``benchmarks/thread_reproducibility.py``), and targets must repeat bit for bit. On one
+    thread the log-fold formula takes ~0.3 s per Beluga window (6,010 x 2,003 values), ~4% of
+    fast ISM's time on 2 CPU threads.
+    """
+    if tensor.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def scatter_targets(effects, offsets, alts, length):

@@ -4,8 +4,9 @@ import torch
 
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta
+import seqmux.ism
 from seqmux.ism import (effect_of_logits, logfold, logit_model, mutate, predict_substitutions, scatter_targets,
-                        window_targets)
+                        substitution_effects, window_targets)
 from seqmux.models import BelugaFamily
 from seqmux.models import load_model
 from seqmux.variants import substitutions
@@ -98,6 +99,27 @@ def test_logit_model_drops_only_a_final_sigmoid():
         assert torch.allclose(torch.sigmoid(head(x)), model(x), atol=1e-7)
     assert logit_model(model) is head               # built once per model
     assert logit_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 403, 2))) is None
+
+
+@pytest.mark.parametrize("sigmoid", [True, False])
+def test_effect_formula_runs_on_one_cpu_thread(monkeypatch, sigmoid):
+    """Split between threads, torch's log/sigmoid can give other last bits from one process to the
+    next: the effect formulas run on one CPU thread, and the thread count is restored after."""
+    seen = []
+    for name in ("effect_of_logits", "effect"):
+        original = getattr(seqmux.ism, name)
+        monkeypatch.setattr(seqmux.ism, name,
+                            lambda *a, _f=original: seen.append(torch.get_num_threads()) or _f(*a))
+    layers = [torch.nn.Flatten(), torch.nn.Linear(4 * 40, 3)] + ([torch.nn.Sigmoid()] if sigmoid else [])
+    model = torch.nn.Sequential(*layers).eval()
+    x = torch.from_numpy(one_hot(np.random.default_rng(1).integers(0, 4, 40).astype(np.uint8)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        substitution_effects(model, x, torch.arange(40), torch.zeros(40, dtype=torch.long), "diff", "naive")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_float32_logfold_near_saturation(demo_dir):

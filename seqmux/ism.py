@@ -171,18 +171,16 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
     head = logit_model(model)
-    if head is None:
-        ref, alt = predict_substitutions(model, onehot, offsets, alts, method, batch_size)
-        with one_cpu_thread(alt):
+    ref, alt = predict_substitutions(model if head is None else head, onehot, offsets, alts, method, batch_size)
+    with one_cpu_thread(alt.device):
+        if head is None:
             return ref, effect(alt, ref[None, :], mode)
-    z_ref, z_alt = predict_substitutions(head, onehot, offsets, alts, method, batch_size)
-    with one_cpu_thread(z_alt):
-        return torch.sigmoid(z_ref), effect_of_logits(z_alt, z_ref[None, :], mode)
+        return torch.sigmoid(ref), effect_of_logits(alt, ref[None, :], mode)
 
 
 @contextlib.contextmanager
-def one_cpu_thread(tensor):
-    """Torch on one CPU thread inside the block when ``tensor`` is on the CPU (else no change).
+def one_cpu_thread(device="cpu"):
+    """Torch on one CPU thread inside the block when ``device`` is the CPU (else no change).
 
     For the element-wise effect formulas: split between threads, torch's log and sigmoid gave
     other last bits in the second thread's half in about 1 process in 20 on a loaded 2-core
@@ -190,7 +188,7 @@ def one_cpu_thread(tensor):
     thread the log-fold formula takes ~0.3 s per Beluga window (6,010 x 2,003 values), ~4% of
     fast ISM's time on 2 CPU threads.
     """
-    if tensor.device.type != "cpu":
+    if torch.device(device).type != "cpu":
         yield
         return
     threads = torch.get_num_threads()

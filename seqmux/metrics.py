@@ -209,13 +209,13 @@ def summary_table(metrics):
     speed = metrics.get("speed")
     if speed:
         where = f"{speed['windows']} windows on {speed['device']}"
-        rows += [dict(metric="ms_per_window", multiplexer=f"{speed['multiplexer_ms_per_window']:.4g}",
-                      predict_zero="", training_mean="",
-                      meaning=f"Multiplexer forward pass, milliseconds per window ({where})"),
-                 dict(metric="exact_ism_ms_per_window", multiplexer=f"{speed['ism_ms_per_window']:.4g}",
-                      predict_zero="", training_mean="",
-                      meaning=f"exact {speed['ism_method']} ISM of the base model, milliseconds per window "
-                              f"(same windows, same run)"),
-                 dict(metric="speedup", multiplexer=f"{speed['speedup']:.4g}", predict_zero="", training_mean="",
-                      meaning="exact ISM time / Multiplexer time")]
+        for metric, key, meaning in [
+                ("ms_per_window", "multiplexer_ms_per_window",
+                 f"Multiplexer forward pass, milliseconds per window ({where})"),
+                ("exact_ism_ms_per_window", "ism_ms_per_window",
+                 f"exact {speed['ism_method']} ISM of the base model, milliseconds per window "
+                 "(same windows, same run)"),
+                ("speedup", "speedup", "exact ISM time / Multiplexer time")]:
+            rows.append(dict(metric=metric, multiplexer=f"{speed[key]:.4g}", predict_zero="", training_mean="",
+                             meaning=meaning))
     return rows

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from seqmux.encoding import tokenize
 from seqmux.genome import build_demo_genome, open_fasta
 from seqmux.heatmap import window_matrix
-from seqmux.ism import window_targets
+from seqmux.ism import one_cpu_thread, window_targets
 from seqmux.models import load_model
 from seqmux.predict import unique_names
 from seqmux.variants import read_vcf, substitutions
@@ -60,14 +59,10 @@ def genome_base(fasta, chrom, pos):
 
 
 def one_thread_targets(model, tokens, offsets, alts):
-    """``window_targets`` on one CPU thread, as the CLI runs with ``--threads 1``: the last bits of a
-    convolution depend on how its sums are split between threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """``window_targets`` on one CPU thread, as the CLI runs with ``--threads 1`` (the last bits of a
+    matrix product depend on how its sums are split between threads)."""
+    with one_cpu_thread():
         return window_targets(model, tokens, offsets, alts)[1]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def assert_same_effects(actual, expected):

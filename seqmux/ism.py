@@ -208,17 +208,31 @@ def scatter_targets(effects, offsets, alts, length):
     return target
 
 
-@torch.no_grad()
-def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
-    """``(reference [F], target [F, 4, L])`` numpy arrays for one window's tokens ``[L]`` and its
-    substitutions (numpy ``offsets``, ``alts``), computed in the model's dtype (float32, or
-    float64 for a ``model.double()``)."""
+def _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device):
+    """``substitution_effects`` of one window's tokens ``[L]`` and numpy ``offsets``/``alts``, in
+    the model's dtype (float32, or float64 for a ``model.double()``); also the tensors it used."""
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     x = torch.from_numpy(one_hot(tokens)).to(device, dtype)
     off = torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device)
     alt_idx = torch.from_numpy(np.asarray(alts, dtype=np.int64)).to(device)
     ref, effects = substitution_effects(model, x, off, alt_idx, mode, method, batch_size)
-    target = scatter_targets(effects, off, alt_idx, x.shape[-1])
+    return ref, effects, off, alt_idx
+
+
+@torch.no_grad()
+def window_effects(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
+    """Effects ``[M, F]`` (numpy) of the substitutions ``offsets``/``alts`` of one window's tokens
+    ``[L]``, in their order: the values ``window_targets`` scatters, without the ``[F, 4, L]``."""
+    return _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device)[1].cpu().numpy()
+
+
+@torch.no_grad()
+def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
+    """``(reference [F], target [F, 4, L])`` numpy arrays for one window's tokens ``[L]`` and its
+    substitutions (numpy ``offsets``, ``alts``), computed in the model's dtype (float32, or
+    float64 for a ``model.double()``)."""
+    ref, effects, off, alt_idx = _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device)
+    target = scatter_targets(effects, off, alt_idx, len(tokens))
     return ref.cpu().numpy(), target.cpu().numpy()
 
 

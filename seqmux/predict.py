@@ -8,7 +8,7 @@ genomic ``pos``), with a ``window`` column (``chr:pos``, the window centre) beca
 windows give the same substitution different effects; the other columns are the output names.
 
 Effects come from the trained multiplexer (one forward pass per window) or from exact ISM of the
-base model (``window_targets``), as log-fold change or ``alt - ref``. Every input is checked before
+base model (``window_effects``), as log-fold change or ``alt - ref``. Every input is checked before
 any model runs; outputs are written under temporary names and renamed once everything succeeded.
 """
 
@@ -25,7 +25,7 @@ import torch
 from .encoding import tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
-from .ism import pick_device, progress, window_targets
+from .ism import pick_device, progress, window_effects
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
 from .windows import read_regions, window_bounds
 
@@ -133,7 +133,7 @@ def unique_names(names):
 
 
 class ExactScorer:
-    """Exact ISM of a base model (``window_targets``: fast incremental ISM, naive forward passes
+    """Exact ISM of a base model (``window_effects``: fast incremental ISM, naive forward passes
     for models it cannot analyse)."""
 
     def __init__(self, model, mode, batch_size, device):
@@ -141,9 +141,7 @@ class ExactScorer:
 
     def __call__(self, tokens, offsets, alts):
         """Effects ``[M, F]`` float32 of the substitutions ``(offsets, alts)`` of one window."""
-        _, target = window_targets(self.model, tokens, offsets, alts, self.mode, "fast", self.batch_size,
-                                   self.device)
-        return target[:, alts, offsets].T
+        return window_effects(self.model, tokens, offsets, alts, self.mode, "fast", self.batch_size, self.device)
 
 
 class MultiplexerScorer:

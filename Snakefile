@@ -3,6 +3,7 @@
 #       snakemake --profile profiles/slurm              (on a SLURM cluster, see README)
 #       snakemake --cores 8 --resources gpu=1           (the same as profiles/local, on 8 cores)
 #       snakemake --cores 8 --resources gpu=1 --configfile config/hg19_beluga.yaml
+#       snakemake sgrna --cores 2                     (one track alone: circuitsnp, scrna, gc_hmm, sgrna)
 
 import os
 
@@ -20,10 +21,15 @@ include: "rules/variants.smk"
 include: "rules/targets.smk"
 include: "rules/splits.smk"
 include: "rules/multiplexer.smk"
+include: "rules/circuitsnp.smk"
+include: "rules/scrna.smk"
+include: "rules/gc_hmm.smk"
+include: "rules/sgrna.smk"
 
 
 rule all:
     input:
         SPLIT_FILES,
         MULTIPLEXER_FILES,
+        [TRACK_FILES[track] for track in config["tracks"]],
     default_target: True

@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from seqmux.config import config_error
+from seqmux.errors import InputError
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -61,3 +62,23 @@ def log_path(rule, wildcards=""):
 
 def benchmark_path(rule, wildcards=""):
     return f"results/benchmarks/{rule}{wildcards}.tsv"
+
+
+# --- tracks (../shared/design.md, "Tracks") -------------------------------------------------------
+# Each rules/<track>.smk sets TRACK_FILES["<track>"] to its final files and defines a target rule
+# named <track>; `rule all` builds those of the tracks listed in config["tracks"].
+TRACK_FILES = {}
+
+
+def track_gpu(section):
+    """The ``gpu`` resource of a track rule: 0 when the section's device is ``cpu``, else 1."""
+    return 0 if config[section]["device"] == "cpu" else 1
+
+
+def check_at_start(check, *args, **kwargs):
+    """Run a track's config check when the workflow starts: its InputError stops the run before any
+    job, as one line."""
+    try:
+        return check(*args, **kwargs)
+    except InputError as err:
+        raise WorkflowError(str(err)) from None

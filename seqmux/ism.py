@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .encoding import one_hot
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,17 @@ def pick_device(requested="auto"):
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def resolve_device(requested, source="command line", field="--device"):
+    """The torch device for a user's setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``); InputError
+    naming ``source`` and ``field`` when CUDA is asked for but absent or the name is not a device."""
+    if requested != "auto" and requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(source, field, requested, "CUDA is not available on this machine")
+    try:
+        return pick_device(requested)
+    except RuntimeError as err:
+        raise InputError(source, field, requested, str(err).splitlines()[0]) from None
 
 
 def mutate(onehot, offsets, alts):

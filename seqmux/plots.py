@@ -1,4 +1,9 @@
-"""Figures of the Multiplexer stages (matplotlib, Agg backend; one PNG per function)."""
+"""Figures of the workflow (matplotlib, Agg backend; one PNG per function).
+
+The Multiplexer's figures, and the generic ones every track uses: ``plot_curves`` (training curves
+and any other y-against-x series), ``plot_bars`` (one value per named bar) and ``save_figure``
+(the one way a figure is written: whole or not at all).
+"""
 
 import csv
 from pathlib import Path
@@ -12,14 +17,73 @@ from matplotlib.colors import ListedColormap, LogNorm  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from . import BASES  # noqa: E402
+from .outputs import atomic_path  # noqa: E402
 
 BASE_COLOURS = {"A": "#2ca02c", "G": "#ff7f0e", "C": "#1f77b4", "T": "#d62728", "N": "#bbbbbb"}
 
 
-def _save(fig, out):
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+SERIES_COLOURS = ["#08519c", "#d94801", "#238b45", "#6a51a3", "#a50f15", "#525252"]
+
+
+def save_figure(fig, out):
+    """Write ``fig`` to ``out`` (format from the file's suffix, 120 dpi) and close it."""
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
+
+
+def plot_curves(x, series, out, xlabel, ylabel, title="", logy=False, best=None, panels=None):
+    """Lines of ``series`` (``{label: y}``, each y as long as ``x``) against ``x``.
+
+    ``logy``: log-scaled y axis (only when every value is positive). ``best``: ``(x, label)`` of a
+    point to mark with a dotted vertical line (e.g. the epoch whose weights were kept).
+    ``panels``: ``{panel title: {label: y}}`` draws several panels side by side instead, sharing
+    ``x`` (``series`` then gives the first panel); ``ylabel`` may then be a list, one per panel.
+    """
+    groups = {title or ylabel: series} if panels is None else {**({title: series} if series else {}), **panels}
+    ylabels = ylabel if isinstance(ylabel, (list, tuple)) else [ylabel] * len(groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4), squeeze=False)
+    x = np.asarray(x)
+    for ax, (name, lines), label_y in zip(axes[0], groups.items(), ylabels):
+        values = []
+        for (label, y), colour in zip(lines.items(), SERIES_COLOURS * 4):
+            y = np.asarray(y, dtype=np.float64)
+            ax.plot(x[:len(y)], y, color=colour, lw=1.3, label=label)
+            values.append(y[np.isfinite(y)])
+        flat = np.concatenate(values) if values else np.array([])
+        if logy and flat.size and np.all(flat > 0):
+            ax.set_yscale("log")
+        if best is not None:
+            ax.axvline(best[0], color="#525252", ls=":", lw=1, label=best[1])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label_y)
+        if len(groups) > 1 or title:
+            ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=8)
+    save_figure(fig, out)
+
+
+def plot_bars(labels, values, out, ylabel, title="", colours=None, reference=None, fmt="{:.3f}"):
+    """One bar per label with its value written above it; ``reference``: ``(value, label)`` drawn
+    as a dashed horizontal line (a baseline or a ceiling)."""
+    values = np.asarray(values, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(labels) + 1.5), 4))
+    colours = colours or [SERIES_COLOURS[i % len(SERIES_COLOURS)] for i in range(len(labels))]
+    bars = ax.bar(range(len(labels)), values, color=colours)
+    for bar, v in zip(bars, values):
+        if np.isfinite(v):
+            ax.annotate(fmt.format(v), (bar.get_x() + bar.get_width() / 2, v), ha="center",
+                        va="bottom" if v >= 0 else "top", fontsize=8, xytext=(0, 2 if v >= 0 else -2),
+                        textcoords="offset points")
+    if reference is not None:
+        ax.axhline(reference[0], color="#525252", ls="--", lw=1, label=reference[1])
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if max(map(len, labels), default=0) > 8 else 0, ha="right"
+                       if max(map(len, labels), default=0) > 8 else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, out)
 
 
 def plot_loss_curve(csv_path, out):
@@ -48,7 +112,7 @@ def plot_loss_curve(csv_path, out):
     ax.set_ylabel("MSE")
     ax.set_title("Multiplexer training")
     ax.legend(fontsize=8)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_hexbin(pred, exact, out, title="", max_points=2_000_000, seed=0):
@@ -68,7 +132,7 @@ def plot_hexbin(pred, exact, out, title="", max_points=2_000_000, seed=0):
     ax.set_xlabel("exact ISM effect")
     ax.set_ylabel("Multiplexer prediction")
     ax.set_title(title, fontsize=9)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_profile_histogram(model_r, out, baselines=None):
@@ -88,7 +152,7 @@ def plot_profile_histogram(model_r, out, baselines=None):
     ax.set_ylabel("profiles")
     ax.set_title(f"{len(model_r)} profiles")
     ax.legend(fontsize=8)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def _base_strip(ax, sequence):
@@ -146,4 +210,4 @@ def plot_effect_heatmap(exact, pred, sequence, out, title="", start=0, zoom=60):
     cax = fig.add_subplot(grid[1:, 2])
     fig.colorbar(image, cax=cax, label="effect of the substitution")
     fig.suptitle(title, fontsize=11)
-    _save(fig, out)
+    save_figure(fig, out)

@@ -25,7 +25,7 @@ import torch
 from .encoding import tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
-from .ism import pick_device, progress, window_effects
+from .ism import progress, resolve_device, window_effects
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
 from .windows import read_regions, window_bounds
 
@@ -224,16 +224,6 @@ def multiplexer_scorer(path, names, length, mode, device):
     else:
         names = list(info["output_names"])
     return MultiplexerScorer(model, device), names, int(info["length"])
-
-
-def resolve_device(requested):
-    """The torch device for ``--device``; InputError when CUDA is asked for but absent."""
-    if requested != "auto" and requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("command line", "--device", requested, "CUDA is not available on this machine")
-    try:
-        return pick_device(requested)
-    except RuntimeError as err:
-        raise InputError("command line", "--device", requested, str(err).splitlines()[0]) from None
 
 
 # --- outputs ----------------------------------------------------------------------------------

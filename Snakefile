@@ -7,6 +7,11 @@
 
 import os
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
@@ -28,8 +33,8 @@ include: "rules/sgrna.smk"
 
 
 rule all:
+    default_target: True
     input:
         SPLIT_FILES,
         MULTIPLEXER_FILES,
         [TRACK_FILES[track] for track in config["tracks"]],
-    default_target: True

@@ -1,10 +1,10 @@
 """Benchmark: fast (incremental, exact) ISM against naive ISM, on full-size Beluga and the demo model.
 
-Full-size Beluga (the published layout, random He-normal weights) on ``--windows`` random 2,000 bp windows with a few N's. Fast ISM
-runs every substitution of each window (6,000, N's give 4) in one ``substitution_effects`` call
-(what the target stage runs: log-fold changes from the logits),
-its reference pass included, as a user sees it; naive ISM, whose cost per mutant is flat, runs a
-random sample of ``--naive-sample`` of the same substitutions per window. The two are interleaved
+Full-size Beluga (the published layout, random He-normal weights) on ``--windows`` random 2,000 bp
+windows with a few N's. Fast ISM runs every substitution of each window (6,000, N's give 4) in one
+``substitution_effects`` call (what the target stage runs: log-fold changes from the logits), its
+reference pass included, as a user sees it; naive ISM, whose cost per mutant is flat, runs a random sample of
+``--naive-sample`` of the same substitutions per window. The two are interleaved
 (``--rounds`` fast calls per window, the naive sample split between them) so that a machine shared
 with other work slows both alike. The one-off analysis of a model (its plan) is timed apart.
 Then the same for the demo model (400 bp, JASPAR filters), where naive ISM runs every substitution.
@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seqmux.encoding import N_TOKEN, one_hot  # noqa: E402
 from seqmux.fast_ism import analysable, get_plan  # noqa: E402
-from seqmux.ism import pick_device, substitution_effects  # noqa: E402
+from seqmux.ism import substitution_effects  # noqa: E402
+from seqmux.runtime import choose_device  # noqa: E402
 from seqmux.models import BELUGA, BelugaFamily, build_demo_model  # noqa: E402
 from seqmux.variants import substitutions  # noqa: E402
 
@@ -165,7 +166,7 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = choose_device(args.device, "command line", "--device")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {device} ({where}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average {os.getloadavg()[0]:.2f}")

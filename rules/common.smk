@@ -10,8 +10,13 @@ try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError:
     schema_file = os.path.join(workflow.basedir, "schemas/config.schema.yaml")
-    raise WorkflowError(config_error(config, schema_file, "config (" + ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"])) + ")")) from None
-
+    raise WorkflowError(
+        config_error(
+            config,
+            schema_file,
+            "config (" + ", ".join(map(str, workflow.overwrite_configfiles or ["config/config.yaml"])) + ")",
+        )
+    ) from None
 
 
 def require_file(field, path, needed=False):
@@ -31,22 +36,44 @@ if config["base_model"]["kind"] == "custom" and not config["base_model"]["class"
     raise WorkflowError("config: base_model.class='': required when base_model.kind=custom")
 
 SPLITS = ["train", "validation", "test"]
-SPLIT_FILES = expand("results/splits/{split}.feather", split=SPLITS)
 SHARDS = [f"{i:04d}" for i in range(config["targets"]["shards"])]
+
+# Execution settings: keys that change how a job runs but not what it writes (up to the last bits
+# of floating point where noted in the schema). Rules never pass them as params (Snakemake reruns a
+# job whose params changed); scripts read them from snakemake.config, threads come from `threads:`.
+EXECUTION_SETTINGS = {
+    "targets": ("device", "batch_size", "threads"),
+    "multiplexer.train": ("device", "num_workers", "threads", "checkpoint_dir"),
+    "multiplexer.evaluate": ("device", "batch_size", "threads"),
+    # each track: its device (read by the track's scripts from snakemake.config)
+    **{track: ("device",) for track in ("circuitsnp", "scrna", "gc_hmm", "sgrna")},
+}
+
+
+def meaningful(section, name):
+    """The keys of config ``section`` (a dict) that change outputs: all but ``EXECUTION_SETTINGS[name]``."""
+    return {k: v for k, v in section.items() if k not in EXECUTION_SETTINGS.get(name, ())}
+
+
+wildcard_constraints:
+    shard=r"\d{4}",
+    split="|".join(SPLITS),
+
+
 DEMO = not config["genome"]["fasta"]
 
 
 def genome_fasta():
     """The FASTA of the run: the user's, or the embedded demo genome."""
-    return "resources/demo/genome.fa" if DEMO else config["genome"]["fasta"]
+    return rules.demo_genome.output.fasta if DEMO else config["genome"]["fasta"]
 
 
 def base_model_spec():
     """The base_model config section with the demo's files filled in."""
     spec = {k: config["base_model"][k] for k in ("kind", "weights", "module", "class", "names")}
     if spec["kind"] == "demo":
-        spec["weights"] = "resources/demo/base_model.pt"
-        spec["names"] = spec["names"] or "resources/demo/output_names.txt"
+        spec["weights"] = str(rules.demo_base_model.output.model)
+        spec["names"] = spec["names"] or str(rules.demo_base_model.output.names)
     return spec
 
 
@@ -54,6 +81,11 @@ def base_model_files():
     """Files the target rule depends on (so a new model reruns it)."""
     spec = base_model_spec()
     return [p for p in (spec["weights"], spec["module"], spec["names"]) if p]
+
+
+def split_file(split):
+    """The split file of ``split`` (train, validation or test), from rule assemble_splits."""
+    return expand(rules.assemble_splits.output.split, split=split)[0]
 
 
 def log_path(rule, wildcards=""):

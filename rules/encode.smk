@@ -4,14 +4,14 @@
 rule encode_windows:
     input:
         fasta=genome_fasta(),
-        windows="results/windows/windows.bed",
+        windows=rules.sample_windows.output.bed,
     output:
         tokens="results/encoded/tokens.npy",
-    conda:
-        "../envs/seqmux.yaml"
     log:
         log_path("encode_windows"),
     benchmark:
         benchmark_path("encode_windows")
+    conda:
+        "../envs/seqmux.yaml"
     script:
         "../scripts/encode_windows.py"

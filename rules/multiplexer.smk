@@ -1,74 +1,110 @@
 # The Multiplexer: trained on the splits (one GPU job), evaluated against exact ISM on held-out windows.
+# params: what changes the outputs; execution settings (EXECUTION_SETTINGS in common.smk) are read by
+# the scripts from the config, so changing them reruns nothing.
 
 MUX = config["multiplexer"]
-MULTIPLEXER_FILES = expand("results/multiplexer/{name}", name=[
-    "model.pt", "loss_curve.png", "metrics.json", "metrics.tsv", "predicted_vs_exact.png", "profile_correlations.png",
-    "example_heatmap.png"])
+MULTIPLEXER_FILES = expand(
+    "results/multiplexer/{name}",
+    name=[
+        "model.pt",
+        "loss_curve.png",
+        "metrics.json",
+        "metrics.tsv",
+        "predicted_vs_exact.png",
+        "profile_correlations.png",
+        "example_heatmap.png",
+    ],
+)
 
 
 rule train_multiplexer:
     input:
-        train="results/splits/train.feather",
-        validation="results/splits/validation.feather",
+        train=split_file("train"),
+        validation=split_file("validation"),
     output:
         model="results/multiplexer/model.pt",
         last="results/multiplexer/model_last.pt",
-        log_csv=report("results/multiplexer/training_log.csv", caption="../report/training_log.rst",
-                       category="Multiplexer", subcategory="Training"),
-        loss_plot=report("results/multiplexer/loss_curve.png", caption="../report/loss_curve.rst",
-                         category="Multiplexer", subcategory="Training"),
-    params:
-        checkpoint_dir=MUX["train"]["checkpoint_dir"],
-        preset=MUX["preset"],
-        sizes=MUX["demo"],
-        mask_reference=MUX["mask_reference"],
-        train=MUX["train"],
-        seed=config["seed"],
-    threads: MUX["train"]["threads"]
-    resources:
-        gpu=1,
-    conda:
-        "../envs/seqmux.yaml"
+        log_csv=report(
+            "results/multiplexer/training_log.csv",
+            caption="../report/training_log.rst",
+            category="Multiplexer",
+            subcategory="Training",
+        ),
+        loss_plot=report(
+            "results/multiplexer/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="Multiplexer",
+            subcategory="Training",
+        ),
     log:
         log_path("train_multiplexer"),
     benchmark:
         benchmark_path("train_multiplexer")
+    conda:
+        "../envs/seqmux.yaml"
+    threads: MUX["train"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        preset=MUX["preset"],
+        sizes=MUX["demo"],
+        mask_reference=MUX["mask_reference"],
+        train=meaningful(MUX["train"], "multiplexer.train"),
+        seed=config["seed"],
     script:
         "../scripts/train_multiplexer.py"
 
 
 rule evaluate_multiplexer:
     input:
-        model="results/multiplexer/model.pt",
-        train="results/splits/train.feather",
-        validation="results/splits/validation.feather",
-        test="results/splits/test.feather",
+        model=rules.train_multiplexer.output.model,
+        train=split_file("train"),
+        validation=split_file("validation"),
+        test=split_file("test"),
         base_model=base_model_files(),
     output:
-        metrics=report("results/multiplexer/metrics.json", caption="../report/metrics.rst",
-                       category="Multiplexer", subcategory="Evaluation"),
-        table=report("results/multiplexer/metrics.tsv", caption="../report/metrics_table.rst",
-                     category="Multiplexer", subcategory="Evaluation"),
-        hexbin=report("results/multiplexer/predicted_vs_exact.png", caption="../report/predicted_vs_exact.rst",
-                      category="Multiplexer", subcategory="Evaluation"),
-        histogram=report("results/multiplexer/profile_correlations.png",
-                         caption="../report/profile_correlations.rst", category="Multiplexer",
-                         subcategory="Evaluation"),
-        heatmap=report("results/multiplexer/example_heatmap.png", caption="../report/example_heatmap.rst",
-                       category="Multiplexer", subcategory="Evaluation"),
-    params:
-        base_model=base_model_spec(),
-        evaluate=MUX["evaluate"],
-        ism_batch_size=config["targets"]["batch_size"],
-        seed=config["seed"],
-    threads: MUX["evaluate"]["threads"]
-    resources:
-        gpu=1,
-    conda:
-        "../envs/seqmux.yaml"
+        metrics=report(
+            "results/multiplexer/metrics.json",
+            caption="../report/metrics.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        table=report(
+            "results/multiplexer/metrics.tsv",
+            caption="../report/metrics_table.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        hexbin=report(
+            "results/multiplexer/predicted_vs_exact.png",
+            caption="../report/predicted_vs_exact.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        histogram=report(
+            "results/multiplexer/profile_correlations.png",
+            caption="../report/profile_correlations.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        heatmap=report(
+            "results/multiplexer/example_heatmap.png",
+            caption="../report/example_heatmap.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
     log:
         log_path("evaluate_multiplexer"),
     benchmark:
         benchmark_path("evaluate_multiplexer")
+    conda:
+        "../envs/seqmux.yaml"
+    threads: MUX["evaluate"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        base_model=base_model_spec(),
+        evaluate=meaningful(MUX["evaluate"], "multiplexer.evaluate"),
+        seed=config["seed"],
     script:
         "../scripts/evaluate_multiplexer.py"

@@ -1,22 +1,27 @@
-# The train / validation / test feather files (the contract with training).
+# The train / validation / test feather files (the contract with training): one job per split, so
+# that one split can be rebuilt alone.
 
 
 rule assemble_splits:
     input:
-        windows="results/windows/windows.bed",
-        tokens="results/encoded/tokens.npy",
-        shards=expand("results/targets/{shard}.arrow", shard=SHARDS),
+        windows=rules.sample_windows.output.bed,
+        tokens=rules.encode_windows.output.tokens,
+        shards=expand(rules.compute_targets.output.targets, shard=SHARDS),
         model=base_model_files(),
     output:
-        **{split: f"results/splits/{split}.feather" for split in SPLITS},
-    params:
-        base_model=base_model_spec(),
-        targets=config["targets"],
+        split="results/splits/{split}.feather",
+    log:
+        log_path("assemble_splits", ".{split}"),
+    benchmark:
+        benchmark_path("assemble_splits", ".{split}")
     conda:
         "../envs/seqmux.yaml"
-    log:
-        log_path("assemble_splits"),
-    benchmark:
-        benchmark_path("assemble_splits")
+    params:
+        base_model=base_model_spec(),
+        mode=config["targets"]["mode"],
+        dtype=config["targets"]["dtype"],
     script:
         "../scripts/assemble_splits.py"
+
+
+SPLIT_FILES = [split_file(split) for split in SPLITS]

@@ -3,17 +3,17 @@
 
 rule expand_mutations:
     input:
-        windows="results/windows/windows.bed",
-        tokens="results/encoded/tokens.npy",
+        windows=rules.sample_windows.output.bed,
+        tokens=rules.encode_windows.output.tokens,
     output:
         variants="results/variants/{shard}.feather",
-    params:
-        n_shards=config["targets"]["shards"],
-    conda:
-        "../envs/seqmux.yaml"
     log:
         log_path("expand_mutations", ".{shard}"),
     benchmark:
         benchmark_path("expand_mutations", ".{shard}")
+    conda:
+        "../envs/seqmux.yaml"
+    params:
+        n_shards=config["targets"]["shards"],
     script:
         "../scripts/expand_mutations.py"

@@ -7,14 +7,14 @@ rule sample_windows:
         regions=config["windows"]["regions"] or [],
     output:
         bed="results/windows/windows.bed",
-    params:
-        windows=config["windows"],
-        seed=config["seed"],
-    conda:
-        "../envs/seqmux.yaml"
     log:
         log_path("sample_windows"),
     benchmark:
         benchmark_path("sample_windows")
+    conda:
+        "../envs/seqmux.yaml"
+    params:
+        windows=config["windows"],
+        seed=config["seed"],
     script:
         "../scripts/sample_windows.py"

@@ -15,10 +15,8 @@ ratio is ``speedup``. The recomputed ISM targets are also compared with the stor
 (``ism_check_max_abs_diff``; float16 storage rounds them).
 """
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,8 +25,9 @@ import torch
 from .errors import InputError
 from .metrics import Metrics, summary_table
 from .multiplexer import load_multiplexer
+from .outputs import write_json, write_tsv
+from .runtime import choose_device
 from .splits import SplitDataset, check_split
-from .train import choose_device
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ def time_speed(model, base_model, ds, rows, device, batch_size, ism_batch_size, 
     return mux_s, ism_s, max_diff
 
 
-def pick_example(ds, rows, batch_size=64):
+def pick_example(ds, rows):
     """``(row, profile)`` for the heatmap: the profile with the largest total |exact effect| over
     the split, and the window where it is largest."""
     per_window = []
@@ -132,7 +131,7 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
             raise InputError(split_path, key, info[key], f"the multiplexer {model_path} was trained with {minfo[key]}")
     train_table, tinfo = check_split(train_path, "train split")
     ds, train_ds = SplitDataset(table), SplitDataset(train_table)
-    dev = choose_device(device)
+    dev = choose_device(device, "config", "multiplexer.evaluate.device")
     model.to(dev).eval()
     n_out, length = info["n_outputs"], info["length"]
     log.info("evaluating %s on %d %s windows (%d bp, %d outputs) on %s", model_path, len(ds), split, length, n_out,
@@ -174,10 +173,8 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
                           for name in ("zero", "train_mean")},
                per_profile=dict(zip(info["output_names"], results["multiplexer"]["per_profile"])),
                speed=speed, model=str(model_path), preset=minfo["preset"])
-    Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
-    with open(out_metrics, "w") as fh:
-        json.dump(out, fh, indent=2)
-    pd.DataFrame(summary_table(out)).to_csv(out_table, sep="\t", index=False)
+    write_json(out, out_metrics)
+    write_tsv(pd.DataFrame(summary_table(out)), out_table)
     log.info("weighted Pearson mean %.4f (median %.4f, p10 %.4f); baselines: zero %.4f, train mean %.4f",
              out["weighted_pearson_mean"], out["weighted_pearson_median"], out["weighted_pearson_p10"],
              out["baselines"]["zero"]["weighted_pearson_mean"], out["baselines"]["train_mean"]["weighted_pearson_mean"])

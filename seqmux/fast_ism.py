@@ -204,8 +204,8 @@ def _const_args(node, cur):
     return node.args, node.kwargs
 
 
-def _bind(fn, args, kwargs, cur):
-    """``x -> fn(*args, **kwargs)`` with the node ``cur`` (the only node in them) replaced by ``x``."""
+def _bind(fn, args, kwargs):
+    """``x -> fn(*args, **kwargs)`` with the one node in them (the previous layer) replaced by ``x``."""
     def call(x):
         a, kw = fx.node.map_arg((args, kwargs), lambda n: x)
         return fn(*a, **kw)
@@ -355,7 +355,7 @@ def analyse(model, length):
                     ndim = 3
                 else:
                     raise Unsupported(f"{n.name}: {name}({dim}) on a {ndim}-d activation")
-                ops.append((_bind(fn, args, kwargs, prev), None))
+                ops.append((_bind(fn, args, kwargs), None))
                 continue
             if (n.op == "call_method" and name == "flatten") or (n.op == "call_function" and target is torch.flatten):
                 start = rest[0] if rest else kwargs.get("start_dim", 0)
@@ -365,7 +365,7 @@ def analyse(model, length):
                 if phase == "dense" or ndim == 2:
                     continue
                 flatten = True
-                ref_fn = _bind(fn, args, kwargs, prev)
+                ref_fn = _bind(fn, args, kwargs)
             elif is_flatten_reshape(n):
                 if phase == "dense" or ndim == 2:
                     continue
@@ -379,7 +379,7 @@ def analyse(model, length):
                  (n.op == "call_method" and name in _ELEMENTWISE_METHODS):
                 if name in ("contiguous", "clone", "float"):
                     continue
-                elementwise = (_bind(fn, args, kwargs, prev), False)
+                elementwise = (_bind(fn, args, kwargs), False)
                 ref_fn = elementwise[0]
                 if target in (torch.relu, F.relu) and len(args) == 1 and not kwargs:
                     elementwise = (torch.relu, False)
@@ -551,12 +551,6 @@ def _geometry(plan):
 
 _PLANS = weakref.WeakKeyDictionary()   # model -> {length: (signature, Plan or reason string)}
 _REPORTED = weakref.WeakKeyDictionary()
-
-
-def _device_of(model):
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 def get_plan(model, length):

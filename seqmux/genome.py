@@ -6,21 +6,25 @@ N blocks at the chromosome ends and one inside each chromosome (as real assembli
 file. Everything is drawn from one seeded ``numpy.random.Generator``.
 """
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from . import BASES
 from .errors import InputError
+from .hmm import sample_hmm
 from .motifs import choose_motifs, sample_site, write_motifs
+from .outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
 # emission probabilities in A,G,C,T order
 GC_RICH = np.array([0.2, 0.3, 0.3, 0.2])
 GC_POOR = np.array([0.3, 0.2, 0.2, 0.3])
-_LETTERS = np.frombuffer(b"AGCT", dtype=np.uint8)
+_LETTERS = np.frombuffer(BASES.encode(), dtype=np.uint8)
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
 def open_fasta(path, field="genome.fasta"):
@@ -51,19 +55,12 @@ def hmm_sequence(length, rng, stay=(0.999, 0.999), emissions=(GC_RICH, GC_POOR))
     """Bases ``[length]`` (uint8 ASCII) from a two-state HMM with self-transition ``stay``.
 
     Runs alternate between the two states (with two states, leaving one means entering the
-    other); run lengths are geometric with mean ``1 / (1 - stay)``.
+    other); run lengths are geometric with mean ``1 / (1 - stay)``; the first state is uniform.
+    Drawn by the generic sampler :func:`seqmux.hmm.sample_hmm` (one sequence).
     """
-    states = np.empty(length, dtype=np.int8)
-    pos, state = 0, int(rng.integers(2))
-    while pos < length:  # one iteration per run: ~length / 1000 iterations
-        run = int(rng.geometric(1.0 - stay[state]))
-        states[pos:pos + run] = state
-        pos += run
-        state = 1 - state
-    cum = np.cumsum(np.stack(emissions), axis=1)  # [2, 4]
-    u = rng.random(length)
-    idx = (u[:, None] > cum[states]).sum(axis=1)
-    return _LETTERS[np.minimum(idx, 3)]
+    transition = np.array([[stay[0], 1.0 - stay[0]], [1.0 - stay[1], stay[1]]])
+    _, symbols = sample_hmm(1, length, rng, transition, np.stack(emissions))
+    return _LETTERS[symbols[0]]
 
 
 def plant_motifs(seq, motifs, rng, spacing, soft_ok):
@@ -84,7 +81,7 @@ def plant_motifs(seq, motifs, rng, spacing, soft_ok):
         strand = "+"
         if rng.random() < 0.5:
             strand = "-"
-            site = site[::-1].translate(str.maketrans("AGCT", "TCGA"))
+            site = site[::-1].translate(_COMPLEMENT)
         lower = soft_ok and bool(np.all(window >= ord("a")))
         seq[start:start + k] = np.frombuffer((site.lower() if lower else site).encode(), dtype=np.uint8)
         sites.append((start, start + k, f"{motif.matrix_id}_{motif.name}", strand))
@@ -100,11 +97,29 @@ def build_demo_genome(fasta_path, sites_path, motifs_path, chrom_lengths, seed, 
     rng = np.random.default_rng([seed, 101])
     motifs = choose_motifs(n_motifs, rng, max_length=12)
     fasta_path, sites_path = Path(fasta_path), Path(sites_path)
-    fasta_path.parent.mkdir(parents=True, exist_ok=True)
-    sites_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_fa, tmp_bed = fasta_path.with_suffix(".tmp"), sites_path.with_suffix(".tmp")
     all_sites = []
-    with open(tmp_fa, "w") as fa:
+    with contextlib.ExitStack() as files:  # the FASTA and the BED: both whole, or neither
+        tmp_fa, tmp_bed = (files.enter_context(atomic_path(p)) for p in (fasta_path, sites_path))
+        _write_demo_chromosomes(tmp_fa, all_sites, chrom_lengths, motifs, rng, motif_spacing, telomere, gap,
+                                soft_mask_fraction)
+        with open(tmp_bed, "w") as bed:
+            for chrom, start, stop, motif, strand in all_sites:
+                bed.write(f"{chrom}\t{start}\t{stop}\t{motif}\t0\t{strand}\n")
+        write_motifs(motifs, motifs_path)
+    fai = Path(str(fasta_path) + ".fai")
+    if fai.exists():
+        fai.unlink()
+    open_fasta(fasta_path)  # writes the .fai
+    log.info("demo genome: %d chromosomes, %d bp, %d planted motif sites of %d JASPAR motifs",
+             len(chrom_lengths), sum(chrom_lengths.values()), len(all_sites), len(motifs))
+    return motifs
+
+
+def _write_demo_chromosomes(path, all_sites, chrom_lengths, motifs, rng, motif_spacing, telomere, gap,
+                            soft_mask_fraction):
+    """The demo chromosomes as FASTA at ``path`` (60 bases a line); planted sites appended to
+    ``all_sites`` as ``(chrom, start, end, motif, strand)``."""
+    with open(path, "w") as fa:
         for name, length in chrom_lengths.items():
             seq = hmm_sequence(length, rng)
             # soft-masked stretches (repeats in a real assembly are lower case)
@@ -124,19 +139,6 @@ def build_demo_genome(fasta_path, sites_path, motifs_path, chrom_lengths, seed, 
             text = seq.tobytes().decode()
             for i in range(0, length, 60):
                 fa.write(text[i:i + 60] + "\n")
-    with open(tmp_bed, "w") as bed:
-        for chrom, start, stop, motif, strand in all_sites:
-            bed.write(f"{chrom}\t{start}\t{stop}\t{motif}\t0\t{strand}\n")
-    write_motifs(motifs, motifs_path)
-    os.replace(tmp_fa, fasta_path)
-    os.replace(tmp_bed, sites_path)
-    fai = Path(str(fasta_path) + ".fai")
-    if fai.exists():
-        fai.unlink()
-    open_fasta(fasta_path)  # writes the .fai
-    log.info("demo genome: %d chromosomes, %d bp, %d planted motif sites of %d JASPAR motifs",
-             len(chrom_lengths), sum(chrom_lengths.values()), len(all_sites), len(motifs))
-    return motifs
 
 
 def read_bed_intervals(path):

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import BASES
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-BASES = "AGCT"
-BASE_COLOURS = {"A": "#109648", "G": "#f7b32b", "C": "#255c99", "T": "#d62839", "N": "#a0a0a0"}
 LABEL = re.compile(r"^(?P<chrom>.+):(?P<pos>\d+) (?P<ref>[ACGTN])>(?P<alt>[ACGT])$")
 MODE_LABELS = {"logfold": "log-fold change", "diff": "alt - ref"}
-MAX_LETTERS = 120  # wider windows get a coloured strip instead of letters
 TSV_CHUNK = 50_000
 
 
@@ -152,11 +150,8 @@ def choose_profile(path, frame, names, profile=None):
 def draw_heatmap(matrix, span, letters, title, colour_label, out):
     """Write the 4 x n heatmap (rows A,G,C,T) with the reference sequence above it to ``out``
     (format from its suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
+    from .plots import BASE_COLOURS, MAX_LETTERS, draw_effects, draw_sequence, plt, save_figure  # Agg backend
+    from matplotlib.patches import Patch
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     n = len(span)
@@ -165,11 +160,7 @@ def draw_heatmap(matrix, span, letters, title, colour_label, out):
     width = float(np.clip(2.5 + 0.13 * n, 6.0, 22.0))
     fig, (top, ax) = plt.subplots(2, 1, figsize=(width, 3.4), sharex=True,
                                   gridspec_kw=dict(height_ratios=[1, 5], hspace=0.05))
-    extent = (span[0] - 0.5, span[-1] + 0.5, 3.5, -0.5)
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#e6e6e6")  # grey: not scored
-    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
-                      interpolation="nearest", extent=extent)
-    ax.set_yticks(range(4), list(BASES))
+    image = draw_effects(ax, matrix, span, vmax)
     ax.set_ylabel("alt base")
     ax.set_xlabel("position (1-based)")
     if n <= 10:
@@ -177,24 +168,10 @@ def draw_heatmap(matrix, span, letters, title, colour_label, out):
     else:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%d"))
-    top.set_yticks([])
-    for side in ("top", "right", "left"):
-        top.spines[side].set_visible(False)
-    top.tick_params(axis="x", bottom=False)
-    if n <= MAX_LETTERS:
-        size = float(np.clip(0.8 * 72.0 * (width - 2.0) / max(n, 1), 4, 12))  # ~ one column wide
-        for x, letter in zip(span, letters):
-            if letter:
-                top.text(x, 0.5, letter, ha="center", va="center", fontsize=size, family="monospace",
-                         color=BASE_COLOURS[letter], fontweight="bold")
-        top.set_ylim(0, 1)
-    else:
-        codes = np.array(["AGCTN".index(c) if c else 5 for c in letters])[None, :]
-        strip = ListedColormap([BASE_COLOURS[b] for b in "AGCTN"] + ["#ffffff"])
-        top.imshow(codes, aspect="auto", cmap=strip, vmin=-0.5, vmax=5.5, interpolation="nearest",
-                   extent=(span[0] - 0.5, span[-1] + 0.5, 1, 0))
-        top.set_ylim(1, 0)
-        handles = [matplotlib.patches.Patch(color=BASE_COLOURS[b], label=b) for b in "AGCT"]
+    size = float(np.clip(0.8 * 72.0 * (width - 2.0) / max(n, 1), 4, 12))  # ~ one column wide
+    draw_sequence(top, span, letters, fontsize=size)
+    if n > MAX_LETTERS:
+        handles = [Patch(color=BASE_COLOURS[b], label=b) for b in BASES]
         top.legend(handles=handles, ncol=4, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False,
                    fontsize=7, handlelength=1, columnspacing=0.8)
     top.set_ylabel("ref", rotation=0, ha="right", va="center")
@@ -202,15 +179,7 @@ def draw_heatmap(matrix, span, letters, title, colour_label, out):
     bar = fig.colorbar(image, ax=[top, ax], fraction=0.03, pad=0.01)
     bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # no offset text over the title
     bar.set_label(colour_label)
-    fmt = Path(out).suffix.lower().lstrip(".")
-    tmp = f"{out}.tmp{os.getpid()}"
-    try:
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, out, dpi=150)
 
 
 def plot_prediction(prediction, out, profile=None, window=None):

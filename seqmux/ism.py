@@ -15,7 +15,6 @@ float32 rounding (at most 6.2e-6 between fast and naive ISM on the embedded defa
 
 import contextlib
 import logging
-import sys
 import weakref
 
 import numpy as np
@@ -24,10 +23,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .encoding import one_hot
-from .errors import InputError
+from .outputs import atomic_path
+from .runtime import choose_device, progress
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +106,6 @@ def logit_model(model):
             log.info("%s does not end in a sigmoid: effects computed from its outputs", type(model).__name__)
     _LOGIT_MODELS[model] = head
     return head
-
-
-def pick_device(requested="auto"):
-    """``cuda`` when present (or asked for), else ``cpu``."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def resolve_device(requested, source="command line", field="--device"):
-    """The torch device for a user's setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``); InputError
-    naming ``source`` and ``field`` when CUDA is asked for but absent or the name is not a device."""
-    if requested != "auto" and requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(source, field, requested, "CUDA is not available on this machine")
-    try:
-        return pick_device(requested)
-    except RuntimeError as err:
-        raise InputError(source, field, requested, str(err).splitlines()[0]) from None
 
 
 def mutate(onehot, offsets, alts):
@@ -264,13 +245,6 @@ def fixed_list(values, width, dtype):
     return pa.FixedSizeListArray.from_arrays(pa.array(values), width)
 
 
-def progress(iterable, total, desc):
-    """A tqdm bar that stays readable in a log file (few lines when not on a terminal)."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, mininterval=0.5 if interactive else 15,
-                dynamic_ncols=interactive, file=sys.stderr)
-
-
 @torch.no_grad()
 def compute_target_shard(model, windows, tokens, variants, out_path, names, mode="logfold", dtype="float16",
                          method="fast", batch_size=256, device="cpu"):
@@ -313,8 +287,6 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
     ``base_model``: dict with ``kind``, ``weights``, ``module``, ``class``, ``names`` (the config
     section, paths resolved). ``precision``: ``float32`` or ``float64`` arithmetic in the model.
     """
-    import os
-
     from .models import build_base_model, count_outputs, output_names
     from .windows import read_windows, shard_windows
 
@@ -325,11 +297,10 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
                              base_model.get("class", ""), length)
     names = output_names(base_model["kind"], base_model.get("names", ""), count_outputs(model, length))
     model = model.to(torch.float64 if precision == "float64" else torch.float32)
-    dev = pick_device(device)
+    dev = choose_device(device, "config", "targets.device")
     log.info("shard %d/%d: %d windows of %d bp, %d outputs, %s ISM in %s on %s", shard + 1, n_shards,
              len(windows), length, len(names), method, precision, dev)
     with pa.memory_map(str(variants), "r") as src:
         table = pa.ipc.open_file(src).read_all()
-    tmp = f"{out}.tmp"
-    compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev)

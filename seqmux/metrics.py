@@ -32,17 +32,6 @@ def _safe_corr(cov, var_x, var_y):
     return r
 
 
-def weighted_pearson(x, y, w):
-    """Weighted Pearson correlation of 1-d arrays (float64 accumulation); 0 when undefined."""
-    x, y, w = (np.asarray(a, dtype=np.float64).ravel() for a in (x, y, w))
-    sw = w.sum()
-    if sw <= 0:
-        return 0.0
-    mx, my = (w * x).sum() / sw, (w * y).sum() / sw
-    dx, dy = x - mx, y - my
-    return float(_safe_corr((w * dx * dy).sum(), (w * dx * dx).sum(), (w * dy * dy).sum()))
-
-
 class PearsonAccumulator:
     """Weighted Pearson correlations of ``G`` groups, fed batch by batch: ``update(x, y, w)`` with
     arrays ``[G, ...]`` (``w`` broadcastable). Sums of weighted moments in float64, shifted by the

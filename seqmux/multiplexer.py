@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,8 @@ def save_multiplexer(model, path, output_names, mode, preset="", extra=None):
     """``model.pt``: constructor config, state_dict, output names, window length, target mode."""
     blob = dict(config=model.config(), state_dict=model.state_dict(), output_names=list(output_names),
                 length=model.length, mode=mode, preset=preset, **(extra or {}))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_multiplexer(path, device="cpu"):

@@ -16,7 +16,7 @@ def atomic_path(path):
     remove it when the block raises. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f"{path.name}.tmp")  # fixed: a rerun after a kill overwrites a stale one
     try:
         yield tmp
         os.replace(tmp, path)

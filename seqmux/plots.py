@@ -22,13 +22,14 @@ from .outputs import atomic_path  # noqa: E402
 BASE_COLOURS = {"A": "#2ca02c", "G": "#ff7f0e", "C": "#1f77b4", "T": "#d62728", "N": "#bbbbbb"}
 
 
+MAX_LETTERS = 120  # wider sequences are drawn as a colour strip
 SERIES_COLOURS = ["#08519c", "#d94801", "#238b45", "#6a51a3", "#a50f15", "#525252"]
 
 
-def save_figure(fig, out):
-    """Write ``fig`` to ``out`` (format from the file's suffix, 120 dpi) and close it."""
+def save_figure(fig, out, dpi=120):
+    """Write ``fig`` to ``out`` (format from the file's suffix) whole or not at all, and close it."""
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(out).suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(out).suffix.lower().lstrip(".") or "png")
     plt.close(fig)
 
 
@@ -155,12 +156,37 @@ def plot_profile_histogram(model_r, out, baselines=None):
     save_figure(fig, out)
 
 
-def _base_strip(ax, sequence):
-    codes = np.array([("AGCTN".index(b) if b in "AGCT" else 4) for b in sequence])[None, :]
-    cmap = ListedColormap([BASE_COLOURS[b] for b in "AGCTN"])
-    ax.imshow(codes, aspect="auto", cmap=cmap, vmin=-0.5, vmax=4.5, interpolation="nearest")
+def draw_sequence(ax, span, letters, max_letters=MAX_LETTERS, fontsize=7):
+    """The reference bases at x positions ``span`` on ``ax``: coloured letters when there are at most
+    ``max_letters``, else a colour strip; ``""`` for a base not known (left blank)."""
     ax.set_yticks([])
-    ax.set_xticks([])
+    ax.tick_params(axis="x", bottom=False, labelbottom=False)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if len(span) <= max_letters:
+        for x, letter in zip(span, letters):
+            if letter:
+                ax.text(x, 0.5, letter, ha="center", va="center", fontsize=fontsize, family="monospace",
+                        color=BASE_COLOURS.get(letter, "black"), fontweight="bold")
+        ax.set_ylim(0, 1)
+    else:
+        codes = np.array([((BASES + "N").index(c) if c and c in BASES + "N" else 5) for c in letters])[None, :]
+        strip = ListedColormap([BASE_COLOURS[b] for b in BASES + "N"] + ["#ffffff"])
+        ax.imshow(codes, aspect="auto", cmap=strip, vmin=-0.5, vmax=5.5, interpolation="nearest",
+                  extent=(span[0] - 0.5, span[-1] + 0.5, 1, 0))
+        ax.set_ylim(1, 0)
+    ax.set_xlim(span[0] - 0.5, span[-1] + 0.5)
+
+
+def draw_effects(ax, matrix, span, vmax):
+    """A ``[4, n]`` effect matrix (rows in ``BASES`` order; NaN: not scored, grey) at x positions
+    ``span`` on ``ax``, in diverging colours centred at 0 (+-``vmax``). Returns the image, for a
+    colour bar."""
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#e6e6e6")
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, vmin=-vmax, vmax=vmax,
+                      interpolation="nearest", extent=(span[0] - 0.5, span[-1] + 0.5, 3.5, -0.5))
+    ax.set_yticks(range(4), list(BASES))
+    return image
 
 
 def plot_effect_heatmap(exact, pred, sequence, out, title="", start=0, zoom=60):
@@ -179,34 +205,20 @@ def plot_effect_heatmap(exact, pred, sequence, out, title="", start=0, zoom=60):
     image = None
     for col, (name, values) in enumerate((("exact ISM", exact), ("Multiplexer", pred))):
         for row, (lo, hi) in ((0, (0, length)), (3, (z0, z0 + zoom))):
+            span = np.arange(lo, hi)
             ax_seq = fig.add_subplot(grid[row, col])
             ax = fig.add_subplot(grid[row + 1, col])
+            draw_sequence(ax_seq, span, sequence[lo:hi], max_letters=zoom)  # letters in the zoom only
+            image = draw_effects(ax, values[:, lo:hi], span, vmax)
             if row == 0:
-                _base_strip(ax_seq, sequence[lo:hi])
                 ax_seq.set_title(f"{name}: whole window", fontsize=10)
-            else:
-                ax_seq.set_xlim(-0.5, hi - lo - 0.5)
-                ax_seq.set_xticks([])
-                ax_seq.set_yticks([])
-                for i, b in enumerate(sequence[lo:hi]):
-                    ax_seq.text(i, 0.5, b, ha="center", va="center", fontsize=7, family="monospace",
-                                color=BASE_COLOURS.get(b, "black"), fontweight="bold")
-                ax_seq.set_title(f"{name}: positions {lo}-{hi - 1} (largest effect)", fontsize=10)
-                for spine in ax_seq.spines.values():
-                    spine.set_visible(False)
-            image = ax.imshow(values[:, lo:hi], aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
-                              interpolation="nearest")
-            if row == 0:  # where the zoom below is
                 ax.add_patch(Rectangle((z0 - 0.5, -0.5), zoom, 4, fill=False, ec="black", lw=0.8, ls="--"))
-            ax.set_yticks(range(4))
-            ax.set_yticklabels(list(BASES) if col == 0 else [])
-            ticks = ax.get_xticks()
-            ticks = [t for t in ticks if 0 <= t < hi - lo]
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([f"{int(t) + lo}" for t in ticks], fontsize=7)
-            ax_seq.set_xlim(-0.5, hi - lo - 0.5)
-            if row == 3:
+            else:
+                ax_seq.set_title(f"{name}: positions {lo}-{hi - 1} (largest effect)", fontsize=10)
                 ax.set_xlabel(f"position in window (window start {start:,}, 0-based)", fontsize=8)
+            if col:
+                ax.set_yticklabels([])
+            ax.tick_params(axis="x", labelsize=7)
     cax = fig.add_subplot(grid[1:, 2])
     fig.colorbar(image, cax=cax, label="effect of the substitution")
     fig.suptitle(title, fontsize=11)

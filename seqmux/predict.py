@@ -12,10 +12,12 @@ base model (``window_effects``), as log-fold change or ``alt - ref``. Every inpu
 any model runs; outputs are written under temporary names and renamed once everything succeeded.
 """
 
+import contextlib
 import gzip
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,9 @@ import torch
 from .encoding import tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
-from .ism import progress, resolve_device, window_effects
+from .ism import window_effects
+from .outputs import atomic_path
+from .runtime import choose_device, progress
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
 from .windows import read_regions, window_bounds
 
@@ -230,7 +234,8 @@ def multiplexer_scorer(path, names, length, mode, device):
 
 class PredictionWriter:
     """Streams rows to ``PREFIX.tsv.gz`` and/or ``PREFIX.parquet`` (one parquet row group per
-    window) under temporary names; ``commit`` renames every file at once, ``discard`` removes them."""
+    window), with ``PREFIX.json`` (and ``PREFIX.skipped.tsv``), under temporary names: leaving the
+    block renames every file, an error removes them all."""
 
     def __init__(self, prefix, formats, names, metadata, skipped=None):
         self.prefix, self.names, self.metadata = str(prefix), list(names), metadata
@@ -240,14 +245,15 @@ class PredictionWriter:
         if skipped is not None:
             self.final["skipped"] = f"{self.prefix}.skipped.tsv"
         self.final["json"] = f"{self.prefix}.json"
-        self.tmp = {k: f"{v}.tmp{os.getpid()}" for k, v in self.final.items()}
         self.skipped = skipped
         self.rows = 0
         self._tsv = self._parquet = None
 
     def __enter__(self):
-        Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         import pyarrow as pa
+
+        self._files = contextlib.ExitStack()  # every file under a temporary name until all are complete
+        self.tmp = {k: self._files.enter_context(atomic_path(v)) for k, v in self.final.items()}
 
         fields = [pa.field("variant", pa.string()), pa.field("window", pa.string())]
         fields += [pa.field(n, pa.float32()) for n in self.names]
@@ -290,23 +296,23 @@ class PredictionWriter:
             self._parquet = None
 
     def __exit__(self, exc_type, exc, tb):
-        self._close()
-        if exc_type is not None:
-            for path in self.tmp.values():
-                if os.path.exists(path):
-                    os.remove(path)
-            return False
-        if self.skipped is not None:
-            with open(self.tmp["skipped"], "w") as fh:
-                fh.write("variant\treason\n")
-                for label, reason in self.skipped:
-                    fh.write(f"{label}\t{reason}\n")
-        meta = dict(self.metadata, rows=self.rows, files=sorted(os.path.basename(p) for p in self.final.values()))
-        with open(self.tmp["json"], "w") as fh:
-            json.dump(meta, fh, indent=2)
-            fh.write("\n")
-        for key, path in self.tmp.items():
-            os.replace(path, self.final[key])
+        try:
+            self._close()
+            if exc_type is None:
+                if self.skipped is not None:
+                    with open(self.tmp["skipped"], "w") as fh:
+                        fh.write("variant\treason\n")
+                        for label, reason in self.skipped:
+                            fh.write(f"{label}\t{reason}\n")
+                meta = dict(self.metadata, rows=self.rows,
+                            files=sorted(os.path.basename(p) for p in self.final.values()))
+                with open(self.tmp["json"], "w") as fh:
+                    json.dump(meta, fh, indent=2)
+                    fh.write("\n")
+        except BaseException:
+            self._files.__exit__(*sys.exc_info())  # removes every temporary file
+            raise
+        self._files.__exit__(exc_type, exc, tb)  # renames them all, or removes them after an error
         return False
 
 
@@ -328,7 +334,7 @@ def predict(genome, output, chromosome=None, position=None, inputs_file=None, vc
     mode = "diff" if diff else "logfold"
     fasta = open_fasta(genome, "--genome")
     lengths = chromosome_lengths(fasta)
-    dev = resolve_device(device)
+    dev = choose_device(device, "command line", "--device")
     if exact:
         if weights is None and model_kind == "demo":
             weights = "resources/demo/base_model.pt"

@@ -7,9 +7,9 @@ fixed_size_list<float32>[F], ``target`` fixed_size_list<float16|float32>[F*4*L] 
 (JSON list), ``base_model``.
 """
 
+import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from .encoding import detokenize
 from .ism import target_schema
+from .outputs import atomic_path
 from .windows import SPLITS
 
 log = logging.getLogger(__name__)
@@ -77,48 +78,41 @@ def target_rms(table, max_rows=256):
 def assemble_splits(windows, tokens, shard_paths, out_paths, names, mode, dtype, base_model):
     """Route the rows of the target shards to one file per split, adding coordinates and sequence.
 
-    ``windows``: all windows (their ids index ``tokens [N, L]``); ``out_paths``: ``{split: path}``.
-    Streams one record batch at a time; every split file is written (empty ones keep the schema).
-    Files are written under temporary names and renamed at the end, so no half-written split is
-    left behind.
+    ``windows``: all windows (their ids index ``tokens [N, L]``); ``out_paths``: ``{split: path}``
+    for the splits to write (one, some or all of train / validation / test: the rows of the others
+    are skipped, so one split can be rebuilt alone). Streams one record batch at a time; every split
+    asked for is written (empty ones keep the schema), whole or not at all.
     """
     length = tokens.shape[1]
     schema = split_schema(len(names), length, dtype, names, mode, base_model)
     by_id = {w.window_id: w for w in windows}
-    tmp = {s: Path(str(p) + ".tmp") for s, p in out_paths.items()}
-    sinks = {s: pa.OSFile(str(tmp[s]), "wb") for s in SPLITS}
-    writers = {s: pa.ipc.new_file(sinks[s], schema) for s in SPLITS}
-    counts = dict.fromkeys(SPLITS, 0)
-    try:
+    wanted = [s for s in SPLITS if s in out_paths]
+    counts = dict.fromkeys(wanted, 0)
+    with contextlib.ExitStack() as stack:
+        tmp = {s: stack.enter_context(atomic_path(out_paths[s])) for s in wanted}
+        sinks = {s: stack.enter_context(pa.OSFile(str(tmp[s]), "wb")) for s in wanted}
+        writers = {s: stack.enter_context(pa.ipc.new_file(sinks[s], schema)) for s in wanted}
         for path in shard_paths:
             with pa.memory_map(str(path), "r") as src:
                 reader = pa.ipc.open_file(src)
                 for i in range(reader.num_record_batches):
                     batch = reader.get_batch(i)
                     for row in range(batch.num_rows):
-                        wid = batch.column("window_id")[row].as_py()
-                        w = by_id[wid]
+                        w = by_id[batch.column("window_id")[row].as_py()]
+                        if w.split not in writers:
+                            continue
                         writers[w.split].write_batch(pa.record_batch([
-                            pa.array([wid], pa.int64()), pa.array([w.chrom]), pa.array([w.start], pa.int64()),
-                            pa.array([w.end], pa.int64()), pa.array([detokenize(tokens[wid])]),
+                            pa.array([w.window_id], pa.int64()), pa.array([w.chrom]), pa.array([w.start], pa.int64()),
+                            pa.array([w.end], pa.int64()), pa.array([detokenize(tokens[w.window_id])]),
                             batch.column("reference_prediction").slice(row, 1),
                             batch.column("target").slice(row, 1).cast(schema.field("target").type),
                         ], schema=schema))
                         counts[w.split] += 1
-    finally:
-        for s in SPLITS:
-            writers[s].close()
-            sinks[s].close()
-    missing = len(windows) - sum(counts.values())
-    if missing:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        raise ValueError(f"{missing} windows have no targets in the shards")
-    for s in SPLITS:
-        os.replace(tmp[s], out_paths[s])
+        missing = sum(w.split in counts for w in windows) - sum(counts.values())
+        if missing:  # raised inside the block: no split file is renamed into place
+            raise ValueError(f"{missing} windows have no targets in the shards")
     log.info("split sizes: %s", counts)
     return counts
-
 
 
 def write_splits(windows_bed, tokens_npy, shards, outputs, base_model, mode, dtype):

@@ -24,41 +24,23 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .errors import InputError
 from .multiplexer import build_multiplexer, n_parameters, save_multiplexer
+from .outputs import atomic_path
+from .runtime import choose_device, progress
 from .splits import SplitDataset, check_split, target_rms
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["step", "epoch", "train_loss", "validation_loss", "lr", "elapsed_s"]
 KILL_ENV = "SEQMUX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step
-
-
-def choose_device(requested="auto"):
-    """``auto``: the CUDA device with the most free memory, else the CPU; otherwise as asked."""
-    if requested != "auto":
-        dev = torch.device(requested)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("config", "device", requested, "CUDA is not available on this machine")
-        return dev
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    free = []
-    for i in range(torch.cuda.device_count()):
-        try:
-            free.append(torch.cuda.mem_get_info(i)[0])
-        except Exception:  # a device we cannot query (busy, exclusive mode)
-            free.append(-1)
-    return torch.device(f"cuda:{int(np.argmax(free))}")
 
 
 def autocast_for(device, enabled):
@@ -152,9 +134,8 @@ def validation_loss(model, loader, device, autocast):
 
 
 def _save_atomic(obj, path):
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _read_csv(path, upto):
@@ -165,12 +146,10 @@ def _read_csv(path, upto):
 
 
 def _write_csv(path, rows):
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class _Stop:
@@ -220,7 +199,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     ckdir.mkdir(parents=True, exist_ok=True)
     last_ck, best_ck, csv_ck = ckdir / "last.pt", ckdir / "best.pt", ckdir / "log.csv"
 
-    dev = choose_device(device)
+    dev = choose_device(device, "config", "multiplexer.train.device")
     torch.manual_seed(seed)
     scale = 1.0
     if scale_targets:
@@ -277,9 +256,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     started = time.time() - state["elapsed"]
     model.train()
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=steps, initial=state["step"], desc="train multiplexer", file=sys.stderr,
-               mininterval=0.5 if interactive else 15, dynamic_ncols=interactive)
+    bar = progress(total=steps, initial=state["step"], desc="train multiplexer")
     with _Stop() as stop:
         for idx in (loader if not state["done"] else []):
             x, y = idx

@@ -8,7 +8,9 @@ substitution. Labels are 1-based, VCF style: ``chr11:1000000 C>A``.
 import numpy as np
 import pyarrow as pa
 
-_LETTERS = np.array(list("AGCTN"))
+from . import BASES
+
+_LETTERS = np.array(list(BASES + "N"))
 
 
 def substitutions(tokens):
@@ -56,22 +58,19 @@ def window_variant_table(window_id, chrom, start, tokens):
 
 def expand_shard(windows_bed, tokens_npy, shard, n_shards, out):
     """Stage: the substitution table of one shard's windows, as a feather file."""
-    import os
-
+    from .outputs import atomic_path
     from .windows import read_windows, shard_windows
 
     windows = shard_windows(read_windows(windows_bed), shard, n_shards)
     tokens = np.load(tokens_npy, mmap_mode="r")
-    tmp = f"{out}.tmp"
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, VARIANT_SCHEMA) as writer:
+    with atomic_path(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, VARIANT_SCHEMA) as writer:
         for w in windows:
             writer.write_batch(window_variant_table(w.window_id, w.chrom, w.start, np.asarray(tokens[w.window_id])))
-    os.replace(tmp, out)
 
 
 # --- VCF input --------------------------------------------------------------------------------
 
-_BASE_INDEX = {b: i for i, b in enumerate("AGCT")}
+_BASE_INDEX = {b: i for i, b in enumerate(BASES)}
 
 
 def snv_label(chrom, pos, ref, alt):

@@ -6,15 +6,15 @@ are BED: 0-based half-open ``start``/``end``, then ``window_id`` and ``split``.
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .encoding import count_n
+from .encoding import N_TOKEN, count_n, tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
+from .outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms=()
                 raise InputError(source, field, name, "chromosome not in the FASTA")
     overlap = set(validation_chroms) & set(test_chroms)
     if overlap:
-        raise InputError("config", "windows.test_chroms", sorted(overlap)[0], "also listed in windows.validation_chroms")
+        raise InputError("config", "windows.test_chroms", sorted(overlap)[0],
+                         "also listed in windows.validation_chroms")
     out = {s: [] for s in SPLITS}
     for name, n in lengths.items():
         split = split_of(name, validation_chroms, test_chroms)
@@ -81,7 +82,8 @@ def _sample_split(fasta, split, chroms, lengths, count, length, max_n, rng, sour
     if count == 0:
         return []
     if not chroms:
-        raise InputError(source, f"windows.count.{split}", count, f"no chromosome of at least {length} bp for this split")
+        raise InputError(source, f"windows.count.{split}", count,
+                         f"no chromosome of at least {length} bp for this split")
     sizes = np.array([lengths[c] - length + 1 for c in chroms], dtype=np.float64)  # valid start positions
     prob = np.array([lengths[c] for c in chroms], dtype=np.float64)
     prob /= prob.sum()
@@ -175,13 +177,9 @@ def sample_windows(fasta_path, length, max_n, counts, validation_chroms, test_ch
 
 def write_windows(windows, path):
     """BED with columns chrom, start, end, window_id, split (atomic write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         for w in windows:
             fh.write(f"{w.chrom}\t{w.start}\t{w.end}\t{w.window_id}\t{w.split}\n")
-    os.replace(tmp, path)
 
 
 def read_windows(path):
@@ -209,3 +207,16 @@ def sample_to_bed(fasta, out, length, max_n, counts, validation_chroms, test_chr
     windows = sample_windows(fasta, length, max_n, counts, validation_chroms, test_chroms, seed, chroms, regions)
     write_windows(windows, out)
     return windows
+
+
+def encode_windows(fasta, windows_bed, out):
+    """Stage: tokens ``[N, L]`` uint8 of every window (row = window id) to a ``.npy`` file."""
+    genome = open_fasta(fasta)
+    windows = read_windows(windows_bed)
+    length = windows[0].end - windows[0].start if windows else 0
+    tokens = np.full((len(windows), length), N_TOKEN, dtype=np.uint8)
+    for w in windows:
+        tokens[w.window_id] = tokenize(genome[w.chrom][w.start:w.end])
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, tokens)
+    return tokens

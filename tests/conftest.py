@@ -64,3 +64,37 @@ def tiny_run(tmp_path_factory):
     result = run_workflow(workdir, TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+# ---- float tolerances from the arithmetic ---------------------------------------------------------
+
+# An ISM effect is the difference of two model outputs (logits for log-fold targets), each rounded by
+# the float32 forward pass: 2x that rounding, and up to 4x more across the mutants of a window.
+ROUNDING_FACTOR = 8
+
+
+def float32_rounding(model, onehot, mode="logfold"):
+    """How much float32 rounds ``model``'s outputs on ``onehot [B, 4, L]``, in the quantity whose
+    differences are the effects: logits in ``logfold`` mode (logit of the outputs when the model has
+    no final sigmoid), outputs in ``diff`` mode. The largest |float32 - float64| deviation, and at
+    least one float32 ulp of the largest value. Measured on this CPU's kernels, so a tolerance of
+    ``ROUNDING_FACTOR`` times it holds wherever the tests run."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from seqmux.ism import logit_model
+
+    def values(m, x):
+        with torch.no_grad():
+            head = logit_model(m) if mode == "logfold" else None
+            if head is not None:
+                return head(x).double()
+            out = m(x).double()
+            return torch.logit(out.clamp(1e-12, 1 - 1e-12)) if mode == "logfold" else out
+
+    x32 = torch.as_tensor(onehot, dtype=torch.float32)
+    v32 = values(model.eval(), x32)
+    v64 = values(copy.deepcopy(model).double().eval(), x32.double())
+    return max(float((v32 - v64).abs().max()), float(np.spacing(np.float32(v64.abs().max()))))

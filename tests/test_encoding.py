@@ -26,4 +26,11 @@ def test_one_hot_columns_and_batches():
 
 def test_detokenize_round_trip_upper_case():
     assert detokenize(tokenize("acgtNNr")) == "ACGTNNN"
-    assert N_TOKEN == 4
+    # every printable character: A,C,G,T in either case keep their base, anything else becomes N,
+    # whose token one-hot encodes to a zero column
+    text = "".join(chr(c) for c in range(32, 127))
+    tokens = tokenize(text)
+    expected = "".join(c.upper() if c.upper() in "ACGT" else "N" for c in text)
+    assert detokenize(tokens) == expected
+    assert np.all((tokens == N_TOKEN) == np.array([c == "N" for c in expected]))
+    assert np.all(one_hot(tokens)[:, tokens == N_TOKEN] == 0) and np.all(one_hot(tokens)[:, tokens < 4].sum(0) == 1)

@@ -1,7 +1,10 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROUNDING_FACTOR, float32_rounding
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta
 import seqmux.ism
@@ -74,9 +77,10 @@ def test_float32_targets_match_within_tolerance(demo_dir):
     fa = open_fasta(demo_dir / "genome.fa")
     tokens = tokenize(fa["chr4"][9000:9400])
     offsets, alts = substitutions(tokens)
+    tol = ROUNDING_FACTOR * float32_rounding(model, one_hot(tokens)[None], mode="diff")
     _, t32 = window_targets(model, tokens, offsets, alts, mode="diff")
     _, t64 = window_targets(model.double(), tokens, offsets, alts, mode="diff")
-    assert t32.dtype == np.float32 and np.abs(t32 - t64).max() <= 1e-5
+    assert tol < 1e-5 and t32.dtype == np.float32 and np.abs(t32 - t64).max() <= tol
 
 
 def test_effects_from_logits_equal_the_formula():
@@ -124,22 +128,29 @@ def test_effect_formula_runs_on_one_cpu_thread(monkeypatch, sigmoid):
 
 def test_float32_logfold_near_saturation(demo_dir):
     """Outputs near 1, where a float32 probability has a resolution of 6e-8: log-fold targets in
-    float32 still equal float64 within 1e-5 (computed from the logits), whatever the batching."""
+    float32 (computed from the logits) still equal float64 to float32 rounding of the logits,
+    whatever the batching."""
     model = load_model(demo_dir / "model.pt").eval()
     with torch.no_grad():
         model.model[1][4][1].bias += 8.0           # sigmoid(8) = 0.99966
     fa = open_fasta(demo_dir / "genome.fa")
     tokens = tokenize(fa["chr4"][9000:9400])
     offsets, alts = substitutions(tokens)
+    # The tolerance, from the arithmetic (conftest.float32_rounding): a log-fold target is (up to the
+    # e = 1e-6 terms) the difference of two float32 logits. Measured where it was written: rounding
+    # 4.7e-6, largest target deviation 9.5e-6; a fixed 1e-5 failed on CPUs that round otherwise.
+    tol = ROUNDING_FACTOR * float32_rounding(model, one_hot(tokens)[None])
+    model64 = copy.deepcopy(model).double()
     ref, t32 = window_targets(model, tokens, offsets, alts, batch_size=64)
     _, t32b = window_targets(model, tokens, offsets, alts, method="naive", batch_size=501)
-    _, t64 = window_targets(model.double(), tokens, offsets, alts)
+    _, t64 = window_targets(model64, tokens, offsets, alts)
     assert (ref > 0.999).sum() >= 3
     assert np.abs(t64).max() > 0.05                 # real effects
-    assert np.abs(t32 - t64).max() <= 1e-5 and np.abs(t32 - t32b).max() <= 1e-5
+    assert tol < 1e-4, tol                          # float32 logits are rounded like float32
+    assert np.abs(t32 - t64).max() <= tol and np.abs(t32 - t32b).max() <= tol
     # the same log-folds from float32 probabilities are off by far more
     x = torch.from_numpy(one_hot(tokens))
     off, alt = torch.from_numpy(offsets.astype(np.int64)), torch.from_numpy(alts.astype(np.int64))
     base, probs = predict_substitutions(model.float(), x, off, alt, "naive", 64)
     from_probs = scatter_targets(logfold(probs, base[None]), off, alt, 400).numpy()
-    assert np.abs(from_probs - t64).max() > 1e-4
+    assert np.abs(from_probs - t64).max() > max(1e-4, 2 * tol)

@@ -108,7 +108,8 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_bad_inputs(tmp_path):
     splits = tiny_splits(tmp_path)
-    run = lambda train, val: train_multiplexer(train, val, *outputs(tmp_path / "o"), tmp_path / "ck", **ARGS)
+    def run(train, val):
+        return train_multiplexer(train, val, *outputs(tmp_path / "o"), tmp_path / "ck", **ARGS)
     with pytest.raises(InputError, match=r"missing\.feather: train split=.*split file not found"):
         run(tmp_path / "missing.feather", splits["validation"])
     empty = write_empty_split(tmp_path / "empty.feather", 32, ["out_0", "out_1"])

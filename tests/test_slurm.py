@@ -33,12 +33,13 @@ from conftest import REPO, TINY
 PROFILE = REPO / "profiles/slurm"
 PARTITION = os.environ.get("SEQMUX_SLURM_PARTITION", "main")
 ACCOUNT = os.environ.get("SEQMUX_SLURM_ACCOUNT", "seqmux")
-RUN_TIMEOUT = int(os.environ.get("SEQMUX_SLURM_TEST_TIMEOUT", 480))  # s for the whole SLURM run (about 2 min on 2 busy cores)
+# s for the whole SLURM run (about 2 min on 2 busy cores)
+RUN_TIMEOUT = int(os.environ.get("SEQMUX_SLURM_TEST_TIMEOUT", 480))
 GPU_RULES = {"compute_targets", "train_multiplexer", "evaluate_multiplexer"}
 SHARDS = [f"{i:04d}" for i in range(TINY["targets"]["shards"])]
 # one SLURM job per Snakemake job of the tiny config (`all` runs on the submitting host)
 EXPECTED_JOBS = Counter({"demo_genome": 1, "demo_base_model": 1, "sample_windows": 1, "encode_windows": 1,
-                         "expand_mutations": len(SHARDS), "compute_targets": len(SHARDS), "assemble_splits": 1,
+                         "expand_mutations": len(SHARDS), "compute_targets": len(SHARDS), "assemble_splits": 3,
                          "train_multiplexer": 1, "evaluate_multiplexer": 1})
 SAME_BYTES = (["results/windows/windows.bed", "results/encoded/tokens.npy"]
               + [f"results/targets/{s}.arrow" for s in SHARDS]

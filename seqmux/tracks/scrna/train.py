@@ -1,0 +1,200 @@
+"""The source's three torch models on the processed cells: full-batch Adam on binary cross-entropy.
+
+- ``logistic``:   ``Linear(genes, 1)`` + ``Sigmoid``
+- ``mlp``:        ``Linear(genes, hidden)`` + ``Sigmoid`` + ``Linear(hidden, 1)`` + ``Sigmoid``
+- ``layer_list``: the same network as an ``nn.ModuleList`` run in a loop; built from the same seed
+                  as ``mlp``, so it starts from the same weights and must train to the same numbers
+
+Output: the probability of the first (positive) class, ``[cells, 1]``. The source one-hots the
+label; with two classes the one-hot's second column is one minus the first, so one sigmoid output
+on the positive class's indicator is the same model without a mirrored duplicate.
+
+Objective: mean BCE over the training cells plus, when ``c > 0``, the L2 penalty
+``sum(W**2) / (2 * c * n_train)`` over the weight matrices (not the biases). That is
+scikit-learn's LogisticRegression objective (``sum of losses + ||w||^2 / (2C)``) divided by the
+number of training cells, so the torch logistic model and the reference fit the same function.
+The curves record the BCE alone (what a user compares), after each epoch's step (epoch 0: the
+initial weights).
+"""
+
+import logging
+
+import anndata
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ...outputs import atomic_path, write_tsv
+from ...plots import plot_curves
+from ...runtime import choose_device, progress
+from . import STREAM_LOGISTIC, STREAM_MLP, TRACK_SEED
+
+log = logging.getLogger(__name__)
+
+MODELS = ("logistic", "mlp", "layer_list")
+TITLES = {"logistic": "logistic (Linear + Sigmoid)", "mlp": "{hidden} sigmoid hidden units",
+          "layer_list": "{hidden} hidden units as a layer list"}
+HISTORY = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+
+
+class LayerList(nn.Module):
+    """The hidden-layer network written as a list of layers run in a loop (``[cells, genes]`` ->
+    ``[cells, 1]``)."""
+
+    def __init__(self, n_genes, hidden):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(n_genes, hidden), nn.Sigmoid(), nn.Linear(hidden, 1), nn.Sigmoid()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def build_model(name, n_genes, hidden):
+    """An untrained model ``name`` (one of ``MODELS``), initialised from torch's global RNG."""
+    if name == "logistic":
+        return nn.Sequential(nn.Linear(n_genes, 1), nn.Sigmoid())
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(n_genes, hidden), nn.Sigmoid(), nn.Linear(hidden, 1), nn.Sigmoid())
+    if name == "layer_list":
+        return LayerList(n_genes, hidden)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def init_seed(seed, name):
+    """The torch seed of model ``name``'s initial weights (``mlp`` and ``layer_list`` share one)."""
+    stream = STREAM_LOGISTIC if name == "logistic" else STREAM_MLP
+    return int(np.random.default_rng([seed, TRACK_SEED, stream]).integers(2**63 - 1))
+
+
+def make_model(name, n_genes, hidden, seed):
+    """Model ``name`` with its seeded initial weights (torch's global RNG state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(seed, name))
+        return build_model(name, n_genes, hidden)
+
+
+def weight_matrices(model):
+    """The weight matrices of the model's Linear layers (biases excluded)."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def l2_penalty(model, c, n_train):
+    """``sum(W**2) / (2 c n_train)`` over the weight matrices; 0 when ``c`` is 0 (no penalty)."""
+    if not c:
+        return torch.zeros((), device=weight_matrices(model)[0].device)
+    return sum((w ** 2).sum() for w in weight_matrices(model)) / (2.0 * c * n_train)
+
+
+def accuracy(prob, target):
+    """Fraction of cells whose class (``prob > 0.5``: positive) is right; ``prob``, ``target`` ``[cells, 1]``."""
+    return ((prob > 0.5) == (target > 0.5)).float().mean()
+
+
+def bce(prob, target):
+    """Mean binary cross-entropy (torch's BCELoss: each log clamped at -100)."""
+    return nn.functional.binary_cross_entropy(prob, target)
+
+
+def cell_tensors(cells, device="cpu"):
+    """``{split: (x [cells, genes] float32, y [cells, 1] float32)}`` from a processed AnnData."""
+    split = cells.obs["split"].astype(str).to_numpy()
+    x = np.asarray(cells.X, dtype=np.float32)
+    y = cells.obs["target"].to_numpy(np.float32)[:, None]
+    return {part: (torch.from_numpy(np.ascontiguousarray(x[split == part])).to(device),
+                   torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device)) for part in ("train", "test")}
+
+
+def train_model(model, data, lr, epochs, c, desc="train"):
+    """Full-batch Adam on mean BCE (+ the L2 penalty, see the module docstring) for ``epochs``.
+
+    ``data``: ``{"train": (x, y), "test": (x, y)}`` on the model's device. Returns the history
+    ``{key: [epochs + 1] float64}`` for ``HISTORY`` keys, measured after each epoch's step
+    (index 0: the initial weights), and the model trained in place.
+    """
+    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    history = torch.zeros(epochs + 1, len(HISTORY), dtype=torch.float64, device=x_train.device)
+
+    def record(epoch):
+        with torch.no_grad():
+            p_train, p_test = model(x_train), model(x_test)
+            history[epoch] = torch.stack([bce(p_train, y_train), bce(p_test, y_test), accuracy(p_train, y_train),
+                                          accuracy(p_test, y_test)]).double()
+
+    record(0)
+    bar = progress(total=epochs, desc=desc)
+    for epoch in range(1, epochs + 1):
+        optimiser.zero_grad(set_to_none=True)
+        loss = bce(model(x_train), y_train) + l2_penalty(model, c, len(x_train))
+        loss.backward()
+        optimiser.step()
+        record(epoch)
+        bar.update()
+    bar.close()
+    values = history.cpu().numpy()
+    return {key: values[:, i] for i, key in enumerate(HISTORY)}
+
+
+def curves_table(histories):
+    """Long table: ``epoch``, ``model`` and the ``HISTORY`` columns, one row per model and epoch."""
+    frames = []
+    for name, history in histories.items():
+        frame = pd.DataFrame({"epoch": np.arange(len(history["train_loss"])), "model": name})
+        for key in HISTORY:
+            frame[key] = history[key]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_training(histories, hidden, out_loss, out_accuracy):
+    """Loss and accuracy curves, one panel per model, train and test lines."""
+    epochs = np.arange(len(next(iter(histories.values()))["train_loss"]))
+    for what, out, label in (("loss", out_loss, "binary cross-entropy"), ("accuracy", out_accuracy, "accuracy")):
+        panels = {TITLES[name].format(hidden=hidden): {"train": h[f"train_{what}"], "test": h[f"test_{what}"]}
+                  for name, h in histories.items()}
+        plot_curves(epochs, {}, out, "epoch", label, panels=panels, logy=what == "loss")
+
+
+def save_models(models, genes, classes, hidden, out):
+    """The trained models' state dicts (CPU tensors) with the gene and class names, one file."""
+    state = {"genes": list(genes), "classes": list(classes), "hidden": int(hidden),
+             "models": {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in models.items()}}
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+
+
+def load_models(path):
+    """``(models, state)``: the models of :func:`save_models` rebuilt in eval mode on the CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    models = {}
+    for name, weights in state["models"].items():
+        model = build_model(name, len(state["genes"]), state["hidden"])
+        model.load_state_dict(weights)
+        models[name] = model.eval()
+    return models, state
+
+
+def train_scrna(cells_h5ad, out_models, out_curves, out_loss_plot, out_accuracy_plot, hidden, lr, epochs, c,
+                seed, device="cpu"):
+    """Stage ``train_scrna``: the three models, their curves (table and plots) and weights."""
+    device = choose_device(device, "config", "scrna.device")
+    cells = anndata.read_h5ad(cells_h5ad)
+    data = cell_tensors(cells, device)
+    n_genes = cells.n_vars
+    log.info("training on %d cells, testing on %d, %d genes; Adam lr %g, %d full-batch epochs, C %g, device %s",
+             len(data["train"][0]), len(data["test"][0]), n_genes, lr, epochs, c, device)
+    models, histories = {}, {}
+    for name in MODELS:
+        model = make_model(name, n_genes, hidden, seed).to(device)
+        histories[name] = train_model(model, data, lr, epochs, c, desc=f"train {name}")
+        models[name] = model.eval()
+        h = histories[name]
+        log.info("%s: train BCE %.4f accuracy %.4f; test BCE %.4f accuracy %.4f", name, h["train_loss"][-1],
+                 h["train_accuracy"][-1], h["test_loss"][-1], h["test_accuracy"][-1])
+    classes = list(cells.obs["label"].cat.categories)
+    write_tsv(curves_table(histories), out_curves)
+    plot_training(histories, hidden, out_loss_plot, out_accuracy_plot)
+    save_models(models, cells.var_names, classes, hidden, out_models)

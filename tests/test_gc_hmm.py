@@ -1,0 +1,304 @@
+"""GC-HMM track: the shared HMM sampler, the HMM checks, exact inference against hmmlearn, the user
+TSV path, and the track's target rule end to end."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY, deep_update, run_workflow
+from seqmux.errors import InputError
+from seqmux.genome import GC_POOR, GC_RICH, hmm_sequence
+from seqmux.hmm import sample_hmm, sample_states
+from seqmux.tracks import gc_hmm as g
+
+EMISSION = {"H": {"A": 0.2, "C": 0.3, "G": 0.3, "T": 0.2}, "L": {"A": 0.3, "C": 0.2, "G": 0.2, "T": 0.3}}
+TOY = {"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.5, 0.5], [0.4, 0.6]], "emission": EMISSION}
+STICKY = {"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.95, 0.05], [0.05, 0.95]], "emission": EMISSION}
+THREE = {"states": ["a", "b", "c"], "start": [0.2, 0.3, 0.5],
+         "transition": [[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]],
+         "emission": {"a": {"A": 0.7, "C": 0.1, "G": 0.1, "T": 0.1}, "b": {"A": 0.1, "C": 0.7, "G": 0.1, "T": 0.1},
+                      "c": {"A": 0.25, "C": 0.25, "G": 0.25, "T": 0.25}}}
+
+
+def _old_hmm_sequence(length, rng, stay=(0.999, 0.999), emissions=(GC_RICH, GC_POOR)):
+    """The demo genome's sampler before it was shared (reference for byte identity)."""
+    states = np.empty(length, dtype=np.int8)
+    pos, state = 0, int(rng.integers(2))
+    while pos < length:
+        run = int(rng.geometric(1.0 - stay[state]))
+        states[pos:pos + run] = state
+        pos += run
+        state = 1 - state
+    cum = np.cumsum(np.stack(emissions), axis=1)
+    u = rng.random(length)
+    idx = (u[:, None] > cum[states]).sum(axis=1)
+    return np.frombuffer(b"AGCT", dtype=np.uint8)[np.minimum(idx, 3)]
+
+
+# --- the shared sampler ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stay", [(0.999, 0.999), (0.9, 0.6)])
+def test_demo_genome_sampler_is_unchanged(stay):
+    for seed in range(3):
+        new = hmm_sequence(30000, np.random.default_rng(seed), stay=stay)
+        old = _old_hmm_sequence(30000, np.random.default_rng(seed), stay=stay)
+        assert new.tobytes() == old.tobytes()
+
+
+def test_sampler_follows_transition_start_and_emission():
+    hmm = g.parse_hmm(THREE)
+    states, symbols = sample_hmm(4000, 50, np.random.default_rng(0), hmm.transition, hmm.emission, hmm.start)
+    assert states.shape == symbols.shape == (4000, 50)
+    # start: 4000 draws, SE of a frequency <= 0.008; 0.04 is 5 SE
+    assert np.abs(np.bincount(states[:, 0], minlength=3) / 4000 - hmm.start).max() < 0.04
+    pairs = np.zeros((3, 3))
+    np.add.at(pairs, (states[:, :-1].ravel(), states[:, 1:].ravel()), 1)
+    freq = pairs / pairs.sum(1, keepdims=True)  # >= 40k transitions per row: SE <= 0.0025
+    assert np.abs(freq - hmm.transition).max() < 0.015
+    for s in range(3):
+        e = np.bincount(symbols[states == s], minlength=4) / (states == s).sum()
+        assert np.abs(e - hmm.emission[s]).max() < 0.015
+    again = sample_hmm(4000, 50, np.random.default_rng(0), hmm.transition, hmm.emission, hmm.start)
+    assert np.array_equal(again[0], states) and np.array_equal(again[1], symbols)
+
+
+def test_sampler_handles_absorbing_and_never_staying_states():
+    T = np.array([[0.0, 1.0], [0.0, 1.0]])  # state 0 leaves at once, state 1 never leaves
+    s = sample_states(20, 30, np.random.default_rng(1), T, start=[1.0, 0.0])
+    assert np.all(s[:, 0] == 0) and np.all(s[:, 1:] == 1)
+
+
+# --- HMM checks ------------------------------------------------------------------------------------
+
+def test_parse_hmm_orders_symbols_agct():
+    hmm = g.parse_hmm(TOY)
+    assert g.SYMBOLS == "AGCT"
+    assert np.allclose(hmm.emission[0], [0.2, 0.3, 0.3, 0.2]) and np.allclose(hmm.emission[1], [0.3, 0.2, 0.2, 0.3])
+    assert g.parse_hmm(hmm.to_config()).emission.tolist() == hmm.emission.tolist()
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"transition": [[0.5, 0.6], [0.4, 0.6]]}, "gc_hmm.presets.x.transition[H]", "sum to 1.1"),
+    ({"start": [1.2, -0.2]}, "gc_hmm.presets.x.start", "negative"),
+    ({"emission": {**EMISSION, "M": {"A": 0.25, "C": 0.25, "G": 0.25, "T": 0.25}}}, "gc_hmm.presets.x.emission",
+     "state not in states"),
+    ({"emission": {"H": {"A": 0.2, "C": 0.3, "G": 0.3, "T": 0.3}, "L": EMISSION["L"]}}, "gc_hmm.presets.x.emission.H",
+     "sum to 1.1"),
+    ({"states": ["H", "HL"]}, "gc_hmm.presets.x.states", "not one character"),
+    ({"transition": [[1.0]]}, "gc_hmm.presets.x.transition", "2 rows"),
+])
+def test_bad_hmm_is_one_line_naming_the_field(change, field, words):
+    with pytest.raises(InputError) as err:
+        g.parse_hmm({**TOY, **change}, "config", "gc_hmm.presets.x")
+    assert err.value.field == field and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_config_names():
+    section = {"presets": {"toy": TOY}, "build": [], "data": "", "data_states": ["H", "L"]}
+    g.check_config(section)
+    with pytest.raises(InputError, match="reserved"):
+        g.check_config({**section, "presets": {"data": TOY}})
+    with pytest.raises(InputError, match="gc_hmm.build='nope'"):
+        g.check_config({**section, "build": ["nope"]})
+    assert g.built_presets({**section, "data": "x.tsv"}) == ["toy", "data"]
+
+
+# --- exact inference -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ragged():
+    """60 sticky sequences of 80 bp, the last 20 cut to 35 bp (padding exercised)."""
+    hmm = g.parse_hmm(STICKY)
+    train, _ = g.simulate_sets(hmm, 60, 1, 80, np.random.default_rng(4))
+    train.loc[40:, "dna"] = train["dna"][40:].str[:35]
+    train.loc[40:, "hidden_state"] = train["hidden_state"][40:].str[:35]
+    return hmm, *g.encode_rows(train, hmm.states)
+
+
+def test_forward_filter_loglik_equals_hmmlearn_score(ragged):
+    for spec in (STICKY, TOY):
+        hmm, tokens, _, lengths = g.parse_hmm(spec), *ragged[1:]
+        filtered, loglik = g.forward_filter(tokens, lengths, hmm)
+        assert lengths.min() == 35 and lengths.max() == 80
+        # a sum of ~4,000 float64 logs: agreement to 1e-9 relative is far above rounding (~1e-13)
+        assert loglik.sum() == pytest.approx(g.hmmlearn_loglik(tokens, lengths, hmm), rel=1e-9)
+        assert np.allclose(filtered.sum(-1), 1.0, atol=1e-12)
+
+
+def test_smoothing_and_filtering_agree_with_hmmlearn_posterior(ragged):
+    hmm, tokens, labels, lengths = ragged
+    filtered, _ = g.forward_filter(tokens, lengths, hmm)
+    posterior, viterbi = g.hmmlearn_decode(tokens, lengths, hmm)
+    mask = labels >= 0
+    assert np.abs(g.backward_smooth(tokens, lengths, hmm, filtered)[mask] - posterior[mask]).max() < 1e-10
+    last = lengths - 1  # at the last base, filtering sees everything
+    rows = np.arange(len(tokens))
+    assert np.abs(filtered[rows, last] - posterior[rows, last]).max() < 1e-10
+    assert set(np.unique(viterbi[mask])) <= {0, 1}
+
+
+def test_estimate_hmm_counts():
+    frame = pd.DataFrame({"dna": ["ACGT", "AAGG"], "hidden_state": ["HHLL", "LHHH"]})
+    hmm = g.estimate_hmm(frame, ["H", "L"])
+    assert hmm.start.tolist() == [0.5, 0.5]
+    # pairs: HH HL LL | LH HH HH  -> from H: HH x3, HL x1; from L: LL x1, LH x1
+    assert hmm.transition.tolist() == [[0.75, 0.25], [0.5, 0.5]]
+    # H emits A, C (row 1) and A, G, G (row 2); L emits G, T, A (AGCT order)
+    assert np.allclose(hmm.emission, [[2 / 5, 2 / 5, 1 / 5, 0], [1 / 3, 1 / 3, 0, 1 / 3]])
+
+
+def test_random_match_and_calibration():
+    labels = np.zeros((10, 100), dtype=np.int64)
+    mean, p = g.random_match(labels, 2, 0, 200, np.random.default_rng(0))
+    assert p == 1.0 and abs(mean - 0.5) < 0.005  # 200 x 1000 draws: SE 0.0011
+    assert g.random_match(labels, 2, 1001, 200, np.random.default_rng(0))[1] == 0.0
+    # constant 0.7 for state 0 that is right 100% of the time: |0.7 - 1| and |0.3 - 0| -> ECE 0.3
+    prob = np.stack([np.full((10, 100), 0.7), np.full((10, 100), 0.3)], -1)
+    assert g.calibration(prob, labels)[3] == pytest.approx(0.3)
+
+
+# --- sets, user TSV --------------------------------------------------------------------------------
+
+def test_simulated_sets_are_disjoint_even_when_short():
+    hmm = g.parse_hmm(TOY)
+    train, test = g.simulate_sets(hmm, 100, 50, 6, np.random.default_rng(0))  # 4^6 = 4096 strings
+    assert len(set(train["dna"]) | set(test["dna"])) == 150
+    assert not set(train["dna"]) & set(test["dna"])
+    with pytest.raises(InputError, match="too short"):
+        g.simulate_sets(hmm, 20, 10, 2, np.random.default_rng(0))  # only 16 strings of 2 bp
+
+
+def _write_user_tsv(path, hmm, n, length, seed, repeat_first=0):
+    train, _ = g.simulate_sets(hmm, n, 1, length, np.random.default_rng(seed))
+    frame = pd.concat([train, train.iloc[:repeat_first]]).assign(note="x")
+    frame[["note", "dna", "hidden_state"]].to_csv(path, sep="\t", index=False)
+    return frame
+
+
+def test_user_tsv_is_split_by_distinct_sequence(tmp_path):
+    hmm = g.parse_hmm(STICKY)
+    _write_user_tsv(tmp_path / "user.tsv", hmm, 30, 40, 1, repeat_first=10)
+    frame = g.read_table(tmp_path / "user.tsv", ["H", "L"])
+    assert len(frame) == 40 and list(frame.columns) == ["dna", "hidden_state"]
+    train, test = g.split_table(frame, 0.3, np.random.default_rng(0))
+    assert len(train) + len(test) == 40 and not set(train["dna"]) & set(test["dna"])
+    assert test["dna"].nunique() == 9  # round(0.3 * 30 distinct)
+
+
+@pytest.mark.parametrize("row, field, value", [
+    ({"dna": "ACGT", "hidden_state": "HHL"}, "hidden_state (line 3)", "3 symbols"),
+    ({"dna": "ACNT", "hidden_state": "HHLL"}, "dna (line 3)", "N"),
+    ({"dna": "ACGT", "hidden_state": "HHXL"}, "hidden_state (line 3)", "X"),
+])
+def test_bad_user_tsv_is_one_line_naming_the_row(tmp_path, row, field, value):
+    path = tmp_path / "bad.tsv"
+    pd.DataFrame([{"dna": "acgt", "hidden_state": "HHLL"}, row]).to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError) as err:
+        g.read_table(path, ["H", "L"])
+    assert err.value.field == field and err.value.value == value and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_stages_repeat_byte_for_byte(tmp_path):
+    sizes = {"embedding": 4, "hidden": 6, "layers": 1, "lr": 0.02, "epochs": 2, "batch_size": 8}
+    digests = []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        models = {"gru": d / "gru.pt", "bigru": d / "bigru.pt"}
+        g.simulate(d / "train.tsv", d / "test.tsv", d / "hmm.json", "sticky", STICKY, 24, 8, 60, seed=1)
+        g.train(d / "train.tsv", d / "hmm.json", models, d / "log.tsv", d / "loss.png", "sticky", sizes, seed=1)
+        g.evaluate(d / "test.tsv", d / "hmm.json", models, d / "metrics.json", d / "pred.tsv", d / "cal.png",
+                   d / "acc.png", "sticky", seed=1, random_draws=20, train_tsv=d / "train.tsv")
+        digests.append({f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in
+                        ("train.tsv", "test.tsv", "hmm.json", "gru.pt", "bigru.pt", "log.tsv", "metrics.json",
+                         "pred.tsv")})
+    assert digests[0] == digests[1]
+
+
+# --- the target rule end to end --------------------------------------------------------------------
+
+SMALL = {"gc_hmm": {"simulate": {"train": 40, "test": 20, "length": 100}, "random_draws": 50,
+                    "model": {"hidden": 8, "epochs": 3, "batch_size": 8}}}
+
+
+@pytest.fixture(scope="session")
+def track_run(tmp_path_factory):
+    """One run of `snakemake gc_hmm`: a default preset, a three-state one from an overlay, and a user
+    TSV (drawn from the sticky HMM) as the preset `data` (`build` leaves out `toy`)."""
+    workdir = tmp_path_factory.mktemp("gc_hmm_run")
+    user = workdir / "user.tsv"
+    _write_user_tsv(user, g.parse_hmm(STICKY), 60, 100, 9)
+    config = deep_update(TINY, deep_update(SMALL, {"gc_hmm": {"data": str(user), "presets": {"three": THREE},
+                                                              "build": ["sticky", "three", "data"]}}))
+    result = run_workflow(workdir, config, "gc_hmm")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_track_builds_every_preset(track_run):
+    out = track_run / "results" / "gc_hmm"
+    summary = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert summary["preset"].tolist() == ["sticky", "three", "data"]  # the order of `build`
+    assert not (out / "toy").exists()
+    for preset in summary["preset"]:
+        m = json.loads((out / preset / "metrics.json").read_text())
+        for key in ("gru_accuracy", "bigru_accuracy", "filtering_accuracy", "posterior_accuracy", "viterbi_accuracy",
+                    "random_match_p", "gru_filtering_ratio", "bigru_posterior_ratio"):
+            assert key in m and m[key] is not None
+        assert 0 <= m["random_match_p"] <= 1 and m["test_bases"] == m["test_sequences"] * 100
+        train = pd.read_csv(out / preset / "train.tsv", sep="\t")
+        test = pd.read_csv(out / preset / "test.tsv", sep="\t")
+        assert list(test.columns) == ["dna", "hidden_state"] and not set(train["dna"]) & set(test["dna"])
+        for name in ("calibration.png", "accuracy.png", "loss_curve.png"):
+            assert (out / preset / name).stat().st_size > 1000
+    sticky = json.loads((out / "sticky" / "metrics.json").read_text())
+    # 2,000 test bases in 20 sequences: the posterior's SE ~0.02 around ~0.72
+    assert 0.62 < sticky["posterior_accuracy"] < 0.82 and sticky["train_sequences"] == 40
+    assert sticky["random_accuracy"] == pytest.approx(0.5, abs=0.01)  # 50 x 2,000 draws: SE 0.0016
+
+
+def test_predictions_table(track_run):
+    pred = pd.read_csv(track_run / "results/gc_hmm/three/test_predictions.tsv", sep="\t")
+    assert list(pred.columns) == ["dna", "hidden_state", "gru_state", "bigru_state", *[
+        f"{n}_p_{s}" for n in ("gru", "bigru") for s in "abc"]]
+    assert len(pred) == 20
+    for _, row in pred.iterrows():
+        assert len(row["gru_state"]) == len(row["bigru_state"]) == len(row["dna"]) == 100
+        assert set(row["gru_state"]) <= set("abc")
+        p = np.array([[float(v) for v in row[f"bigru_p_{s}"].split(",")] for s in "abc"])
+        assert np.abs(p.sum(0) - 1).max() <= 1.6e-4  # three values rounded to 4 decimals (5e-5 each)
+        chosen = np.array(["abc".index(c) for c in row["bigru_state"]])
+        # the written state is the most probable one, up to the rounding of the written values
+        assert np.all(p.max(0) - p[chosen, np.arange(100)] <= 1e-4)
+
+
+def test_user_data_hmm_is_estimated(track_run):
+    spec = json.loads((track_run / "results/gc_hmm/data/hmm.json").read_text())
+    assert spec["source"].startswith("estimated by counting") and spec["symbols"] == "AGCT"
+    # ~48 train rows x 99 transitions per state pair row ~2,400: SE of 0.95 ~0.0045
+    assert abs(spec["transition"][0][0] - 0.95) < 0.03 and abs(spec["transition"][1][1] - 0.95) < 0.03
+    assert abs(spec["emission"]["H"]["G"] - 0.3) < 0.04  # ~2,400 H bases: SE ~0.009
+
+
+def test_bad_preset_stops_the_run_at_start(tmp_path):
+    bad = {**TOY, "transition": [[0.5, 0.6], [0.4, 0.6]]}
+    result = run_workflow(tmp_path, deep_update(TINY, {"gc_hmm": {"presets": {"bad": bad}}}), "gc_hmm")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "gc_hmm.presets.bad.transition[H]" in line]
+    assert len(lines) == 1 and "sum to 1.1" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_user_tsv_stops_in_one_line_without_outputs(tmp_path):
+    user = tmp_path / "user.tsv"
+    pd.DataFrame({"dna": ["ACGT", "ACGA", "AAAA"], "hidden_state": ["HHLL", "HHLQ", "LLLL"]}).to_csv(
+        user, sep="\t", index=False)
+    config = deep_update(TINY, deep_update(SMALL, {"gc_hmm": {"data": str(user), "build": ["data"]}}))
+    result = run_workflow(tmp_path, config, "gc_hmm")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {user}: hidden_state (line 3)='Q': not a state of gc_hmm.data_states ['H', 'L']"]
+    assert not list((tmp_path / "results" / "gc_hmm").glob("data/*"))

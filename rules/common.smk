@@ -114,3 +114,54 @@ def check_at_start(check, *args, **kwargs):
         return check(*args, **kwargs)
     except InputError as err:
         raise WorkflowError(str(err)) from None
+
+
+# --- checks before any job: what the config and the input files' headers decide -------------------
+def check_spine():
+    """Windows against the chromosomes (held-out sets, a chromosome per split, training windows,
+    the regions file), the window length against the base model (README "Errors")."""
+    from seqmux.genome import chromosome_lengths, open_fasta
+    from seqmux.models import check_model_length
+    from seqmux.windows import check_windows
+
+    w = config["windows"]
+    check_model_length(config["base_model"]["kind"], w["length"])
+    if DEMO:
+        lengths, source = dict(config["genome"]["demo"]["chromosomes"]), "genome.demo.chromosomes"
+    else:  # the index checked against the FASTA (rebuilt when stale), so the jobs find a good one
+        lengths, source = chromosome_lengths(open_fasta(config["genome"]["fasta"])), config["genome"]["fasta"]
+    check_windows(
+        lengths,
+        w["length"],
+        w["count"],
+        w["validation_chroms"],
+        w["test_chroms"],
+        w["chroms"],
+        w["regions"],
+        source,
+        min_train=1,
+    )
+
+
+check_at_start(check_spine)
+
+
+def explicit_devices():
+    """``(field, device)`` of every device setting of the run that names a CUDA device."""
+    fields = [
+        ("targets", config["targets"]),
+        ("multiplexer.train", config["multiplexer"]["train"]),
+        ("multiplexer.evaluate", config["multiplexer"]["evaluate"]),
+    ]
+    fields += [(track, config[track]) for track in config["tracks"]]
+    return [(f"{name}.device", s["device"]) for name, s in fields if str(s.get("device", "")).startswith("cuda")]
+
+
+onstart:
+    # Jobs run on this machine (not a cluster whose nodes have the GPUs): a CUDA device that is
+    # not here stops the run before any job. Not at parse time: the executor is known only now.
+    if workflow.local_exec and explicit_devices():
+        from seqmux.runtime import choose_device
+
+        for field, device in explicit_devices():
+            check_at_start(choose_device, device, "config", field)

@@ -28,22 +28,121 @@ _COMPLEMENT = str.maketrans("ACGT", "TGCA")
 
 
 def open_fasta(path, field="genome.fasta"):
-    """A pyfaidx ``Fasta`` (raw strings), building the ``.fai`` index if needed.
+    """A pyfaidx ``Fasta`` (raw strings) read through an index that matches the FASTA.
 
-    Raises InputError naming ``field`` when the file is missing or not a readable FASTA.
+    The ``.fai`` beside the FASTA is used only when it is at least as new as the FASTA and every
+    record it lists starts where the FASTA has that record's header (``index_problem``);
+    otherwise it is rebuilt under a temporary name and renamed once pyfaidx has read it back, so a
+    FASTA that pyfaidx refuses (duplicate names, ragged lines) leaves no index behind. Raises
+    InputError naming ``field`` when the file is missing or not a readable FASTA, or when the index
+    must be rebuilt in a folder that cannot be written.
     """
     import pyfaidx
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, field, str(path), "FASTA file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, field, str(path), "empty file: not a FASTA")
+    fai = Path(f"{path}.fai")
     try:
-        fasta = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=False, rebuild=False)
+        gzipped = _is_gzip(path)
+        problem = None if gzipped else index_problem(path, fai)  # bgzip: pyfaidx's own checks (mtime, .gzi)
+    except OSError as err:
+        raise InputError(path, field, str(path), f"cannot read the FASTA: {err.strerror or err}") from None
+    try:
+        if problem:
+            _build_index(path, fai, problem, field)
+        fasta = pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=False, rebuild=gzipped,
+                              build_index=gzipped)
+    except InputError:
+        raise
     except Exception as err:  # pyfaidx raises several types for malformed files
         raise InputError(path, field, str(path), f"not a readable FASTA: {err}".splitlines()[0]) from None
     if len(fasta.keys()) == 0:
         raise InputError(path, field, str(path), "FASTA has no sequences")
     return fasta
+
+
+def _is_gzip(path):
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _build_index(path, fai, problem, field):
+    """Write ``fai`` for ``path`` (``problem``: why the old one cannot be used), whole or not at all."""
+    import pyfaidx
+
+    if fai.exists():
+        log.warning("%s: the index %s %s: rebuilding it", path, fai.name, problem)
+    with atomic_path(fai, unique=True) as tmp:
+        try:
+            open(tmp, "w").close()  # here, not in pyfaidx, which turns the reason into advice on its API
+        except OSError as err:
+            state = "missing" if problem == "is missing" else f"stale ({problem})"
+            raise InputError(path, field, str(path),
+                             f"its index {fai.name} is {state} and {fai.parent} is not writable "
+                             f"({err.strerror or err}): have its owner index it (samtools faidx), or link or copy "
+                             "the FASTA into a writable folder and use that path") from None
+        tmp.unlink()  # pyfaidx builds an index that does not exist
+        pyfaidx.Fasta(str(path), indexname=str(tmp), as_raw=True, rebuild=True).close()  # builds, reads back
+
+
+def index_problem(path, fai):
+    """Why the ``.fai`` file ``fai`` cannot be used for the FASTA ``path`` (``None`` when it can).
+
+    Checks, without reading the sequences: the index is not older than the FASTA; each line has
+    five integer columns; each record's offset is just after a ``>NAME`` header line; the last
+    record ends inside the file with only white space after it. A FASTA edited after it was
+    indexed (a record lengthened, shortened, added or removed) fails one of these.
+    """
+    if not fai.is_file():
+        return "is missing"
+    if fai.stat().st_mtime_ns < path.stat().st_mtime_ns:
+        return "is older than the FASTA"
+    size = path.stat().st_size
+    try:
+        records = []
+        for line in fai.read_text().splitlines():
+            if line.strip():
+                name, *numbers = line.split("\t")
+                records.append((name, *map(int, numbers[:4])))
+                if len(numbers) < 4:
+                    raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        return "is not a FASTA index"
+    if not records:
+        return "lists no sequence"
+    with open(path, "rb") as fh:
+        for name, length, offset, bases, width in records:
+            if offset <= 0 or offset > size or (length and bases <= 0):
+                return f"does not match the FASTA (record {name})"
+            if not _header_before(fh, offset, name):
+                return f"does not match the FASTA (no >{name} header at byte {offset})"
+        name, length, offset, bases, width = records[-1]
+        end = offset + length + (-(-length // bases) * (width - bases) if bases else 0)
+        fh.seek(min(end, size))
+        tail = fh.read(4097)
+        if end > size + (width - bases) or len(tail) > 4096 or tail.strip():
+            return f"does not match the FASTA (record {name} does not end where the file does)"
+    return None
+
+
+def _header_before(fh, offset, name):
+    """Whether the line ending at byte ``offset`` of the open file is the header ``>name ...``."""
+    for back in (512, 65536):
+        start = max(0, offset - back)
+        fh.seek(start)
+        chunk = fh.read(offset - start)
+        if not chunk.endswith(b"\n"):
+            return False
+        line_start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+        if line_start == 0 and start > 0:
+            continue  # a header longer than the chunk: read further back
+        header = chunk[line_start:].rstrip(b"\r\n")
+        head = name.encode()
+        return header.startswith(b">" + head) and (len(header) == len(head) + 1 or header[len(head) + 1:][:1].isspace())
+    return False
 
 
 def chromosome_lengths(fasta):

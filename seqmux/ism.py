@@ -25,12 +25,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoding import one_hot
+from .errors import InputError
 from .outputs import atomic_path
 from .runtime import choose_device, progress
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-6
+
+
+class ModelOutputError(ValueError):
+    """Base-model outputs that cannot give a meaningful target. The message says what is wrong;
+    the entry points (``compute_targets``, ``seqmux predict --exact``) turn it into an InputError
+    naming the model."""
+
+
+def check_outputs(values, mode, logits, what):
+    """ModelOutputError unless the model's ``values [..., F]`` can give ``mode`` targets: finite,
+    and for ``logfold`` from a model's outputs (``logits`` False) probabilities strictly inside
+    (0, 1) (its log-fold needs the logit, infinite at 0 and 1). ``what``: where they come from."""
+    bad = ~torch.isfinite(values)
+    kind = "logit" if logits else "output"
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ModelOutputError(f"{what}: {kind} {index[-1]} is {float(values[index])}: not finite")
+    if mode != "logfold" or logits or values.numel() == 0:
+        return
+    checks = (
+        ((values < 0) | (values > 1), "not a probability in [0, 1], which log-fold targets need (a model that ends "
+         "in a sigmoid gives them from its logits; diff targets take any finite output)"),
+        ((values == 0) | (values == 1), "exactly 0 or 1, where the log-fold needs its logit (infinite there): end "
+         "the model in a sigmoid so targets come from its logits, or use diff targets"),
+    )
+    for test, problem in checks:
+        if test.any():
+            index = tuple(int(i) for i in test.nonzero()[0])
+            raise ModelOutputError(f"{what}: output {index[-1]} is {float(values[index])!r}: {problem}")
 
 
 def logfold(alt, ref, eps=EPS):
@@ -165,6 +195,8 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     """
     head = logit_model(model)
     ref, alt = predict_substitutions(model if head is None else head, onehot, offsets, alts, method, batch_size)
+    check_outputs(ref, mode, head is not None, "on the reference")
+    check_outputs(alt, mode, head is not None, "on a substitution")
     with one_cpu_thread(alt.device):
         if head is None:
             return ref, effect(alt, ref[None, :], mode)
@@ -266,12 +298,17 @@ def compute_target_shard(model, windows, tokens, variants, out_path, names, mode
     with pa.OSFile(str(out_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for w in progress(windows, len(windows), f"ISM ({method}, {device})"):
             lo, hi = np.searchsorted(wids, [w.window_id, w.window_id + 1])
-            ref, target = window_targets(model, tokens[w.window_id], offsets_all[lo:hi], alts_all[lo:hi],
-                                         mode, method, batch_size, device)
+            where = f"window {w.window_id} ({w.chrom}:{w.start}-{w.end})"
+            try:
+                ref, target = window_targets(model, tokens[w.window_id], offsets_all[lo:hi], alts_all[lo:hi],
+                                             mode, method, batch_size, device)
+            except ModelOutputError as err:
+                raise ModelOutputError(f"{where} {err}") from None
             if ref.shape[0] != n_out:
                 raise ValueError(f"model has {ref.shape[0]} outputs but {n_out} output names")
             if not np.all(np.isfinite(target)):
-                raise FloatingPointError(f"non-finite target in window {w.window_id}")
+                raise ModelOutputError(f"{where}: a target is not finite (outputs finite, the {mode} formula "
+                                       "overflowed)")
             writer.write_batch(pa.record_batch([
                 pa.array([w.window_id], pa.int64()),
                 fixed_list(ref, n_out, np.float32),
@@ -295,12 +332,29 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
     length = tokens.shape[1]
     model = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
                              base_model.get("class", ""), length)
-    names = output_names(base_model["kind"], base_model.get("names", ""), count_outputs(model, length))
+    try:
+        n_outputs = count_outputs(model, length)
+    except InputError:
+        raise
+    except Exception as err:  # the user's model fails on a window of this length
+        raise InputError(*model_source(base_model), f"the model fails on a {length} bp window (windows.length): "
+                         f"{type(err).__name__}: {err}".splitlines()[0]) from None
+    names = output_names(base_model["kind"], base_model.get("names", ""), n_outputs)
     model = model.to(torch.float64 if precision == "float64" else torch.float32)
     dev = choose_device(device, "config", "targets.device")
     log.info("shard %d/%d: %d windows of %d bp, %d outputs, %s ISM in %s on %s", shard + 1, n_shards,
              len(windows), length, len(names), method, precision, dev)
     with pa.memory_map(str(variants), "r") as src:
         table = pa.ipc.open_file(src).read_all()
-    with atomic_path(out) as tmp:
-        compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev)
+    try:
+        with atomic_path(out) as tmp:
+            compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev)
+    except ModelOutputError as err:
+        raise InputError(*model_source(base_model), f"{err} (targets.mode={mode})") from None
+
+
+def model_source(base_model):
+    """``(source, field, value)`` naming the base model of a config section in an InputError."""
+    if base_model["kind"] == "custom":
+        return base_model["module"], "base_model.class", base_model["class"]
+    return base_model["weights"], "base_model.weights", base_model["weights"]

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -35,11 +36,25 @@ def where():
     return ", ".join(parts)
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # a BaseException: every finally block and context manager runs
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM raise SystemExit in this process; the previous handler (None off the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread
+        return None
+
+
 def run_stage(log_path, fn, *args, threads=None, **kwargs):
     """Call ``fn(*args, **kwargs)`` with logging (and progress bars) going to ``log_path``.
 
     An ``InputError`` becomes one line on the real stderr (and in the log) and exit status 1;
-    any other exception propagates with its traceback in the log.
+    any other exception propagates with its traceback in the log. SIGTERM (Snakemake cancelling
+    the other jobs after a failure, ``scancel``, a cluster's time limit) exits through the
+    ``finally`` blocks, so temporary output files are removed (``seqmux.outputs.atomic_path``).
     """
     if log_path:
         os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
@@ -52,6 +67,7 @@ def run_stage(log_path, fn, *args, threads=None, **kwargs):
         import torch
         torch.set_num_threads(int(threads))
     log = logging.getLogger(fn.__module__)
+    previous = _exit_on_sigterm()
     started = time.time()
     log.info("start %s (%s)", fn.__name__, where())
     try:
@@ -68,5 +84,7 @@ def run_stage(log_path, fn, *args, threads=None, **kwargs):
         sys.stderr = console
         if log_file:
             log_file.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log.info("done %s in %.1f s", fn.__name__, time.time() - started)
     return result

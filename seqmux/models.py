@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .outputs import atomic_path
 from .motifs import crop_or_pad, log_odds, reverse_complement
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,16 @@ def load_custom_class(module_path, class_name):
     return cls
 
 
+def check_model_length(kind, length, field="windows.length"):
+    """InputError unless the built-in base model ``kind`` takes windows of ``length`` (custom
+    models: known only once built)."""
+    if kind == "beluga" and length not in (None, BELUGA["length"]):
+        raise InputError("config", field, length, f"the beluga base model needs {BELUGA['length']}")
+    if kind == "demo" and length is not None and conv_output_length(length, 8, 4) < 1:
+        shortest = next(n for n in range(length, 100_000) if conv_output_length(n, 8, 4) >= 1)
+        raise InputError("config", field, length, f"the demo base model needs at least {shortest} bp")
+
+
 def build_base_model(kind, weights="", module="", class_name="", length=None):
     """The base model of the config, in eval mode on the CPU.
 
@@ -125,8 +136,7 @@ def build_base_model(kind, weights="", module="", class_name="", length=None):
     ``demo``: a ``BelugaFamily`` saved whole (``save_model``) by the demo rule.
     """
     if kind == "beluga":
-        if length not in (None, BELUGA["length"]):
-            raise InputError("config", "windows.length", length, "the beluga base model needs 2000")
+        check_model_length(kind, length)
         model = load_state_dict_checked(BelugaFamily(**BELUGA), weights)
     elif kind == "custom":
         cls = load_custom_class(module, class_name)
@@ -155,8 +165,18 @@ def load_model(path):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "base_model.weights", str(path), "model file not found")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = blob["config"]
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(path, "base_model.weights", str(path),
+                         f"not a PyTorch model file: {type(err).__name__}: {err}".splitlines()[0]) from None
+    cfg = blob.get("config") if isinstance(blob, dict) else None
+    if not isinstance(cfg, dict) or "channels" not in cfg or "state_dict" not in blob:
+        if isinstance(cfg, dict) and "widths" in cfg:
+            problem = "the file holds a multiplexer, not a base model (give it to --multiplexer, without --exact)"
+        else:
+            problem = "not a demo base model written by the workflow (no config/state_dict)"
+        raise InputError(path, "base_model.weights", str(path), problem)
     cfg["channels"] = tuple(cfg["channels"])
     model = BelugaFamily(**cfg)
     model.load_state_dict(blob["state_dict"])
@@ -289,7 +309,9 @@ def write_demo_model(fasta, motifs_json, out_model, out_names, length, n_outputs
     genome = open_fasta(fasta)
     lengths = chromosome_lengths(genome)
     rng = np.random.default_rng([seed, 202])
-    names = list(lengths)
+    names = [name for name, n in lengths.items() if n > length]
+    if not names:
+        raise InputError(fasta, "windows.length", length, "longer than every chromosome of the demo genome")
     seqs = []
     for _ in range(n_calibration):
         chrom = names[int(rng.integers(len(names)))]
@@ -298,7 +320,8 @@ def write_demo_model(fasta, motifs_json, out_model, out_names, length, n_outputs
     model = build_demo_model(motifs, length, n_outputs, seed, tuple(channels), hidden,
                              calibration_sequences=one_hot(np.stack(seqs)), downstream=downstream,
                              logit_std=logit_std)
-    save_model(model, out_model)
-    with open(out_names, "w") as fh:
-        for i in range(n_outputs):
-            fh.write(f"demo_{i:02d}\n")
+    with atomic_path(out_model) as tmp_model, atomic_path(out_names) as tmp_names:  # both whole, or neither
+        save_model(model, tmp_model)
+        with open(tmp_names, "w") as fh:
+            for i in range(n_outputs):
+                fh.write(f"demo_{i:02d}\n")

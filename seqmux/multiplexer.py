@@ -197,11 +197,17 @@ def load_multiplexer(path, device="cpu"):
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(path, "multiplexer", str(path), f"cannot read model: {str(err).splitlines()[0]}") from None
+        raise InputError(path, "multiplexer", str(path),
+                         f"not a PyTorch model file: {type(err).__name__}: {err}".splitlines()[0]) from None
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
         raise InputError(path, "multiplexer", str(path), "not a multiplexer model.pt (no config/state_dict)")
-    model = Multiplexer(**blob["config"])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model = Multiplexer(**blob["config"])
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:  # another model's file (a base model has the same keys)
+        what = " (it holds a base model: give it to --exact --weights)" if "channels" in dict(blob["config"]) else ""
+        raise InputError(path, "multiplexer", str(path), f"not a multiplexer model{what}: "
+                         f"{type(err).__name__}: {err}".splitlines()[0]) from None
     model.to(device).eval()
     info = dict(output_names=list(blob.get("output_names", [])), length=int(blob["config"]["length"]),
                 n_outputs=int(blob["config"]["n_outputs"]), mode=blob.get("mode", "logfold"),

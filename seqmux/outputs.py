@@ -11,12 +11,16 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, unique=False):
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
-    remove it when the block raises. Parent folders are created."""
+    remove it when the block raises (whatever the exception). Parent folders are created.
+
+    ``unique``: a temporary name of this process alone (``NAME.<pid>.tmp``), for a file that
+    several processes may write at once (a FASTA index built by the first jobs that read it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")  # fixed: a rerun after a kill overwrites a stale one
+    # fixed by default: a rerun after a kill overwrites a stale one
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp" if unique else f"{path.name}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -27,7 +27,7 @@ import torch
 from .encoding import tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
-from .ism import window_effects
+from .ism import ModelOutputError, window_effects
 from .outputs import atomic_path
 from .runtime import choose_device, progress
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 FORMATS = {"tsv": ("tsv",), "parquet": ("parquet",), "both": ("tsv", "parquet")}
 # config field names (used by models.py) -> the command-line options that set them
 CLI_FIELDS = {"base_model.weights": "--weights", "base_model.module": "--modelpath", "base_model.class": "--modelname",
-              "base_model.names": "--names", "base_model.kind": "--model-kind", "windows.length": "--length"}
+              "base_model.names": "--names", "base_model.kind": "--model-kind", "windows.length": "--length",
+              "multiplexer": "--multiplexer"}
 MAX_LOGGED_SKIPS = 10
 
 
@@ -140,8 +141,9 @@ class ExactScorer:
     """Exact ISM of a base model (``window_effects``: fast incremental ISM, naive forward passes
     for models it cannot analyse)."""
 
-    def __init__(self, model, mode, batch_size, device):
+    def __init__(self, model, mode, batch_size, device, source=("base model", "--weights", None)):
         self.model, self.mode, self.batch_size, self.device = model.to(device).eval(), mode, batch_size, device
+        self.source = source  # (file, option, value) naming the model in an error
 
     def __call__(self, tokens, offsets, alts):
         """Effects ``[M, F]`` float32 of the substitutions ``(offsets, alts)`` of one window."""
@@ -198,7 +200,8 @@ def exact_scorer(kind, weights, modelpath, modelname, names, length, mode, batch
         names = output_names(kind, names, n_outputs)
     except InputError as err:
         raise _cli_error(err) from None
-    return ExactScorer(model, mode, batch_size, device), names, length
+    source = (modelpath, "--modelname", modelname) if kind == "custom" else (weights, "--weights", weights)
+    return ExactScorer(model, mode, batch_size, device, source), names, length
 
 
 def multiplexer_scorer(path, names, length, mode, device):
@@ -211,7 +214,10 @@ def multiplexer_scorer(path, names, length, mode, device):
     except ImportError as err:
         raise InputError(path, "--multiplexer", str(path),
                          f"this installation cannot load multiplexers ({err}); use --exact") from None
-    model, info = load_multiplexer(path)
+    try:
+        model, info = load_multiplexer(path)
+    except InputError as err:
+        raise _cli_error(err) from None
     if info["mode"] != mode:
         flag = "with --diff" if info["mode"] == "diff" else "without --diff"
         raise InputError(path, "--multiplexer", str(path),
@@ -224,7 +230,8 @@ def multiplexer_scorer(path, names, length, mode, device):
         try:
             names = output_names("custom", names, len(info["output_names"]))
         except InputError as err:
-            raise _cli_error(err) from None
+            raise _cli_error(InputError(err.source, err.field, err.value,
+                                        err.problem.replace("the base model", "the multiplexer"))) from None
     else:
         names = list(info["output_names"])
     return MultiplexerScorer(model, device), names, int(info["length"])
@@ -367,7 +374,11 @@ def predict(genome, output, chromosome=None, position=None, inputs_file=None, vc
             else:
                 offsets = np.full(len(job.alts), job.pos - 1 - start, dtype=np.int32)
                 alts = np.asarray(job.alts, dtype=np.int32)
-            values = scorer(tokens, offsets.astype(np.int64), alts.astype(np.int64))
+            try:
+                values = scorer(tokens, offsets.astype(np.int64), alts.astype(np.int64))
+            except ModelOutputError as err:
+                flag = "--diff" if diff else "log-fold, no --diff"
+                raise InputError(*scorer.source, f"window {job.name} {err} ({flag})") from None
             if values.shape[1] != len(names):
                 raise InputError("command line", "--names", f"{len(names)} names",
                                  f"the model has {values.shape[1]} outputs")

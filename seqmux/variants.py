@@ -86,7 +86,8 @@ def read_vcf(path, field="--vcf"):
     one entry per ALT allele (multi-allelic records are split at the commas); exact repeats are
     kept once. ``skipped``: ``(label, reason)`` of every other allele (indels, symbolic or missing
     ALT, REF/ALT not A/C/G/T, ALT equal to REF, repeats). Header lines (``#``) and blank lines are
-    ignored. Raises InputError for a missing file or a line without CHROM POS ID REF ALT.
+    ignored. Raises InputError for a missing or empty file, a file without the ``#CHROM`` header
+    line before its first record, a file with no record, and a line without CHROM POS ID REF ALT.
     """
     import gzip
     from pathlib import Path
@@ -96,16 +97,26 @@ def read_vcf(path, field="--vcf"):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, field, str(path), "VCF file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, field, str(path), "empty file: no VCF header and no records")
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
     snvs, skipped, seen = [], [], set()
+    header = records = 0
     try:
         with opener(path, "rt") as fh:
             for lineno, line in enumerate(fh, 1):
+                if line.startswith("#CHROM"):
+                    header = lineno
                 if line.startswith("#") or not line.strip():
                     continue
                 where = f"{path}:{lineno}"
+                if not header:
+                    raise InputError(where, field, line.strip()[:80],
+                                     "a record before the #CHROM header line: not a VCF (a VCF starts with "
+                                     "##fileformat and #CHROM POS ID REF ALT ... lines)")
+                records += 1
                 fields = line.rstrip("\r\n").split("\t")
                 if len(fields) < 5:
                     raise InputError(where, field, line.strip()[:80],
@@ -135,6 +146,9 @@ def read_vcf(path, field="--vcf"):
                         snvs.append((chrom, pos, ref, alt, where))
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise InputError(path, field, str(path), f"cannot read VCF: {err}".splitlines()[0]) from None
+    if not records:
+        problem = "no records: the file has header lines only" if header else "no #CHROM header line and no records"
+        raise InputError(path, field, str(path), problem)
     return snvs, skipped
 
 

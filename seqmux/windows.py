@@ -77,13 +77,52 @@ def split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms=()
     return out
 
 
+def no_chromosome_problem(split, lengths, length, validation_chroms, test_chroms, chroms=()):
+    """Why ``split`` has no chromosome that can hold a window of ``length`` (its problem text)."""
+    if split != "train":
+        return f"windows.{split}_chroms is empty: no chromosome for this split"
+    candidates = [n for n in lengths if split_of(n, validation_chroms, test_chroms) == "train"
+                  and (not chroms or n in chroms)]
+    if not candidates:
+        if chroms:
+            return "every chromosome of windows.chroms is held out (windows.validation_chroms, windows.test_chroms)"
+        return (f"every chromosome of the FASTA ({len(lengths)}) is held out in windows.validation_chroms or "
+                "windows.test_chroms: none is left for training")
+    longest = max(candidates, key=lengths.get)
+    return (f"no training chromosome of at least windows.length={length} bp (the longest, {longest}, has "
+            f"{lengths[longest]} bp)")
+
+
+def check_windows(lengths, length, counts, validation_chroms, test_chroms, chroms=(), regions="",
+                  source="genome.fasta", min_train=0):
+    """Check what the config and the chromosome lengths decide about the windows, before any is
+    drawn: held-out chromosome sets (``split_chromosomes``), a chromosome for every split asked
+    for, at least ``min_train`` training windows (``counts['train']``, or the regions on training
+    chromosomes) and, with ``regions``, every interval of the file. Returns ``split_chromosomes``."""
+    per_split = split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms, source)
+    if regions:
+        centres = read_regions(regions, lengths, length)
+        n_train = sum(split_of(c, validation_chroms, test_chroms) == "train" for c, _ in centres)
+        if n_train < min_train:
+            raise InputError(regions, "windows.regions", str(regions),
+                             f"{n_train} regions on training chromosomes (not in windows.validation_chroms or "
+                             f"windows.test_chroms): at least {min_train} needed")
+        return per_split
+    if counts.get("train", 0) < min_train:
+        raise InputError("config", "windows.count.train", counts.get("train", 0),
+                         f"at least {min_train} training window(s) needed: the Multiplexer trains on them")
+    for split in SPLITS:
+        if counts.get(split, 0) and not per_split[split]:
+            raise InputError(source, f"windows.count.{split}", counts[split],
+                             no_chromosome_problem(split, lengths, length, validation_chroms, test_chroms, chroms))
+    return per_split
+
+
 def _sample_split(fasta, split, chroms, lengths, count, length, max_n, rng, source):
-    """``count`` windows ``(chrom, start, end)`` of one split by rejection sampling."""
+    """``count`` windows ``(chrom, start, end)`` of one split by rejection sampling (``chroms``
+    not empty: ``check_windows``)."""
     if count == 0:
         return []
-    if not chroms:
-        raise InputError(source, f"windows.count.{split}", count,
-                         f"no chromosome of at least {length} bp for this split")
     sizes = np.array([lengths[c] - length + 1 for c in chroms], dtype=np.float64)  # valid start positions
     prob = np.array([lengths[c] for c in chroms], dtype=np.float64)
     prob /= prob.sum()
@@ -136,8 +175,17 @@ def read_regions(path, lengths, length, field="windows.regions"):
             chrom = fields[0]
             if chrom not in lengths:
                 raise InputError(where, "chrom", chrom, "chromosome not in the FASTA")
+            if len(fields) >= 3:  # BED: 0-based half-open, the whole interval on the chromosome
+                if s < 0:
+                    raise InputError(where, "start", s, "negative BED start (BED is 0-based: the first base is 0)")
+                if e <= s:
+                    raise InputError(where, "end", e, f"BED end must be greater than start ({s})")
+                if e > lengths[chrom]:
+                    raise InputError(where, "end", e, f"beyond the end of {chrom} ({lengths[chrom]} bp)")
+            elif pos < 1:
+                raise InputError(where, "position", pos, "positions are 1-based: the first base is 1")
             start, end = window_bounds(pos, length)
-            if start < 0 or end > lengths[chrom] or pos < 1:
+            if start < 0 or end > lengths[chrom]:
                 raise InputError(where, "position", pos,
                                  f"a {length} bp window around it leaves {chrom} (1..{lengths[chrom]})")
             centres.append((chrom, pos))
@@ -156,7 +204,7 @@ def sample_windows(fasta_path, length, max_n, counts, validation_chroms, test_ch
     """
     fasta = open_fasta(fasta_path)
     lengths = chromosome_lengths(fasta)
-    per_split = split_chromosomes(lengths, length, validation_chroms, test_chroms, chroms, fasta_path)
+    per_split = check_windows(lengths, length, counts, validation_chroms, test_chroms, chroms, regions, fasta_path)
     drawn = {s: [] for s in SPLITS}
     if regions:
         for chrom, pos in read_regions(regions, lengths, length):

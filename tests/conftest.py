@@ -98,3 +98,32 @@ def float32_rounding(model, onehot, mode="logfold"):
     v32 = values(model.eval(), x32)
     v64 = values(copy.deepcopy(model).double().eval(), x32.double())
     return max(float((v32 - v64).abs().max()), float(np.spacing(np.float32(v64.abs().max()))))
+
+
+# base models whose outputs no log-fold target can use (tests of the workflow and of the CLI)
+UNUSABLE_MODELS = '''
+import torch
+from torch import nn
+
+
+class Softplus(nn.Module):
+    length = 320  # the window length the command-line tool reads from a custom class
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(4, 3, 9)
+
+    def forward(self, x):
+        return nn.functional.softplus(self.conv(x).mean(-1)) + 1
+
+
+class NaNNet(Softplus):
+    def forward(self, x):
+        return self.conv(x).mean(-1) * float("nan")
+
+
+class Fails(Softplus):
+    def forward(self, x):
+        raise RuntimeError("boom")
+'''

@@ -350,8 +350,9 @@ def test_user_vcf_ref_mismatch_is_skipped(track_run, tmp_path):
     skipped = pd.read_csv(tmp_path / "skipped.tsv", sep="\t")
     assert len(skipped) == 3 and skipped["reason"].str.startswith("REF mismatch").sum() == 2
     # a window that leaves the chromosome is an error naming the line
-    vcf.write_text("chr8\t50\t.\tA\tC\t.\t.\t.\n")  # checked before the REF (here an N)
-    with pytest.raises(InputError, match=r"calls.vcf:1: POS=50: the 200 bp window around it leaves chr8"):
+    vcf.write_text("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"  # a VCF needs its header line
+                   "chr8\t50\t.\tA\tC\t.\t.\t.\n")  # checked before the REF (here an N)
+    with pytest.raises(InputError, match=r"calls.vcf:2: POS=50: the 200 bp window around it leaves chr8"):
         cs.score_snps(vcf, track_run / "resources/demo/genome.fa", out / "model.pt", out / "motifs.json", "",
                       tmp_path / "s2.tsv", tmp_path / "k2.tsv", 200, 0.75)
     assert not (tmp_path / "s2.tsv").exists()

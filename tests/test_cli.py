@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import UNUSABLE_MODELS
 from seqmux.encoding import tokenize
 from seqmux.genome import build_demo_genome, open_fasta
 from seqmux.heatmap import window_matrix
@@ -282,3 +283,50 @@ def test_predict_with_the_trained_multiplexer(tiny_run, tmp_path):
     assert np.abs(want[:, alts, offsets]).max() > 0     # a trained model, not zeros
     meta = (tmp_path / "mux.json").read_text()
     assert "multiplexer" in meta
+
+
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("empty vcf", "empty.vcf: --vcf='{dir}/empty.vcf': empty file: no VCF header and no records"),
+    ("header-only vcf", "header.vcf: --vcf='{dir}/header.vcf': no records: the file has header lines only"),
+    ("vcf without header", "nohead.vcf:1: --vcf="),
+    ("base model as multiplexer", "--multiplexer='{model}': not a multiplexer model (it holds a base model"),
+    ("NaN model", "--modelname='NaNNet': window chr1:15000 on the reference: output 0 is nan: not finite"),
+    ("outputs not probabilities", "--modelname='Softplus': window chr1:15000 on the reference: output 0 is 1."),
+])
+def test_bad_input_files(demo, tmp_path, case, fragment):
+    """Files of the wrong kind or content: one error line naming the file, option and value, no
+    traceback, nothing written (the 0-byte VCF used to give an empty table and exit 0)."""
+    out_dir = tmp_path / "out"
+    models = tmp_path / "models.py"
+    models.write_text(UNUSABLE_MODELS)
+    (tmp_path / "empty.vcf").write_text("")
+    (tmp_path / "header.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n")
+    (tmp_path / "nohead.vcf").write_text("chr1\t15000\t.\tA\tC\n")
+    vcf = {"empty vcf": "empty.vcf", "header-only vcf": "header.vcf", "vcf without header": "nohead.vcf"}
+    if case in vcf:
+        args = ["--vcf", tmp_path / vcf[case], "--exact", "--weights", demo["model"]]
+    elif case == "base model as multiplexer":
+        args = ["--chromosome", "chr1", "--position", 15000, "--multiplexer", demo["model"]]
+    else:
+        name = "NaNNet" if case == "NaN model" else "Softplus"
+        args = ["--chromosome", "chr1", "--position", 15000, "--exact", "--model-kind", "custom",
+                "--modelpath", models, "--modelname", name]
+    res = run_cli("predict", *args, "--genome", demo["genome"], "--format", "both", "--output", out_dir / "x")
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment.format(dir=tmp_path, model=demo["model"]) in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_exact_diff_takes_any_finite_output(demo, tmp_path):
+    models = tmp_path / "models.py"
+    models.write_text(UNUSABLE_MODELS)
+    res = run_cli("predict", "--chromosome", "chr1", "--position", 15000, "--exact", "--model-kind", "custom",
+                  "--modelpath", models, "--modelname", "Softplus", "--diff", "--genome", demo["genome"],
+                  "--output", tmp_path / "x")
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "x.tsv.gz", sep="\t")
+    assert len(table) == 3 * LENGTH and np.isfinite(table[["output_0", "output_1", "output_2"]].to_numpy()).all()

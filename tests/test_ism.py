@@ -154,3 +154,46 @@ def test_float32_logfold_near_saturation(demo_dir):
     base, probs = predict_substitutions(model.float(), x, off, alt, "naive", 64)
     from_probs = scatter_targets(logfold(probs, base[None]), off, alt, 400).numpy()
     assert np.abs(from_probs - t64).max() > max(1e-4, 2 * tol)
+
+
+class _Shifted(torch.nn.Module):
+    """Outputs ``softplus(conv) + shift``, or ``conv * scale`` clamped to [0, 1] (no final sigmoid)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind, self.conv = kind, torch.nn.Conv1d(4, 3, 5)
+
+    def forward(self, x):
+        z = self.conv(x).mean(-1)
+        if self.kind == "softplus":
+            return torch.nn.functional.softplus(z) + 1
+        if self.kind == "nan":
+            return z * float("nan")
+        if self.kind == "saturated":
+            return (z * 1e6).clamp(0, 1)
+        return torch.sigmoid(z * float("nan") if self.kind == "nan logits" else z)
+
+
+@pytest.mark.parametrize("kind, mode, match", [
+    ("softplus", "logfold", r"on the reference: output 0 is 1\.\d+: not a probability in \[0, 1\]"),
+    ("saturated", "logfold", r"on the reference: output \d is (0|1)\.0: exactly 0 or 1, where the log-fold needs"),
+    ("nan", "logfold", "on the reference: output 0 is nan: not finite"),
+    ("nan", "diff", "on the reference: output 0 is nan: not finite"),
+    ("nan logits", "logfold", "on the reference: logit 0 is nan: not finite"),
+])
+def test_unusable_model_outputs_are_refused(kind, mode, match):
+    from seqmux.ism import ModelOutputError
+
+    x = torch.from_numpy(one_hot(tokenize("ACGTTGCAAC" * 4)))
+    offsets, alts = (torch.from_numpy(a.astype(np.int64)) for a in substitutions(tokenize("ACGTTGCAAC" * 4)))
+    for method in ("fast", "naive"):
+        with pytest.raises(ModelOutputError, match=match):
+            substitution_effects(_Shifted(kind).eval(), x, offsets, alts, mode, method)
+
+
+def test_diff_mode_takes_any_finite_output():
+    x = torch.from_numpy(one_hot(tokenize("ACGTTGCAAC" * 4)))
+    offsets, alts = (torch.from_numpy(a.astype(np.int64)) for a in substitutions(tokenize("ACGTTGCAAC" * 4)))
+    ref, effects = substitution_effects(_Shifted("softplus").eval(), x, offsets, alts, "diff", "naive")
+    assert bool((ref > 1).all()) and bool(torch.isfinite(effects).all())

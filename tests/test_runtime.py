@@ -1,8 +1,10 @@
 """Device choice (the one helper every stage, track and the CLI use) and GPU sharing between jobs."""
 
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -64,3 +66,43 @@ def test_a_process_keeps_its_gpu(tmp_path):
         release_gpus()
     assert claim_gpu([1, 9], tmp_path) == 1
     release_gpus()
+
+
+KILLED_STAGE = '''
+import sys
+import time
+
+from seqmux.logs import run_stage
+from seqmux.outputs import atomic_path
+
+
+def stage(out):
+    with atomic_path(out) as tmp:
+        tmp.write_text("half")
+        while True:
+            time.sleep(0.05)
+
+
+run_stage(sys.argv[2], stage, sys.argv[1])
+'''
+
+
+def test_terminated_stage_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (Snakemake cancelling the other jobs of a failed run, scancel) goes through the
+    finally blocks: the half-written temporary file is removed, nothing is left under the final name."""
+    import signal
+
+    script = tmp_path / "stage.py"
+    script.write_text(KILLED_STAGE)
+    out = tmp_path / "results" / "out.txt"
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(tmp_path / "stage.log")],
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    tmp = out.with_name("out.txt.tmp")
+    for _ in range(1200):  # wait (up to 60 s) until the stage is writing
+        if tmp.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert tmp.exists(), "the stage never started writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not tmp.exists() and not out.exists()

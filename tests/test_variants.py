@@ -44,3 +44,24 @@ def test_expand_shard_writes_only_its_windows(demo_dir, tmp_path):
     expand_shard(tmp_path / "w.bed", tmp_path / "t.npy", 1, 2, tmp_path / "v.feather")
     table = pa.ipc.open_file(pa.memory_map(str(tmp_path / "v.feather"))).read_all()
     assert sorted(set(table.column("window_id").to_pylist())) == [2, 3]
+
+
+def test_vcf_without_records_or_header_is_an_error(tmp_path):
+    """An empty file, a record before the #CHROM line, or header lines only: one InputError naming
+    the file (an empty VCF used to give an empty table and exit 0)."""
+    import gzip
+
+    import pytest
+
+    from seqmux.errors import InputError
+    from seqmux.variants import read_vcf
+
+    cases = {"empty.vcf": (b"", "empty file: no VCF header and no records"),
+             "header.vcf": (b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n", "no records: the file has header"),
+             "nohead.vcf": (b"chr1\t5\t.\tA\tC\n", "a record before the #CHROM header line"),
+             "empty.vcf.gz": (gzip.compress(b""), "no #CHROM header line and no records")}
+    for name, (content, problem) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError, match=problem) as err:
+            read_vcf(tmp_path / name, field="circuitsnp.vcf")
+        assert err.value.field == "circuitsnp.vcf" and name in str(err.value)

@@ -108,3 +108,29 @@ def test_all_n_chromosome_fails_in_bounded_time(tmp_path):
     with pytest.raises(InputError, match="chr8 yielded no window"):
         sample_windows(fa, 100, 5, {"train": 1, "validation": 3, "test": 0}, validation_chroms=["chr8"],
                        test_chroms=[], seed=1)
+
+
+@pytest.mark.parametrize("content, field, value", [
+    ("chr2\t5000\t4000\n", "end", "4000"),           # start > end
+    ("chr2\t5000\t5000\n", "end", "5000"),           # empty interval
+    ("chr2\t-10\t20000\n", "start", "-10"),          # negative start
+    ("chr2\t39000\t40001\n", "end", "40001"),        # past the chromosome's end (40,000 bp)
+    ("chr2\t0\n", "position", "0"),                  # 1-based positions start at 1
+])
+def test_bad_regions_intervals(demo_dir, tmp_path, content, field, value):
+    regions = tmp_path / "regions.bed"
+    regions.write_text("chr2\t20000\t20010\n" + content)
+    with pytest.raises(InputError) as err:
+        sample_windows(demo_dir / "genome.fa", 400, 10, {}, seed=1, regions=str(regions), **HELD)
+    assert err.value.field == field and str(err.value.value) == value
+    assert "regions.bed:2" in str(err.value)
+
+
+def test_every_chromosome_held_out(tmp_path):
+    fa = write_fasta(tmp_path / "g.fa", {"chr7": random_seq(1000, 1), "chr8": random_seq(1000, 2)})
+    with pytest.raises(InputError, match=r"windows.count.train=1: every chromosome of the FASTA \(2\) is held out"):
+        sample_windows(fa, 100, 0, {"train": 1, "validation": 1, "test": 1}, validation_chroms=["chr7"],
+                       test_chroms=["chr8"], seed=1)
+    with pytest.raises(InputError, match=r"windows.count.train=0: at least 1 training window"):
+        from seqmux.windows import check_windows
+        check_windows({"chr1": 1000}, 100, {"train": 0}, [], [], min_train=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROUNDING_FACTOR, TINY, deep_update, float32_rounding, run_workflow
+from conftest import ROUNDING_FACTOR, TINY, UNUSABLE_MODELS, deep_update, float32_rounding, run_workflow
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta, read_bed_intervals
 from seqmux.models import BelugaFamily, load_model
@@ -190,8 +190,9 @@ def test_missing_fasta(tmp_path):
 def test_held_out_chromosome_absent(tmp_path):
     fasta = random_genome(tmp_path)
     config = deep_update(TINY, {"genome": {"fasta": fasta}, "windows": {"validation_chroms": ["chr7"]}})
-    result = run_workflow(tmp_path, config)
-    assert_failed_cleanly(result, tmp_path, "error: ", "windows.validation_chroms='chr7': chromosome not in the FASTA")
+    result = run_workflow(tmp_path, config)  # found before any job (it used to stop the sampling job)
+    assert_failed_cleanly(result, tmp_path, "windows.validation_chroms='chr7': chromosome not in the FASTA")
+    assert_no_job_ran(tmp_path)
 
 
 def test_all_n_held_out_chromosome(tmp_path):
@@ -219,3 +220,135 @@ def test_beluga_weights_that_do_not_fit(tmp_path):
 def test_base_model_files_checked_at_start(tmp_path, extra, fragment):
     result = run_workflow(tmp_path, deep_update(TINY, {"base_model": extra}), "-n")
     assert_failed_cleanly(result, tmp_path, fragment)
+
+
+# ---- issue 15: inputs checked where they enter; config errors before any job -----------------------
+
+def assert_no_job_ran(workdir):
+    """No job started: no log, no result, not even the demo genome."""
+    for folder in ("logs", "results", "resources"):
+        assert not (workdir / folder).exists(), folder
+
+
+def read_fasta_plainly(path):
+    """``{name: sequence}`` parsed line by line, without any index."""
+    records, name = {}, None
+    for line in open(path):
+        if line.startswith(">"):
+            name = line[1:].split()[0]
+            records[name] = []
+        elif line.strip():
+            records[name].append(line.strip())
+    return {k: "".join(v) for k, v in records.items()}
+
+
+def test_stale_fasta_index_gives_the_fasta_bases(tmp_path):
+    """A FASTA edited after it was indexed, its .fai still newer (a copy, a checkout): the run
+    rebuilds the index and every window holds the FASTA's bases (it used to read through the
+    stale offsets and exit 0)."""
+    import os
+
+    names = ("chr1", "chr2", "chr7", "chr8", "chr9")
+    fasta = random_genome(tmp_path, names=names)
+    open_fasta(fasta)  # writes genome.fa.fai
+    rng = np.random.default_rng(1)
+    edited = {n: "".join(rng.choice(list("ACGT"), 5000 - 700 * (n == "chr1"))) for n in names}
+    with open(fasta, "w") as fh:  # 80 bases a line: every offset moves
+        for n, seq in edited.items():
+            fh.write(f">{n}\n" + "".join(seq[i:i + 80] + "\n" for i in range(0, len(seq), 80)))
+    later = os.stat(fasta).st_mtime_ns + 10**9
+    os.utime(fasta + ".fai", ns=(later, later))
+    config = deep_update(TINY, {"genome": {"fasta": fasta}})
+    result = run_workflow(tmp_path, config, "results/encoded/tokens.npy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = read_fasta_plainly(fasta)
+    tokens = np.load(tmp_path / "results/encoded/tokens.npy")
+    windows = read_windows(tmp_path / "results/windows/windows.bed")
+    assert len(windows) == 10
+    for w in windows:
+        np.testing.assert_array_equal(tokens[w.window_id], tokenize(truth[w.chrom][w.start:w.end]))
+
+
+def test_fasta_with_duplicate_names_leaves_no_index(tmp_path):
+    """Duplicate names stop the run before any job and leave no .fai; once the FASTA is fixed the
+    same command runs (the old .fai used to make it fail again)."""
+    fasta = random_genome(tmp_path, names=("chr1", "chr7", "chr8", "chr9"))
+    with open(fasta, "a") as fh:
+        fh.write(">chr1\nACGT\n")
+    config = deep_update(TINY, {"genome": {"fasta": fasta}})
+    result = run_workflow(tmp_path, config)
+    assert_failed_cleanly(result, tmp_path, "genome.fa: genome.fasta=", "not a readable FASTA: Duplicate key")
+    assert_no_job_ran(tmp_path)
+    assert not (tmp_path / "genome.fa.fai").exists()
+    random_genome(tmp_path, names=("chr1", "chr7", "chr8", "chr9"))
+    result = run_workflow(tmp_path, config, "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def write_regions(tmp_path, text):
+    (tmp_path / "regions.bed").write_text(text)
+    return {"windows": {"regions": str(tmp_path / "regions.bed")}}
+
+
+CONFIG_ERRORS = {
+    "no training window": ({"windows": {"count": {"train": 0}}},
+                           "config: windows.count.train=0: at least 1 training window(s) needed"),
+    "beluga at 400 bp": ({"base_model": {"kind": "beluga", "weights": "WEIGHTS"}},
+                         "config: windows.length=400: the beluga base model needs 2000"),
+    "chromosome in both held-out lists": ({"windows": {"test_chroms": ["chr7", "chr8"]}},
+                                          "windows.test_chroms='chr7': also listed in windows.validation_chroms"),
+    "window longer than every chromosome": ({"windows": {"length": 50000}},
+                                            "windows.validation_chroms='chr7': chromosome is 40000 bp, shorter "
+                                            "than windows.length=50000"),
+    "every chromosome held out": ({"windows": {"validation_chroms": [f"chr{i}" for i in range(1, 8)]}},
+                                  "windows.count.train=6: every chromosome of the FASTA (9) is held out"),
+    "window too short for the demo model": ({"windows": {"length": 100}},
+                                            "windows.length=100: the demo base model needs at least 310 bp"),
+    "CUDA device without CUDA": ({"targets": {"device": "cuda"}},
+                                 "config: targets.device='cuda': CUDA is not available on this machine"),
+    "regions start > end": ("chr2\t20000\t20100\nchr2\t5000\t4000\n",
+                            "regions.bed:2: end=4000: BED end must be greater than start (5000)"),
+    "regions negative start": ("chr2\t-10\t300\n", "regions.bed:1: start=-10: negative BED start"),
+    "regions past the end": ("chr2\t39900\t40100\n", "regions.bed:1: end=40100: beyond the end of chr2 (40000 bp)"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
+def test_config_errors_stop_the_run_before_any_job(tmp_path, case):
+    """What the config and the input files' headers decide is checked at start: one line, exit 1,
+    no job run (each used to fail after some or all of the jobs, or with a traceback)."""
+    extra, fragment = CONFIG_ERRORS[case]
+    if case == "CUDA device without CUDA" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if isinstance(extra, str):
+        extra = write_regions(tmp_path, extra)
+    if case == "beluga at 400 bp":
+        (tmp_path / "weights.pth").write_bytes(b"")
+        extra["base_model"]["weights"] = str(tmp_path / "weights.pth")
+    result = run_workflow(tmp_path, deep_update(TINY, extra))
+    assert_failed_cleanly(result, tmp_path, fragment)
+    assert "Traceback" not in result.stderr
+    assert_no_job_ran(tmp_path)
+
+
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("Softplus", "base_model.class='Softplus': window "),
+    ("NaNNet", "base_model.class='NaNNet': window "),
+    ("Fails", "base_model.class='Fails': the model fails on a 400 bp window (windows.length): RuntimeError: boom"),
+])
+def test_unusable_base_model_outputs(tmp_path, name, fragment):
+    """Outputs that are not probabilities in logfold mode (used to give finite, meaningless
+    targets and exit 0), or NaN (a traceback and a leftover .tmp): one line, no target written."""
+    module = tmp_path / "models.py"
+    module.write_text(UNUSABLE_MODELS)
+    config = deep_update(TINY, {"base_model": {"kind": "custom", "module": str(module), "class": name}})
+    result = run_workflow(tmp_path, config)
+    assert_failed_cleanly(result, tmp_path, "error: ", fragment, products=PRODUCTS[2:])
+    assert "Traceback" not in result.stderr
+    if name == "Fails":
+        return
+    assert "(targets.mode=logfold)" in result.stderr
+    problem = "is nan: not finite" if name == "NaNNet" else "not a probability in [0, 1], which log-fold targets need"
+    assert ") on the reference: output 0 " in result.stderr and problem in result.stderr

@@ -43,6 +43,14 @@ def run_workflow(workdir, config, *targets, extra_args=(), timeout=600, profile=
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def finished_run(workdir, config, *targets):
+    """Run the workflow in ``workdir`` (as ``run_workflow``) and fail the test with Snakemake's last
+    messages unless it succeeds. Returns ``workdir``."""
+    result = run_workflow(workdir, config, *targets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(workdir)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A demo genome (9 x 40 kb) with its motifs and a demo base model (L = 400)."""
@@ -60,10 +68,7 @@ def demo_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One end-to-end run of the workflow on the tiny config (shared by several tests)."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    result = run_workflow(workdir, TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("tiny_run"), TINY)
 
 
 # ---- float tolerances from the arithmetic ---------------------------------------------------------

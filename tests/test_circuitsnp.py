@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, deep_update, run_workflow
+from conftest import TINY, deep_update, finished_run, run_workflow
 from seqmux.encoding import one_hot, tokenize
 from seqmux.errors import InputError
 from seqmux.motifs import (Motif, max_score, motif_filters, motif_presence, quantized_log_odds, reverse_complement,
@@ -269,10 +269,7 @@ def test_sampler_errors_name_this_tracks_keys(demo_dir, tmp_path):
 
 @pytest.fixture(scope="session")
 def track_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("circuitsnp_run")
-    result = run_workflow(workdir, TRACK_CONFIG, "circuitsnp")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("circuitsnp_run"), TRACK_CONFIG, "circuitsnp")
 
 
 def test_track_learns_and_beats_no_skill(track_run):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, deep_update, run_workflow
+from conftest import TINY, deep_update, finished_run, run_workflow
 from seqmux.errors import InputError
 from seqmux.genome import GC_POOR, GC_RICH, hmm_sequence
 from seqmux.hmm import sample_hmm, sample_states
@@ -233,9 +233,7 @@ def track_run(tmp_path_factory):
     _write_user_tsv(user, g.parse_hmm(STICKY), 60, 100, 9)
     config = deep_update(TINY, deep_update(SMALL, {"gc_hmm": {"data": str(user), "presets": {"three": THREE},
                                                               "build": ["sticky", "three", "data"]}}))
-    result = run_workflow(workdir, config, "gc_hmm")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return finished_run(workdir, config, "gc_hmm")
 
 
 def test_track_builds_every_preset(track_run):

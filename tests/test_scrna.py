@@ -14,7 +14,7 @@ import scanpy as sc
 import scipy.sparse as sp
 import torch
 
-from conftest import TINY, deep_update, run_workflow
+from conftest import TINY, deep_update, finished_run, run_workflow
 from seqmux.errors import InputError
 from seqmux.tracks import scrna
 from seqmux.tracks.scrna import evaluate as ev
@@ -320,10 +320,7 @@ def test_top_genes_rank_by_absolute_weight():
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("scrna_default")
-    result = run_workflow(workdir, DEFAULT_RUN, "scrna")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("scrna_default"), DEFAULT_RUN, "scrna")
 
 
 def test_default_run(default_run):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, TINY, deep_update, run_workflow
+from conftest import REPO, TINY, deep_update, finished_run, run_workflow
 from seqmux import BASES
 from seqmux.errors import InputError
 from seqmux.tracks import sgrna as S
@@ -279,10 +279,7 @@ def test_check_config(extra, fragment):
 @pytest.fixture(scope="session")
 def sgrna_run(tmp_path_factory):
     """`snakemake sgrna` on the simulated default, smaller (600 guides, 5,000 steps)."""
-    workdir = tmp_path_factory.mktemp("sgrna_run")
-    result = run_workflow(workdir, deep_update(TINY, SMALL), "sgrna")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("sgrna_run"), deep_update(TINY, SMALL), "sgrna")
 
 
 def test_target_rule_on_the_simulated_default(sgrna_run):

@@ -1,20 +1,41 @@
-"""Benchmark: fast (incremental, exact) ISM against naive ISM, on full-size Beluga and the demo model.
+"""Benchmark: exact ISM of this project (fast and naive) against tangermeme's
+``saturation_mutagenesis`` (fast=True and fast=False), side by side in one process, on the same
+windows, substitutions and threads.
 
-Full-size Beluga (the published layout, random He-normal weights) on ``--windows`` random 2,000 bp
-windows with a few N's. Fast ISM runs every substitution of each window (6,000, N's give 4) in one
-``substitution_effects`` call (what the target stage runs: log-fold changes from the logits), its
-reference pass included, as a user sees it; naive ISM, whose cost per mutant is flat, runs a random sample of
-``--naive-sample`` of the same substitutions per window. The two are interleaved
-(``--rounds`` fast calls per window, the naive sample split between them) so that a machine shared
-with other work slows both alike. The one-off analysis of a model (its plan) is timed apart.
-Then the same for the demo model (400 bp, JASPAR filters), where naive ISM runs every substitution.
+Models (random He-normal weights, eval mode), each at its usual length:
 
-Prints the device, the time per mutant of each, their ratio, and the largest |log-fold change|
-deviation between them on the shared substitutions; and, for scale, how far naive ISM in float32
-is from naive ISM in float64 on a few of them (the float32 noise floor).
+* ``beluga``: DeepSEA Beluga, the published layout (``BelugaFamily``), 2,000 bp;
+* ``legacy_beluga``: the same weights in the legacy layout (``LegacyBeluga``: Lambda modules
+  with Python lambdas), to check that it takes the fast path at the same speed;
+* ``basset``: Basset-like CNN (``BassetLike``), 600 bp;
+* ``bpnet``: BPNet-like dilated residual stack with a global-pool head (``BPNetLike``), 1,000 bp.
 
-    PYTHONPATH=. python benchmarks/fast_ism.py                      # CUDA when present
-    PYTHONPATH=. python benchmarks/fast_ism.py --device cpu --windows 2 --naive-sample 1000
+Every method computes the same numbers: the model's outputs on each single substitution of one
+window (a few N's in it), from the logits where the model ends in a sigmoid (``logit_model``:
+what the target stage computes). Per method:
+
+* this project's fast ISM: every substitution of the window (``fast_substitution_predictions``,
+  its cached plan built beforehand, timed apart as the one-off cost);
+* this project's naive ISM: ``--naive-sample`` substitutions (a run of positions in the middle;
+  naive cost per mutant does not depend on the position);
+* tangermeme fast=True as a user calls it: ``saturation_mutagenesis(model, X, raw_outputs=True)``
+  at its default batch size (32), every substitution, its capture and its own check against
+  fast=False included; its rule that skips the fast path for jobs under 30 s is lifted
+  (``_FAST_MIN_SECONDS = 0``) so that fast=True is what runs, and a fall-back warning aborts;
+* tangermeme fast=True steady state: its captured model (``_FastISM``) built once, then
+  ``predict_edits`` on every substitution, at the best of ``--tangermeme-batches``: the
+  strongest form of that baseline (no one-off costs);
+* tangermeme fast=False: ``saturation_mutagenesis(..., fast=False)`` on the same run of
+  positions as this project's naive sample.
+
+Deviations: each method's float32 outputs against this project's naive ISM in float64, on the
+substitutions of the first and last 4 positions and of 12 positions in the middle.
+
+    PYTHONPATH=. python benchmarks/fast_ism.py                    # CUDA when present
+    PYTHONPATH=. python benchmarks/fast_ism.py --device cpu --threads 2 --models beluga,basset
+
+tangermeme is an optional benchmark dependency: ``pip install tangermeme==1.6.0`` (without it,
+only this project's methods run).
 """
 
 import argparse
@@ -23,6 +44,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +52,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seqmux.architectures import BassetLike, BPNetLike, LegacyBeluga  # noqa: E402
 from seqmux.encoding import N_TOKEN, one_hot  # noqa: E402
-from seqmux.fast_ism import analysable, get_plan  # noqa: E402
-from seqmux.ism import substitution_effects  # noqa: E402
+from seqmux.fast_ism import analysable, chunk_size, fast_substitution_predictions, get_plan  # noqa: E402
+from seqmux.ism import logit_model, naive_substitution_predictions  # noqa: E402
+from seqmux.models import BELUGA, BelugaFamily  # noqa: E402
 from seqmux.runtime import choose_device  # noqa: E402
-from seqmux.models import BELUGA, BelugaFamily, build_demo_model  # noqa: E402
 from seqmux.variants import substitutions  # noqa: E402
+
+LENGTHS = {"beluga": 2000, "legacy_beluga": 2000, "basset": 600, "bpnet": 1000}
 
 
 def sync(device):
@@ -43,154 +68,206 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def random_tokens(rng, length, n_fraction):
-    tokens = rng.integers(0, 4, length).astype(np.uint8)
-    n = max(1, int(round(n_fraction * length)))
-    tokens[rng.choice(length, n, replace=False)] = N_TOKEN
-    return tokens
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
 
 
 @torch.no_grad()
 def he_init(model, seed):
-    """He-normal weights (std sqrt(2 / fan_in)) and small biases (std 0.01) in every conv and
-    dense layer: signals keep their scale through the layers, log-fold changes are of order 0.1,
-    reference logits within about +-5."""
+    """He-normal weights, small biases, random batch-norm statistics; eval mode."""
     gen = torch.Generator().manual_seed(seed)
-    for layer in model.modules():
-        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
-            fan_in = layer.weight[0].numel()
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * np.sqrt(2.0 / fan_in))
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.01)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * np.sqrt(2.0 / m.weight[0].numel()))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.01)
+        elif isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     return model.eval()
 
 
-def bench_model(name, model, length, args, device, rng, f64_sample):
-    model = model.to(device).eval()
-    ok, detail = analysable(model, length)
-    print(f"\n== {name}: L={length}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
-    print(f"fast ISM plan: {'analysable' if ok else 'NOT analysable'}: {detail}")
-    if ok:
-        plan = get_plan(model, length)
-        print(f"multiply-adds per mutant: fast {plan.macs_per_mutant() / 1e6:.1f} M")
-    # one-off analysis, timed apart (a fresh model object of the same weights)
-    fresh = type(model).__new__(type(model))
-    fresh.__dict__ = model.__dict__.copy()
-    t0 = time.perf_counter()
-    get_plan(fresh, length)
-    sync(device)
-    print(f"one-off plan (trace + position-major dense weights): {time.perf_counter() - t0:.2f} s per model")
-    del fresh
-    # warm-up (allocator, oneDNN primitives) on a throw-away window
-    tok = random_tokens(rng, length, args.n_fraction)
-    x = torch.from_numpy(one_hot(tok)).to(device)
-    off, alt = (torch.from_numpy(a.astype(np.int64)).to(device) for a in substitutions(tok))
-    substitution_effects(model, x, off[:args.fast_batch], alt[:args.fast_batch], "logfold", "fast", args.fast_batch)
-    substitution_effects(model, x, off[:args.naive_batch], alt[:args.naive_batch], "logfold", "naive",
-                         args.naive_batch)
+def build(name, seed):
+    if name in ("beluga", "legacy_beluga"):
+        model = he_init(BelugaFamily(**BELUGA), seed)
+        if name == "legacy_beluga":
+            legacy = LegacyBeluga(**BELUGA)
+            legacy.load_state_dict(model.state_dict())
+            model = legacy.eval()
+        return model
+    if name == "basset":
+        return he_init(BassetLike(), seed)
+    if name == "bpnet":
+        return he_init(BPNetLike(), seed)
+    raise SystemExit(f"unknown model {name!r} (one of {', '.join(LENGTHS)})")
 
-    fast_time = naive_time = 0.0
-    fast_count = naive_count = 0
-    worst, scale, floor = 0.0, 0.0, 0.0
-    for w in range(args.windows):
-        tok = random_tokens(rng, length, args.n_fraction)
-        x = torch.from_numpy(one_hot(tok)).to(device)
-        offsets, alts = substitutions(tok)
-        off = torch.from_numpy(offsets.astype(np.int64)).to(device)
-        alt = torch.from_numpy(alts.astype(np.int64)).to(device)
-        m = len(offsets)
-        sample = np.sort(rng.choice(m, min(args.naive_sample, m), replace=False))
-        parts = np.array_split(sample, args.rounds)
-        naive_parts = []
-        for r in range(args.rounds):
-            sync(device)
-            t0 = time.perf_counter()
-            ref_f, lf_fast = substitution_effects(model, x, off, alt, "logfold", "fast", args.fast_batch)
-            sync(device)
-            fast_time += time.perf_counter() - t0
-            fast_count += m
-            idx = torch.from_numpy(parts[r]).to(device)
-            t0 = time.perf_counter()
-            ref_n, lf_n = substitution_effects(model, x, off[idx], alt[idx], "logfold", "naive", args.naive_batch)
-            sync(device)
-            naive_time += time.perf_counter() - t0
-            naive_count += len(idx)
-            naive_parts.append(lf_n)
-        idx = torch.from_numpy(sample).to(device)
-        lf_naive, lf_fast = torch.cat(naive_parts), lf_fast[idx]
-        dev = (lf_naive - lf_fast).abs().max().item()
-        worst, scale = max(worst, dev), max(scale, lf_naive.abs().max().item())
-        top = torch.logit(ref_f.double()).abs().max().item()
-        print(f"window {w}: {m} substitutions ({int((tok == N_TOKEN).sum())} N), fast {args.rounds} x {m}, "
-              f"naive {len(sample)}; max |log-fold deviation| {dev:.2e} (largest reference |logit| {top:.1f})")
-        if f64_sample:
-            # float32 noise floor: both methods against naive ISM in float64 on a few substitutions
-            pick = np.sort(rng.choice(len(sample), min(f64_sample, len(sample)), replace=False))
-            sub = torch.from_numpy(sample[pick]).to(device)
-            m64 = copy.deepcopy(model).double()
-            _, lf64 = substitution_effects(m64, x.double(), off[sub], alt[sub], "logfold", "naive", args.naive_batch)
-            pick_t = torch.from_numpy(pick).to(device)
-            floor_naive = (lf_naive[pick_t].double() - lf64).abs().max().item()
-            floor_fast = (lf_fast[pick_t].double() - lf64).abs().max().item()
-            floor = max(floor, floor_naive)
-            print(f"          float64 check on {len(pick)}: |naive32 - naive64| {floor_naive:.2e}, "
-                  f"|fast32 - naive64| {floor_fast:.2e}")
-            del m64
-    fast_pm, naive_pm = fast_time / fast_count, naive_time / naive_count
-    print(f"{name}: fast ISM  {fast_pm * 1e3:9.3f} ms per mutant ({fast_count} mutants, {fast_time:.1f} s)")
-    print(f"{name}: naive ISM {naive_pm * 1e3:9.3f} ms per mutant ({naive_count} mutants, {naive_time:.1f} s)")
-    print(f"{name}: speed-up {naive_pm / fast_pm:.1f}x; max |log-fold deviation| {worst:.2e} "
-          f"(largest |log-fold| {scale:.2f}"
-          + (f"; float32 noise floor, naive vs float64: {floor:.2e})" if f64_sample else ")"))
-    return naive_pm / fast_pm, worst
+
+def window(rng, length, n_count=4):
+    tokens = rng.integers(0, 4, length).astype(np.uint8)
+    tokens[rng.choice(np.arange(1, length - 1), n_count, replace=False)] = N_TOKEN
+    return tokens
+
+
+def tangermeme_runs(head, x, off, alt, span, device, batches):
+    """tangermeme's fast=True (public call; steady state) and fast=False (on ``span``): outputs
+    at (off, alt) and seconds, or ``None`` when tangermeme is not installed."""
+    try:
+        import tangermeme.saturation_mutagenesis as tsm
+        from tangermeme._fastism import _FastISM
+    except ImportError:
+        return None
+    tsm._FAST_MIN_SECONDS = 0.0           # always the fast path (else it runs fast=False for short jobs)
+    X = x.unsqueeze(0).cpu()
+    res = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, dt = timed(lambda: tsm.saturation_mutagenesis(head, X, raw_outputs=True, fast=True, device=device),
+                        device)
+    fell_back = [str(w.message) for w in caught if "using fast=False" in str(w.message)]
+    y_hat = out.y_hat[0]                                       # [4, L, F]
+    res["call"] = (y_hat[alt.cpu(), off.cpu()], dt, fell_back[0] if fell_back else "")
+    X8 = tsm._to_int8(X)
+    with torch.no_grad():
+        fast = _FastISM(head, X8, None, 0, X.shape[-1], device, torch.float32, False)
+        _, chars, positions = tsm._single_edits(X8[0], 0, X.shape[-1])
+        best = None
+        for bs in batches:
+            y, dt = timed(lambda: fast.predict_edits(0, chars, positions, bs), device)
+            if best is None or dt < best[1]:
+                best = (y, dt, bs)
+    y, dt, bs = best
+    grid = torch.full((4, X.shape[-1]) + tuple(y.shape[1:]), float("nan"))
+    grid[chars, positions] = y.float().cpu()
+    res["steady"] = (grid[alt.cpu(), off.cpu()], dt, bs, len(chars))
+    a, b = span
+    out, dt = timed(lambda: tsm.saturation_mutagenesis(head, X, start=a, end=b, raw_outputs=True, fast=False,
+                                                       batch_size=64, device=device), device)
+    inside = (off >= a) & (off < b)
+    res["naive"] = (out.y_hat[0][alt[inside].cpu(), (off[inside] - a).cpu()], dt, int(inside.sum()))
+    return res
+
+
+def bench(name, args, device, rng, results):
+    length = LENGTHS[name]
+    model = build(name, args.seed).to(device)
+    head = logit_model(model, length) or model
+    t0 = time.perf_counter()
+    ok, detail = analysable(head, length)
+    one_off = time.perf_counter() - t0
+    n_par = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"\n== {name}: L={length}, {n_par:.1f} M parameters")
+    print(f"fast ISM plan ({one_off:.2f} s, once per model): {'analysable' if ok else 'NOT analysable'}: {detail}")
+    if ok:
+        plan = get_plan(head, length)
+        chunk = chunk_size(plan, args.chunk, torch.float32, device)
+        print(f"multiply-adds per mutant (fast): {plan.macs_per_mutant() / 1e6:.1f} M; chunk {chunk} mutants")
+    tokens = window(rng, length)
+    x = torch.from_numpy(one_hot(tokens)).to(device)
+    offsets, alts = substitutions(tokens)
+    off = torch.from_numpy(offsets.astype(np.int64)).to(device)
+    alt = torch.from_numpy(alts.astype(np.int64)).to(device)
+    m = len(off)
+    with torch.no_grad():
+        ref = head(x.unsqueeze(0))[0]
+        fast_substitution_predictions(head, x, off[:64], alt[:64], ref, args.chunk)       # warm-up
+        fast, t_fast = timed(lambda: fast_substitution_predictions(head, x, off, alt, ref, args.chunk), device)
+        positions = max(1, args.naive_sample // 3)
+        a = length // 2 - positions // 2
+        span = (a, a + positions)
+        in_span = torch.nonzero((off >= span[0]) & (off < span[1])).flatten()
+        naive_substitution_predictions(head, x, off[in_span[:8]], alt[in_span[:8]], args.naive_batch)  # warm-up
+        _, t_naive = timed(lambda: naive_substitution_predictions(head, x, off[in_span], alt[in_span],
+                                                                  args.naive_batch), device)
+        # float64 reference on the substitutions of both ends and of 12 positions in the span
+        check_pos = np.r_[np.arange(4), np.arange(length - 4, length), np.arange(span[0], span[0] + 12)]
+        check = torch.from_numpy(np.flatnonzero(np.isin(offsets, check_pos))).to(device)
+        head64 = copy.deepcopy(head).double()
+        y64 = naive_substitution_predictions(head64, x.double(), off[check], alt[check], args.naive_batch)
+        del head64
+        naive32 = naive_substitution_predictions(head, x, off[check], alt[check], args.naive_batch)
+    row = dict(model=name, L=length, fast=t_fast / m, naive=t_naive / len(in_span), m=m,
+               dev_fast=(fast[check].double() - y64).abs().max().item(),
+               dev_naive=(naive32.double() - y64).abs().max().item(), scale=y64.abs().max().item())
+    print(f"this project fast : {row['fast'] * 1e3:8.3f} ms per mutant ({m} substitutions, {t_fast:.1f} s)")
+    print(f"this project naive: {row['naive'] * 1e3:8.3f} ms per mutant ({len(in_span)} substitutions, "
+          f"{t_naive:.1f} s)")
+    if not args.no_tangermeme and name != "legacy_beluga":
+        tg = tangermeme_runs(head, x, off, alt, span, device, args.tangermeme_batches)
+        if tg is None:
+            print("tangermeme not installed: its columns are left out (pip install tangermeme==1.6.0)")
+        else:
+            y, dt, fell_back = tg["call"]
+            row["tg_call"] = dt / m
+            if fell_back:
+                print(f"tangermeme's call ran fast=False: {fell_back}")
+                row["tg_fell_back"] = True
+            row["dev_tg_fast"] = (y[check.cpu()].double() - y64.cpu()).abs().max().item()
+            y, dt, bs, n = tg["steady"]
+            row["tg_steady"], row["tg_batch"] = dt / n, bs
+            y, dt, n = tg["naive"]
+            row["tg_naive"] = dt / n
+            print(f"tangermeme fast=True, call (batch 32): {row['tg_call'] * 1e3:8.3f} ms per mutant "
+                  f"({m}, {row['tg_call'] * m:.1f} s, capture and check included)")
+            print(f"tangermeme fast=True, steady (batch {bs}): {row['tg_steady'] * 1e3:8.3f} ms per mutant")
+            print(f"tangermeme fast=False (batch 64):      {row['tg_naive'] * 1e3:8.3f} ms per mutant ({n})")
+    print(f"max |deviation| from float64 naive ({len(check)} substitutions; largest |output| {row['scale']:.2f}): "
+          f"fast32 {row['dev_fast']:.2e}, naive32 {row['dev_naive']:.2e}"
+          + (f", tangermeme fast32 {row['dev_tg_fast']:.2e}" if "dev_tg_fast" in row else ""))
+    results.append(row)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--windows", type=int, default=2, help="windows per model (default 2)")
-    ap.add_argument("--naive-sample", type=int, default=1000,
-                    help="substitutions per window that naive ISM runs (default 1000)")
-    ap.add_argument("--rounds", type=int, default=3, help="fast calls per window interleaved with naive (default 3)")
+    ap.add_argument("--models", default="beluga,legacy_beluga,basset,bpnet")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    ap.add_argument("--naive-sample", type=int, default=600, help="naive ISM substitutions per model")
+    ap.add_argument("--chunk", type=int, default=512, help="fast ISM chunk (batch_size; see chunk_size)")
+    ap.add_argument("--naive-batch", type=int, default=64)
+    ap.add_argument("--tangermeme-batches", default="128,512", help="batch sizes of its steady-state runs")
+    ap.add_argument("--no-tangermeme", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    ap.add_argument("--fast-batch", type=int, default=1024, help="mutants per fast ISM chunk (default 1024)")
-    ap.add_argument("--naive-batch", type=int, default=64, help="mutants per naive forward pass (default 64)")
-    ap.add_argument("--n-fraction", type=float, default=0.005, help="fraction of N's in a window (default 0.005)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--models", default="beluga,demo", help="comma list of beluga, demo")
-    ap.add_argument("--f64-sample", type=int, default=None,
-                    help="substitutions per window also run in float64, for the float32 noise floor "
-                         "(default 32 for beluga, 1000 for demo; 0: skip)")
     args = ap.parse_args(argv)
-
+    args.tangermeme_batches = [int(b) for b in args.tangermeme_batches.split(",")]
+    torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = choose_device(args.device, "command line", "--device")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {device} ({where}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average {os.getloadavg()[0]:.2f}")
-    print(f"fast chunk {args.fast_batch} mutants, naive batch {args.naive_batch}, float32, TF32 off")
+    device = choose_device(args.device, "benchmarks/fast_ism.py", "--device")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    try:
+        import tangermeme
+        tg_version = tangermeme.__version__
+    except ImportError:
+        tg_version = "not installed"
+    print(f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+          f"tangermeme {tg_version}; load average {os.getloadavg()[0]:.2f}")
     rng = np.random.default_rng(args.seed)
-    started = time.perf_counter()
-    results = {}
-    for name in args.models.split(","):
-        if name == "beluga":
-            model = he_init(BelugaFamily(**BELUGA).eval(), args.seed)
-            results[name] = bench_model("beluga (full size)", model, BELUGA["length"], args, device, rng,
-                                        32 if args.f64_sample is None else args.f64_sample)
-        elif name == "demo":
-            from seqmux.motifs import choose_motifs
-
-            motifs = choose_motifs(12, np.random.default_rng(args.seed))
-            calib = one_hot(np.stack([random_tokens(rng, 400, 0) for _ in range(64)]))
-            model = build_demo_model(motifs, 400, 16, args.seed, calibration_sequences=calib, downstream="structured")
-            results[name] = bench_model("demo", model, 400, args, device, rng,
-                                        1000 if args.f64_sample is None else args.f64_sample)
-        else:
-            ap.error(f"unknown model {name!r}")
-    print(f"\nsummary on {device}: " + "; ".join(f"{k} {r:.1f}x (max dev {d:.1e})" for k, (r, d) in results.items())
-          + f"; total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    results = []
+    t0 = time.perf_counter()
+    for model in args.models.split(","):
+        bench(model.strip(), args, device, rng, results)
+    print(f"\nsummary on {device} (ms per mutant; ratios are the other method's time over this project's fast)")
+    print("| model | L | fast | naive | tangermeme fast=True call | steady | fast=False | vs call | vs steady "
+          "| naive / tangermeme naive | dev fast32 | dev naive32 | dev tangermeme fast32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    by = {r["model"]: r for r in results}
+    for r in results:
+        tg = "tg_call" in r
+        cells = [r["model"], r["L"], f"{r['fast'] * 1e3:.3f}", f"{r['naive'] * 1e3:.2f}",
+                 (f"{r['tg_call'] * 1e3:.3f}" + (" (ran fast=False)" if r.get("tg_fell_back") else "")) if tg else "",
+                 f"{r['tg_steady'] * 1e3:.3f}" if tg else "",
+                 f"{r['tg_naive'] * 1e3:.2f}" if tg else "",
+                 f"{r['tg_call'] / r['fast']:.2f}x" if tg else "", f"{r['tg_steady'] / r['fast']:.2f}x" if tg else "",
+                 f"{r['naive'] / r['tg_naive']:.2f}" if tg else "", f"{r['dev_fast']:.1e}", f"{r['dev_naive']:.1e}",
+                 f"{r['dev_tg_fast']:.1e}" if tg else ""]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    if "legacy_beluga" in by and "beluga" in by:
+        print(f"legacy-layout Beluga fast ISM / published-layout: "
+              f"{by['legacy_beluga']['fast'] / by['beluga']['fast']:.3f}")
+    print(f"total {time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,46 @@
 """Fast exact in-silico mutagenesis (ISM): incremental forward passes of single substitutions.
 
-A substitution at position ``p`` only changes the activations inside its receptive field. For a
-base model that is a chain of
+A substitution at position ``p`` only changes the activations inside its receptive field. The
+model's forward pass is captured as a graph (``seqmux.capture``: a trace that knows every
+activation's shape, so Python control flow on shapes, such as the published Beluga's
+``Lambda(lambda x: x.view(1, -1) if 1 == len(x.size()) else x)``, is followed), and each node that
+depends on the input is one of three kinds:
 
-* ``Conv1d`` / ``Conv2d`` with ``(1, k)`` kernels (any stride, dilation, groups, zero padding),
-* ``MaxPool`` / ``AvgPool`` 1d or 2d with ``(1, k)`` windows (floor mode),
-* element-wise layers: activations, ``BatchNorm`` (eval), ``Dropout`` (eval), ``Identity``,
-* a flatten (``nn.Flatten``, ``seqmux.models.Flatten``, ``torch.flatten(x, 1)``,
-  ``x.reshape(x.shape[0], -1)``), then dense layers (``Linear``, element-wise layers,
-  ``BatchNorm1d``, ``Softmax``); ``unsqueeze(2)`` / ``squeeze(2)`` in the convolutional part,
+* **local**: its output position ``i`` depends on a bounded range of input positions. Each
+  mutant carries only the *change* of such an activation (mutant minus reference) over a window
+  that covers the positions its substitution can reach, ``[N, C, W]``:
 
-the reference is run once and its activations cached. Each mutant then carries only the *change*
-of every activation (mutant minus reference) over a window that covers the positions its
-substitution can reach, layer by layer:
+  - ``Conv1d`` / ``Conv2d`` with ``(1, k)`` kernels (any padding, stride, dilation, groups):
+    stride 1 is linear, so the change of the output is the transposed convolution of the
+    change of the input (the bias cancels); a strided convolution, or one whose window would
+    outgrow its output, recomputes the affected outputs from the input's change;
+  - ``MaxPool`` / ``AvgPool`` 1d or 2d with ``(1, k)`` windows recompute their affected output
+    windows whole from the cached reference input plus the change;
+  - element-wise layers (activations, batch norm and dropout in eval mode, ``exp``, arithmetic
+    with a constant or a per-channel parameter) map a change to ``f(ref + change) - f(ref)``;
+  - residual additions and other element-wise operations of two local activations work on the
+    union of their windows; crops (``x[..., a:b]``) shift the window;
+  - ``unsqueeze(2)`` / ``squeeze(2)`` and flattens change only how the activation is viewed.
 
-* a stride-1 convolution is linear, so the change of its output is the transposed convolution of
-  the change of its input (the bias cancels): ``W_in x k`` taps instead of ``(W_in + k - 1) x k``;
-* an element-wise layer maps a change to ``f(ref + change) - f(ref)``, ``ref`` read from the cache;
-* a pooling layer (or strided convolution) recomputes its affected output windows whole from the
-  cached reference input plus the change, so the changed range is widened to pool boundaries;
-* the first dense layer is a sparse update of the reference's pre-activation,
-  ``h = h_ref + W[:, cols] @ change[cols]`` over the window's columns only, with ``W``'s columns
-  stored position-major (one window's columns are one contiguous block); the later dense layers
-  run in full.
+* **first dense layer**: a ``Linear`` on a flattened local activation is a sparse update of the
+  reference's pre-activation, ``h = h_ref + W[:, cols] @ change[cols]``, over the window's
+  columns only (``W``'s columns stored position-major, so one window's columns are one block).
+
+* **full**: everything else (later dense layers, global pooling, softmax, recurrent layers,
+  anything without a rule) runs in full on the mutants' whole activations: the cached reference
+  with each mutant's changed window written in. An operation without a rule is computed in
+  full, never approximated.
 
 Nothing is approximated: results equal full forward passes up to float rounding. Substitutions
-that change nothing (identity, or a position that pooling drops) get the reference exactly.
-Mutants are processed in chunks of nearby positions: every mutant of a position shares each
-window's geometry, and mutants whose last windows start within a few positions share one
-dense-layer GEMM. The same code runs on CPU and CUDA.
+that change nothing (identity, or a position every path drops, e.g. in pooling) get the
+reference exactly. Mutants are processed in chunks of nearby positions: every mutant of a
+position shares each window's geometry, and mutants whose last windows start within a few
+positions share one dense-layer GEMM. The same code runs on CPU and CUDA.
 
-``analyse`` finds the plan from a ``torch.fx`` trace of the model, and the plan's own reference
-output is checked against the model's on every window. For a model it cannot analyse,
-``fast_substitution_predictions`` logs one line and returns ``None``, and
-``seqmux.ism.predict_substitutions`` falls back to naive ISM.
+``analyse`` builds the plan once per model and window length; the plan's own reference output is
+checked against the model's on every window. For a model it cannot capture, or in which no
+layer before the first full one is local, ``fast_substitution_predictions`` logs one line and
+returns ``None``, and ``seqmux.ism.predict_substitutions`` falls back to naive ISM.
 """
 
 import logging
@@ -46,15 +53,17 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .capture import CaptureError, capture
+
 log = logging.getLogger(__name__)
 
 
 class Unsupported(Exception):
-    """The model is not a chain of layers that incremental ISM handles."""
+    """The model cannot take the incremental path (the reason is the message)."""
 
 
 # ---------------------------------------------------------------------------------------------
-# layer classification
+# operation classification
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                 nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish,
@@ -63,30 +72,27 @@ _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropo
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
 _CONVS = (nn.Conv1d, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-_DENSE_ONLY = (nn.Softmax, nn.LogSoftmax)
 
-_ELEMENTWISE_FUNCTIONS = {
+_UNARY_FUNCTIONS = {
     torch.relu, F.relu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.exp, F.gelu, F.silu, F.elu,
     F.selu, F.celu, F.leaky_relu, F.softplus, F.mish, F.hardtanh, F.relu6, F.logsigmoid, F.softsign,
-    torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid, torch.abs, torch.square,
+    F.hardswish, F.hardsigmoid, torch.abs, torch.square, torch.neg, torch.log1p, torch.expm1,
+    operator.neg, torch.clamp, torch.clip,
 }
-_ELEMENTWISE_METHODS = {"relu", "sigmoid", "tanh", "exp", "abs", "square", "contiguous", "clone", "float"}
+_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "abs", "square", "neg", "log1p", "expm1", "clamp", "clip"}
+_NO_OP_METHODS = {"contiguous", "clone", "float", "detach"}
+_BINARY = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub",
+           operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div",
+           torch.maximum: "max", torch.minimum: "min"}
+_BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "maximum": "max", "minimum": "min"}
+_BINARY_FN = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+              "max": torch.maximum, "min": torch.minimum}
 
 
 def _leaf_types():
     from .models import Flatten as SeqmuxFlatten
 
-    return _ACTIVATIONS + _DROPOUTS + _POOLS + _CONVS + _NORMS + _DENSE_ONLY + (
-        nn.Linear, nn.Identity, nn.Flatten, nn.PReLU, SeqmuxFlatten)
-
-
-class _Tracer(fx.Tracer):
-    """Keeps the layers this module understands (and seqmux's Flatten) as leaves."""
-
-    def is_leaf_module(self, m, qualname):
-        if isinstance(m, _leaf_types()):
-            return True
-        return super().is_leaf_module(m, qualname)
+    return (SeqmuxFlatten,)
 
 
 def _pair(v, what):
@@ -102,80 +108,127 @@ def _single(v):
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
+# ---------------------------------------------------------------------------------------------
+# the plan
+
 @dataclass
-class _Step:
-    """One layer of the convolutional part, in 1d terms (``[N, C, W]`` windows)."""
-    kind: str                    # conv | maxpool | avgpool | pointwise
+class _Local:
+    """One local activation, viewed as ``[C, l]`` (a ``[1, C, 1, l]`` or flattened ``[1, C * l]``
+    value is the same numbers), and the operation that makes its change from its sources'.
+
+    The change of mutant ``p`` lives in the window ``[st[p], st[p] + width)`` (it may hang over
+    the ends of the activation; those positions hold zero changes); ``lo[p], hi[p]`` is the range
+    that can really change. Operations that read a source over another window read it from
+    ``rel[j][p]`` positions into the source's window, ``w_in`` wide.
+    """
+    id: int
+    op: str                      # input | conv | pool | pointwise | shift | binary | crop
     name: str
-    fn: object                   # pointwise: [N, C, W] -> [N, C, W]; conv: () -> weight [C', C/g, k]
-    c_in: int
-    c_out: int
-    l_in: int
-    l_out: int
+    c: int
+    l: int
+    shape: tuple                 # the node's value shape on batch 1
+    src: list = field(default_factory=list)
+    fn: object = None            # pointwise: windows -> windows; binary: (a, b) -> out; conv: () -> weight
+    kind: str = ""               # conv | maxpool | avgpool | add | sub | ... (binary)
     k: int = 1
     s: int = 1
     d: int = 1
     pl: int = 0
-    pr: int = 0
     groups: int = 1
     pad_value: float = 0.0
-    delta: bool = False          # conv of stride 1: changes propagate by a transposed convolution
-    relu: bool = False           # pointwise ReLU (done in place on the mutants' own windows)
+    delta: bool = False          # conv of stride 1 done as a transposed convolution of the change
+    relu: bool = False
+    flat: bool = False
+    st: np.ndarray = None
+    width: int = 1
+    lo: np.ndarray = None
+    hi: np.ndarray = None
+    rel: list = field(default_factory=list)
+    w_in: int = 0
+    reads: list = field(default_factory=list)    # indices into Plan.reads (reference windows it needs)
+    pair_in: bool = False        # pointwise reading its source's (ref, new) pair
+    in_place: bool = False       # ... and may overwrite it (the source has no other consumer)
+    consumers: int = 0
+    last: int = -1               # the last local that reads this one (its change is freed after it)
+    keep: bool = False           # read after the local part (dense update, layers run in full)
 
 
 @dataclass
-class _Geometry:
-    """Where one step's per-mutant windows lie, for every substituted input position ``p``.
-
-    The step's output window of mutant ``p`` is ``[st[p], st[p] + width)`` (it may hang over the
-    ends of the activation; those positions hold zero changes); layers that recompute whole
-    windows (pooling, strided convolution) read their input over ``[q0[p], q0[p] + w_in)``,
-    which starts ``rel0[p]`` positions into the previous step's window.
-    """
-    st: np.ndarray
-    width: int
-    hang: np.ndarray             # window reaches outside the activation
-    q0: np.ndarray = None
-    rel0: np.ndarray = None
-    w_in: int = 0
-    ref_margin: tuple = (0, 0)   # padding of the step's reference input that every gather stays inside
+class _Dense:
+    """A first dense layer: ``Linear`` on the flattened local activation ``src``."""
+    node: fx.Node
+    src: int
+    linear: nn.Linear
+    weight_pm: torch.Tensor = None
 
 
 @dataclass
 class Plan:
-    """What ``analyse`` found: the chain's ops, its convolutional steps and dense part."""
+    """What ``analyse`` found for one model and window length."""
     length: int
-    ops: list                    # [(ref_fn, step index or None)] in forward order up to the flatten
-    steps: list                  # _Step
-    pre_linear: list             # element-wise fns between the flatten and the first Linear
-    linear: nn.Linear
-    dense: list                  # callables after the first Linear, in order
-    channels: int                # C of the last convolutional activation
-    positions: int               # P of the last convolutional activation
-    geometry: list = field(default_factory=list)   # _Geometry per step
+    graph: fx.Graph
+    modules: dict
+    locals: list                 # _Local in forward order
+    node_local: dict             # fx Node -> _Local id (several nodes may view one activation)
+    dense: list                  # _Dense
+    replay: list                 # fx Nodes computed in full, in forward order
+    static: dict                 # fx Node -> value that does not depend on the input
+    output: fx.Node
+    reads: list = field(default_factory=list)    # (local id, starts [L], width, pad value, margins)
     live: np.ndarray = None      # [L] bool: a substitution there can change the output
-    device_tables: list = field(default_factory=list)  # per step: dict of int64 tensors on the device
-    weights_t: dict = field(default_factory=dict)  # step index -> conv_transpose1d weight
-    weight_pm: torch.Tensor = None               # first Linear's weight, columns position-major [H, P*C]
+    tables: list = field(default_factory=list)   # per local: dict of int64 tensors on the device
+    read_starts: list = field(default_factory=list)
+    weights_t: dict = field(default_factory=dict)
+    order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
+
+    def values_per_mutant(self):
+        """The largest activation one mutant carries: a local change window, or a whole
+        activation that layers run in full read (numbers)."""
+        frontier_full = {self.node_local[a] for n in self.replay for a in _node_inputs(n)
+                         if a in self.node_local and not (n.op == "call_method" and n.target == "size")}
+        sizes = [loc.width * loc.c for loc in self.locals]
+        sizes += [self.locals[i].l * self.locals[i].c for i in frontier_full]
+        sizes += [d.linear.out_features for d in self.dense]
+        return max(sizes)
 
     def describe(self):
         parts = []
-        for step, geo in zip(self.steps, self.geometry):
-            if step.kind != "pointwise":
-                parts.append(f"{step.kind}{'(delta)' if step.delta else ''}[{geo.width}]")
-        return " -> ".join(parts) + f" -> dense {self.channels}x{self.positions}->{self.linear.out_features}"
+        for loc in self.locals:
+            if loc.op in ("conv", "pool"):
+                parts.append(f"{loc.kind}{'(delta)' if loc.delta else ''}[{loc.width}]")
+            elif loc.op in ("binary", "crop"):
+                parts.append(f"{loc.kind or loc.op}[{loc.width}]")
+        for d in self.dense:
+            s = self.locals[d.src]
+            parts.append(f"dense {s.c}x{s.l}->{d.linear.out_features}")
+        full = [n for n in self.replay if n.op in ("call_module", "call_function", "call_method")
+                and not (n.op == "call_method" and n.target == "size")
+                and not isinstance(self.modules.get(n.target) if n.op == "call_module" else None,
+                                   _DROPOUTS + (nn.Identity,))]
+        if full:
+            parts.append(f"full: {len(full)} operations")
+        return " -> ".join(parts)
+
+    def widths(self):
+        """The window widths of the convolution and pooling layers, in forward order."""
+        return [loc.width for loc in self.locals if loc.op in ("conv", "pool")]
 
     def macs_per_mutant(self):
-        """Multiply-adds of one mutant's incremental computation (convolutions and dense layers)."""
-        total, width = 0, 1
-        for step, geo in zip(self.steps, self.geometry):
-            if step.kind == "conv":
-                per_tap = step.c_in // step.groups * step.c_out * step.k
-                total += per_tap * (width if step.delta else geo.width)
-            width = geo.width
-        total += width * self.channels * self.linear.out_features
-        total += sum(m.in_features * m.out_features for m in self.dense if isinstance(m, nn.Linear))
+        """Multiply-adds of one mutant's incremental computation (local convolutions, the first
+        dense layers and the dense layers run in full)."""
+        total = 0
+        for loc in self.locals:
+            if loc.op == "conv":
+                per_tap = self.locals[loc.src[0]].c // loc.groups * loc.c * loc.k
+                total += per_tap * (self.locals[loc.src[0]].width if loc.delta else loc.width)
+        for d in self.dense:
+            s = self.locals[d.src]
+            total += s.width * s.c * d.linear.out_features
+        for n in self.replay:
+            m = self.modules.get(n.target) if n.op == "call_module" else None
+            if isinstance(m, nn.Linear):
+                total += m.in_features * m.out_features
         return total
 
 
@@ -194,356 +247,449 @@ def _node_inputs(node):
     return found
 
 
-def _const_args(node, cur):
-    """Args and kwargs of a call with the tensor ``cur`` replaced by a marker (other nodes: error)."""
-    def check(n):
-        if n is not cur:
-            raise Unsupported(f"{node.name} reads more than the previous layer")
-        return n
-    fx.node.map_arg((node.args, node.kwargs), check)
-    return node.args, node.kwargs
-
-
-def _bind(fn, args, kwargs):
-    """``x -> fn(*args, **kwargs)`` with the one node in them (the previous layer) replaced by ``x``."""
+def _bind(fn, args, kwargs, cur, four_d):
+    """``windows -> fn(*args, **kwargs)`` with the local node ``cur`` replaced by the windows and
+    every other node by its constant value; ``[N, C, W]`` windows of a 4-d activation are
+    viewed as ``[N, C, 1, W]`` for the call."""
     def call(x):
-        a, kw = fx.node.map_arg((args, kwargs), lambda n: x)
-        return fn(*a, **kw)
+        a, kw = fx.node.map_arg((args, kwargs), lambda n: x.unsqueeze(2) if four_d else x)
+        out = fn(*a, **kw)
+        return out.squeeze(2) if four_d else out
     return call
+
+
+def _is_flatten(n, shape_in):
+    """Whether node ``n`` flattens its input ``[1, C, (1,) l]`` to ``[1, C * l]``."""
+    if n.op == "call_function" and n.target is torch.flatten or n.op == "call_method" and n.target == "flatten":
+        rest = list(n.args[1:])
+        start = rest[0] if rest else n.kwargs.get("start_dim", 0)
+        end = rest[1] if len(rest) > 1 else n.kwargs.get("end_dim", -1)
+        return start == 1 and end in (-1, len(shape_in) - 1)
+    if n.op == "call_method" and n.target in ("view", "reshape"):
+        dims = n.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if len(dims) != 2 or not isinstance(dims[0], fx.Node) or dims[1] not in (-1, int(np.prod(shape_in[1:]))):
+            return False
+        b = dims[0]
+        return b.op == "call_method" and b.target == "size" and b.args[1:] == (0,)
+    return False
+
+
+class _Analyser:
+    def __init__(self, model, length):
+        self.model, self.length = model, length
+        try:
+            self.graph, self.values = capture(model, length, _leaf_types())
+        except CaptureError as err:
+            raise Unsupported(f"its forward cannot be captured ({err})")
+        self.modules = dict(model.named_modules())
+        self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
+        self.depends = set()                    # nodes that depend on the input
+
+    def new_local(self, n, op, src, c, l, **kw):
+        shape = tuple(self.values[n].shape)
+        loc = _Local(len(self.locals), op, n.name, c, l, shape, list(src), **kw)
+        self.locals.append(loc)
+        self.node_local[n] = loc.id
+        return loc
+
+    def loc(self, n):
+        return self.locals[self.node_local[n]]
+
+    def run(self):
+        nodes = list(self.graph.nodes)
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise Unsupported("forward takes more than one input")
+        for m in self.model.modules():
+            if isinstance(m, _DROPOUTS + _NORMS) and m.training:
+                raise Unsupported(f"{type(m).__name__} in training mode")
+            if isinstance(m, _NORMS) and m.running_mean is None:
+                raise Unsupported(f"{type(m).__name__} without running statistics")
+        output = None
+        for n in nodes:
+            if n.op == "output":
+                output = n
+                break
+            if n.op == "placeholder":
+                self.depends.add(n)
+                self.new_local(n, "input", [], 4, self.length)
+                continue
+            if not any(a in self.depends for a in _node_inputs(n)):
+                self.static[n] = self.values[n]
+                continue
+            self.depends.add(n)
+            if not self.try_local(n) and not any(d.node is n for d in self.dense):
+                self.replay.append(n)
+        if output is None or not isinstance(output.args[0], fx.Node):
+            raise Unsupported("forward does not return one tensor")
+        value = self.values[output.args[0]]
+        if not isinstance(value, torch.Tensor) or value.dim() != 2:
+            raise Unsupported("forward does not return one [batch, outputs] tensor")
+        self.output = output.args[0]
+        # a local activation read by a layer run in full is the frontier of the local part
+        if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense:
+            first = self.replay[0].name if self.replay else "the output"
+            raise Unsupported(f"no position-local layer before {first}")
+        return self.finish()
+
+    # ---- rules
+
+    def try_local(self, n):
+        """Make ``n`` local (or a first dense layer) if a rule covers it; ``False`` otherwise."""
+        if n.op == "call_method" and n.target == "size":
+            return False                      # the batch size: computed in full (it is N)
+        # the batch size of a local activation (as in a flatten's x.view(x.size(0), -1)) is no input
+        ins = [a for a in _node_inputs(n) if a in self.depends
+               and not (a.op == "call_method" and a.target == "size" and a.args[0] in self.node_local)]
+        loc_ins = [a for a in ins if a in self.node_local]
+        if len(loc_ins) != len(ins) or not loc_ins:
+            return False
+        value = self.values[n]
+        if not isinstance(value, torch.Tensor):
+            return False
+        src = self.loc(loc_ins[0])
+        four_d = len(src.shape) == 4 and not src.flat
+        shape_in = src.shape
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            if len(loc_ins) != 1 or len(n.args) != 1 or n.kwargs:
+                return False
+            if isinstance(m, _DROPOUTS) or isinstance(m, nn.Identity):
+                self.node_local[n] = src.id
+                return True
+            if isinstance(m, nn.Flatten) or (type(m).__name__ == "Flatten" and type(m).__module__ == "seqmux.models"):
+                if src.flat:
+                    self.node_local[n] = src.id
+                    return True
+                if isinstance(m, nn.Flatten) and not (m.start_dim == 1 and m.end_dim in (-1, len(shape_in) - 1)):
+                    return False
+                return self.flatten(n, src)
+            if isinstance(m, nn.Linear):
+                if not src.flat or m.in_features != src.c * src.l:
+                    return False
+                self.dense.append(_Dense(n, src.id, m))
+                return False                  # its output is computed by the sparse update
+            if isinstance(m, _ACTIVATIONS) or isinstance(m, nn.PReLU) and m.num_parameters == 1:
+                return self.pointwise(n, src, self.module_fn(m, False), relu=type(m) is nn.ReLU)
+            if isinstance(m, (nn.PReLU,) + _NORMS):
+                nf = m.num_parameters if isinstance(m, nn.PReLU) else m.num_features
+                want = 4 if isinstance(m, nn.BatchNorm2d) else 3
+                if src.flat or nf != src.c or isinstance(m, _NORMS) and len(shape_in) != want:
+                    return False
+                return self.pointwise(n, src, self.module_fn(m, four_d))
+            if isinstance(m, _CONVS):
+                return not src.flat and self.conv(n, src, m)
+            if isinstance(m, _POOLS):
+                return not src.flat and self.pool(n, src, m)
+            return False
+        if n.op not in ("call_function", "call_method"):
+            return False
+        target = n.target
+        name = target if n.op == "call_method" else getattr(target, "__name__", str(target))
+        fn = getattr(torch.Tensor, target, None) if n.op == "call_method" else target
+        if n.op == "call_method" and (target.endswith("_") and not target.endswith("__")) or \
+                n.op == "call_function" and name.startswith("i") and getattr(operator, name, None) is target:
+            return False                      # in-place: run in full
+        if len(loc_ins) == 1 and n.op == "call_method" and target in _NO_OP_METHODS and len(n.args) == 1 \
+                and not n.kwargs and value.dtype == self.values[loc_ins[0]].dtype:
+            self.node_local[n] = src.id
+            return True
+        if _is_flatten(n, shape_in):
+            if src.flat:
+                self.node_local[n] = src.id
+                return True
+            return self.flatten(n, src)
+        if (n.op == "call_method" and target in ("unsqueeze", "squeeze")) or \
+                (n.op == "call_function" and target in (torch.unsqueeze, torch.squeeze)):
+            rest = [a for a in n.args if a is not loc_ins[0]]
+            dim = rest[0] if rest else n.kwargs.get("dim")
+            ok = not src.flat and (target in ("unsqueeze", torch.unsqueeze) and len(shape_in) == 3
+                                   or target in ("squeeze", torch.squeeze) and len(shape_in) == 4) \
+                and dim in (2, -2) and len(loc_ins) == 1
+            return ok and self.view(n, src)
+        if n.op == "call_function" and target is operator.getitem and len(loc_ins) == 1:
+            return not src.flat and self.crop(n, src)
+        if n.op == "call_function" and target is F.dropout:
+            training = n.kwargs.get("training", n.args[2] if len(n.args) > 2 else True)
+            if training:
+                raise Unsupported(f"{n.name}: dropout in training mode")
+            self.node_local[n] = src.id
+            return True
+        binary = _BINARY.get(target) if n.op == "call_function" else _BINARY_METHODS.get(target)
+        if binary is not None and len(n.args) == 2 and not n.kwargs:
+            return self.binary(n, binary, loc_ins)
+        if len(loc_ins) == 1 and ((n.op == "call_function" and target in _UNARY_FUNCTIONS)
+                                  or (n.op == "call_method" and target in _UNARY_METHODS)):
+            if tuple(value.shape) != tuple(src.shape):
+                return False
+            return self.pointwise(n, src, self.bound(fn, n, loc_ins[0], four_d),
+                                  relu=target in (torch.relu, F.relu, "relu") and len(n.args) == 1 and not n.kwargs)
+        return False
+
+    def bound(self, fn, n, cur, four_d):
+        static = self.static
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a if a is cur else static[a])
+        return _bind(fn, args, kwargs, cur, four_d)
+
+    def module_fn(self, m, four_d):
+        if not four_d:
+            return m
+        return lambda x: m(x.unsqueeze(2)).squeeze(2)
+
+    def view(self, n, src):
+        """``unsqueeze(2)`` / ``squeeze(2)``: the same activation with another shape."""
+        self.new_local(n, "alias", [src.id], src.c, src.l)
+        return True
+
+    def flatten(self, n, src):
+        loc = self.new_local(n, "alias", [src.id], src.c, src.l)
+        loc.flat = True
+        return True
+
+    def pointwise(self, n, src, fn, relu=False):
+        if tuple(self.values[n].shape) != tuple(src.shape):
+            return False
+        loc = self.new_local(n, "pointwise", [src.id], src.c, src.l, fn=fn, relu=relu)
+        loc.flat = src.flat
+        return True
+
+    def conv(self, n, src, m):
+        shape = src.shape
+        if isinstance(m, nn.Conv2d):
+            if len(shape) != 4:
+                return False
+            kh, k = m.kernel_size
+            sh, s = m.stride
+            dh, d = m.dilation
+            ph = 0 if isinstance(m.padding, str) else m.padding[0]
+            if kh != 1 or sh != 1 or dh != 1 or ph != 0:
+                return False
+            weight = lambda: m.weight[:, :, 0, :]  # noqa: E731
+        else:
+            if len(shape) != 3:
+                return False
+            k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+            weight = lambda: m.weight  # noqa: E731
+        if m.padding_mode != "zeros" or m.in_channels != src.c:
+            return False
+        if m.padding == "valid":
+            pl = 0
+        elif m.padding == "same":
+            pl = d * (k - 1) // 2
+        else:
+            pl = m.padding[-1]
+        out = self.values[n]
+        self.new_local(n, "conv", [src.id], out.shape[1], out.shape[-1], fn=weight, kind="conv", k=k, s=s, d=d,
+                       pl=pl, groups=m.groups, delta=s == 1)
+        return True
+
+    def pool(self, n, src, m):
+        two_d = isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))
+        if two_d != (len(src.shape) == 4) or m.ceil_mode:
+            return False
+        stride = m.stride if m.stride is not None and m.stride != () else m.kernel_size
+        if two_d:
+            kh, k = _pair(m.kernel_size, "kernel_size")
+            sh, s = _pair(stride, "stride")
+            ph, p = _pair(m.padding, "padding")
+            if kh != 1 or sh != 1 or ph != 0:
+                return False
+        else:
+            k, s, p = _single(m.kernel_size), _single(stride), _single(m.padding)
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
+            dh, d = _pair(m.dilation, "dilation") if two_d else (1, _single(m.dilation))
+            if m.return_indices or dh != 1:
+                return False
+            kind, pad_value = "maxpool", float("-inf")
+        else:
+            if p and not m.count_include_pad or getattr(m, "divisor_override", None):
+                return False
+            d, kind, pad_value = 1, "avgpool", 0.0
+        out = self.values[n]
+        self.new_local(n, "pool", [src.id], src.c, out.shape[-1], kind=kind, k=k, s=s, d=d, pl=p,
+                       pad_value=pad_value)
+        return True
+
+    def crop(self, n, src):
+        index = n.args[1]
+        if not isinstance(index, tuple):
+            return False
+        index = list(index)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + [slice(None)] * (len(src.shape) - len(index) + 1) + index[at + 1:]
+        if len(index) != len(src.shape) or any(not isinstance(i, slice) for i in index):
+            return False
+        if any(i != slice(None) for i in index[:-1]):
+            return False
+        start, stop, step = index[-1].indices(src.l)
+        if step != 1 or stop <= start:
+            return False
+        self.new_local(n, "crop", [src.id], src.c, stop - start, kind="crop", pl=-start)
+        return True
+
+    def binary(self, n, kind, loc_ins):
+        a, b = n.args
+        value = self.values[n]
+        if len(loc_ins) == 2 or a is b:
+            la, lb = self.loc(a), self.loc(b)
+            if la.flat or lb.flat or la.shape != lb.shape or tuple(value.shape) != la.shape:
+                return False
+            self.new_local(n, "binary", [la.id, lb.id], la.c, la.l, fn=_BINARY_FN[kind], kind=kind)
+            return True
+        cur = loc_ins[0]
+        src = self.loc(cur)
+        other = b if a is cur else a
+        const = self.static.get(other, other) if isinstance(other, fx.Node) else other
+        if tuple(value.shape) != tuple(src.shape):
+            return False
+        if isinstance(const, torch.Tensor) and const.dim() and const.shape[-1] != 1 and kind not in ("add", "sub"):
+            return False              # varies along the length: not element-wise on windows
+        if isinstance(const, torch.Tensor) and const.dim() and src.flat:
+            return False
+        if kind in ("add", "sub") and not (kind == "sub" and a is not cur):
+            # x + c, x - c: the change passes unchanged (a constant along the length cancels too)
+            self.new_local(n, "shift", [src.id], src.c, src.l).flat = src.flat
+            return True
+        four_d = len(src.shape) == 4 and not src.flat
+        if isinstance(const, torch.Tensor) and const.dim() == len(src.shape) and four_d:
+            const = const.squeeze(2)
+        fn = _BINARY_FN[kind]
+        call = (lambda x: fn(x, const)) if a is cur else (lambda x: fn(const, x))
+        return self.pointwise(n, src, call)
+
+    # ---- geometry
+
+    def finish(self):
+        locs = self.locals
+        L = self.length
+        frontier = set()
+        for node in self.replay:
+            for a in _node_inputs(node):
+                if a in self.node_local and not (node.op == "call_method" and node.target == "size"):
+                    frontier.add(self.node_local[a])
+        for d in self.dense:
+            frontier.add(d.src)
+        if self.output in self.node_local:
+            frontier.add(self.node_local[self.output])
+        for loc in locs:
+            for s in loc.src:
+                locs[s].consumers += 1
+                locs[s].last = loc.id
+        for i in frontier:
+            locs[i].consumers += 1
+            locs[i].keep = True
+        for loc in reversed(locs):            # a view shares its source's change: so does its use
+            if loc.op == "alias":
+                root = locs[loc.src[0]]
+                root.last, root.keep = max(root.last, loc.last), root.keep or loc.keep
+        reads = []
+        for loc in locs:
+            _geometry(loc, locs, L)
+        live = np.zeros(L, dtype=bool)
+        for i in frontier:
+            live |= locs[i].hi > locs[i].lo
+        self.live = live
+        use = live if live.any() else np.ones(L, dtype=bool)
+        for loc in locs:
+            if loc.op == "pointwise":
+                s, single = locs[loc.src[0]], True
+                while s.op == "alias":           # a view of an element-wise layer keeps its pair
+                    single = single and s.consumers == 1
+                    s = locs[s.src[0]]
+                loc.pair_in = s.op == "pointwise"
+                loc.in_place = loc.pair_in and single and s.consumers == 1
+                s = locs[loc.src[0]]
+                if not loc.pair_in:
+                    loc.reads = [_add_read(reads, s, loc.st, loc.width, 0.0, use)]
+            elif loc.op == "pool" and loc.kind == "maxpool":
+                s = locs[loc.src[0]]
+                loc.reads = [_add_read(reads, s, loc.st * loc.s - loc.pl, loc.w_in, loc.pad_value, use)]
+            elif loc.op == "binary" and loc.kind not in ("add", "sub"):
+                loc.reads = [_add_read(reads, locs[s], loc.st, loc.width, 0.0, use) for s in loc.src]
+        plan = Plan(L, self.graph, self.modules, locs, self.node_local, self.dense, self.replay, self.static,
+                    self.output, reads, live)
+        plan.order_src = self.dense[0].src if self.dense else None
+        return plan
+
+
+def _add_read(reads, src, starts, width, pad_value, use):
+    """Register a read of ``src``'s reference over ``[starts[p], starts[p] + width)``: index."""
+    s = starts[use]
+    margins = (max(0, -int(s.min())), max(0, int((s + width).max()) - src.l))
+    reads.append((src.id, starts, width, pad_value, margins))
+    return len(reads) - 1
+
+
+def _geometry(loc, locs, L):
+    """Window and changed range of ``loc`` for every substituted position, from its sources'."""
+    if loc.op == "input":
+        loc.lo = np.arange(L, dtype=np.int64)
+        loc.hi = loc.lo + 1
+        loc.st, loc.width = loc.lo.copy(), 1
+        return
+    src = [locs[s] for s in loc.src]
+    s0 = src[0]
+    if loc.op in ("alias", "pointwise", "shift"):
+        loc.st, loc.width, loc.lo, loc.hi = s0.st, s0.width, s0.lo, s0.hi
+        return
+    if loc.op in ("conv", "pool"):
+        ext = (loc.k - 1) * loc.d
+        lo, hi = s0.lo, s0.hi
+        new_lo = np.maximum(-((ext - lo - loc.pl) // loc.s), 0)          # ceil((lo + pl - ext) / s)
+        new_hi = np.minimum((hi - 1 + loc.pl) // loc.s + 1, loc.l)
+        empty = (hi <= lo) | (new_hi <= new_lo)
+        loc.lo, loc.hi = np.where(empty, 0, new_lo), np.where(empty, 0, new_hi)
+        direct = int(max(1, min(loc.l, (loc.hi - loc.lo).max(initial=1))))
+        if loc.op == "conv" and loc.s == 1:
+            # cheaper of: transposed convolution of the change (its window grows by the kernel's
+            # extent) or recomputing the affected outputs (when that is narrower)
+            loc.delta = s0.width < direct
+        if loc.delta:
+            loc.st, loc.width = s0.st + loc.pl - ext, s0.width + ext
+        else:
+            loc.width = direct
+            loc.st = np.clip(loc.lo, 0, loc.l - direct)
+            loc.w_in = (direct - 1) * loc.s + ext + 1
+            loc.rel = [loc.st * loc.s - loc.pl - s0.st]
+        return
+    if loc.op == "crop":
+        shift = -loc.pl                        # the crop's first position in the source
+        lo, hi = np.maximum(s0.lo - shift, 0), np.minimum(s0.hi - shift, loc.l)
+        empty = hi <= lo
+        loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
+        loc.width = min(s0.width, loc.l)
+        loc.st = np.clip(s0.st - shift, 0, loc.l - loc.width) if loc.width < s0.width else s0.st - shift
+        loc.w_in = loc.width
+        loc.rel = [loc.st + shift - s0.st]
+        return
+    if loc.op == "binary":
+        a, b = src
+        lo = np.where(a.hi > a.lo, a.lo, b.lo)
+        lo = np.where(b.hi > b.lo, np.minimum(lo, b.lo), lo)
+        hi = np.maximum(np.where(a.hi > a.lo, a.hi, 0), np.where(b.hi > b.lo, b.hi, 0))
+        empty = hi <= lo
+        loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
+        st = np.minimum(a.st, b.st)
+        width = int((np.maximum(a.st + a.width, b.st + b.width) - st).max())
+        if width >= loc.l:
+            st, width = np.zeros(L, dtype=np.int64), loc.l
+        loc.st, loc.width, loc.w_in = st, width, width
+        loc.rel = [st - a.st, st - b.st]
+        return
+    raise AssertionError(loc.op)
 
 
 def analyse(model, length):
     """The incremental-ISM ``Plan`` of ``model`` for one-hot inputs ``[B, 4, length]``.
 
-    Raises ``Unsupported`` (with the reason) for models it cannot handle exactly.
+    Raises ``Unsupported`` (with the reason) for models it cannot handle.
     """
     if not isinstance(model, nn.Module):
         raise Unsupported("not an nn.Module")
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as err:  # data-dependent control flow, unsupported Python, ...
-        raise Unsupported(f"torch.fx cannot trace it ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
-    modules = dict(model.named_modules())
-    nodes = list(graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise Unsupported("forward takes more than one input")
-    cur = placeholders[0]
-    ndim, chans, width = 3, 4, length
-    phase = "conv"                      # conv -> flat (after flatten) -> dense (after first Linear)
-    ops, steps, pre_linear, dense = [], [], [], []
-    linear = None
-    flat_cp = None
-    shape_nodes = set()
-
-    def is_flatten_reshape(n):
-        # x.reshape(x.shape[0], -1) / x.view(x.size(0), -1)
-        if n.op != "call_method" or n.target not in ("reshape", "view") or len(n.args) != 3 or n.kwargs:
-            return False
-        first, rest = n.args[1], n.args[2]
-        return rest == -1 and isinstance(first, fx.Node) and first in shape_nodes
-
-    for n in nodes:
-        if n.op == "placeholder":
-            continue
-        if n.op == "output":
-            if n.args[0] is not cur:
-                raise Unsupported("output is not the last layer's")
-            break
-        # x.shape / x.size(0) / shape[0]: only as the batch size of a flatten
-        if (n.op == "call_function" and n.target is getattr and n.args[0] is cur and n.args[1] == "shape") or \
-           (n.op == "call_method" and n.target == "size" and n.args[0] is cur and n.args[1:] in ((0,), ())):
-            shape_nodes.add(n)
-            continue
-        if n.op == "call_function" and n.target is operator.getitem and n.args[0] in shape_nodes:
-            if n.args[1] != 0:
-                raise Unsupported(f"{n.name} uses a shape other than the batch size")
-            shape_nodes.add(n)
-            continue
-        inputs = [a for a in _node_inputs(n) if a not in shape_nodes]
-        if inputs != [cur]:
-            raise Unsupported(f"{n.name} is not a chain of single-input layers (residual, branches, ...)")
-        if any(a in shape_nodes for a in _node_inputs(n)) and not is_flatten_reshape(n):
-            raise Unsupported(f"{n.name} uses the input's shape")
-        prev, cur = cur, n
-
-        step = None
-        ref_fn = None
-        flatten = False
-        elementwise = None           # (fn on windows, per-channel?) for element-wise layers
-        if n.op == "call_module":
-            m = modules[n.target]
-            ref_fn = m
-            if isinstance(m, _DROPOUTS) and m.training:
-                raise Unsupported(f"{n.target}: dropout in training mode")
-            if isinstance(m, _DROPOUTS) or isinstance(m, nn.Identity):
-                ref_fn = None       # eval: identity
-            elif isinstance(m, nn.Flatten):
-                if phase == "dense" or ndim == 2:
-                    ref_fn = None
-                elif m.start_dim == 1 and m.end_dim == -1:
-                    flatten = True
-                else:
-                    raise Unsupported(f"{n.target}: Flatten({m.start_dim}, {m.end_dim})")
-            elif type(m).__name__ == "Flatten" and type(m).__module__ == "seqmux.models":
-                if phase == "dense" or ndim == 2:
-                    ref_fn = None
-                else:
-                    flatten = True
-            elif isinstance(m, _ACTIVATIONS):
-                elementwise = (m, False)
-            elif isinstance(m, nn.PReLU):
-                per_channel = m.num_parameters > 1
-                if per_channel and phase == "conv" and m.num_parameters != chans:
-                    raise Unsupported(f"{n.target}: PReLU with {m.num_parameters} parameters")
-                if per_channel and phase == "flat":
-                    raise Unsupported(f"{n.target}: per-feature PReLU before the first dense layer")
-                elementwise = (m, per_channel)
-            elif isinstance(m, _NORMS):
-                if m.training or m.running_mean is None:
-                    raise Unsupported(f"{n.target}: batch norm in training mode or without running statistics")
-                if phase == "flat":
-                    raise Unsupported(f"{n.target}: batch norm between the flatten and the first dense layer")
-                if phase == "conv":
-                    want = 4 if isinstance(m, nn.BatchNorm2d) else 3
-                    if ndim != want or m.num_features != chans:
-                        raise Unsupported(f"{n.target}: {type(m).__name__} on a {ndim}-d activation")
-                elementwise = (m, True)
-            elif isinstance(m, _CONVS):
-                if phase != "conv":
-                    raise Unsupported(f"{n.target}: convolution after the flatten")
-                step = _conv_step(n.target, m, ndim, chans, width)
-            elif isinstance(m, _POOLS):
-                if phase != "conv":
-                    raise Unsupported(f"{n.target}: pooling after the flatten")
-                step = _pool_step(n.target, m, ndim, chans, width)
-            elif isinstance(m, nn.Linear):
-                if phase == "conv":
-                    raise Unsupported(f"{n.target}: dense layer before a flatten")
-                if phase == "flat":
-                    if m.in_features != chans * width:
-                        raise Unsupported(f"{n.target}: {m.in_features} inputs, not {chans} x {width}")
-                    linear = m
-                    phase = "dense"
-                    continue
-                dense.append(m)
-                continue
-            elif isinstance(m, _DENSE_ONLY):
-                if phase != "dense" or m.dim not in (1, -1):
-                    raise Unsupported(f"{n.target}: {type(m).__name__} before the dense layers")
-                dense.append(m)
-                continue
-            else:
-                raise Unsupported(f"{n.target}: layer {type(m).__name__} is not supported")
-        elif n.op in ("call_function", "call_method"):
-            # a flatten by reshape also reads the batch size (a shape node), not only ``prev``
-            args, kwargs = ((), {}) if is_flatten_reshape(n) else _const_args(n, prev)
-            target = n.target
-            if n.op == "call_method":
-                name = target
-                fn = getattr(torch.Tensor, name, None)
-            else:
-                name = getattr(target, "__name__", str(target))
-                fn = target
-            rest = [a for a in args if a is not prev]
-            if (n.op == "call_method" and name in ("unsqueeze", "squeeze")) or \
-               (n.op == "call_function" and target in (torch.unsqueeze, torch.squeeze)):
-                dim = rest[0] if rest else kwargs.get("dim")
-                if name == "unsqueeze" and ndim == 3 and phase == "conv" and dim in (2, -2):
-                    ndim = 4
-                elif name == "squeeze" and ndim == 4 and phase == "conv" and dim in (2, -2):
-                    ndim = 3
-                else:
-                    raise Unsupported(f"{n.name}: {name}({dim}) on a {ndim}-d activation")
-                ops.append((_bind(fn, args, kwargs), None))
-                continue
-            if (n.op == "call_method" and name == "flatten") or (n.op == "call_function" and target is torch.flatten):
-                start = rest[0] if rest else kwargs.get("start_dim", 0)
-                end = rest[1] if len(rest) > 1 else kwargs.get("end_dim", -1)
-                if start != 1 or end != -1:
-                    raise Unsupported(f"{n.name}: flatten({start}, {end})")
-                if phase == "dense" or ndim == 2:
-                    continue
-                flatten = True
-                ref_fn = _bind(fn, args, kwargs)
-            elif is_flatten_reshape(n):
-                if phase == "dense" or ndim == 2:
-                    continue
-                flatten = True
-                ref_fn = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
-            elif n.op == "call_function" and target is F.dropout:
-                if kwargs.get("training", args[2] if len(args) > 2 else True):
-                    raise Unsupported(f"{n.name}: dropout in training mode")
-                continue
-            elif (n.op == "call_function" and target in _ELEMENTWISE_FUNCTIONS) or \
-                 (n.op == "call_method" and name in _ELEMENTWISE_METHODS):
-                if name in ("contiguous", "clone", "float"):
-                    continue
-                elementwise = (_bind(fn, args, kwargs), False)
-                ref_fn = elementwise[0]
-                if target in (torch.relu, F.relu) and len(args) == 1 and not kwargs:
-                    elementwise = (torch.relu, False)
-            else:
-                raise Unsupported(f"{n.name}: operation {name} is not supported")
-        else:
-            raise Unsupported(f"{n.name}: {n.op} node")
-
-        if flatten:
-            if phase != "conv":
-                raise Unsupported(f"{n.name}: second flatten")
-            ops.append((ref_fn, None))       # [B, C, 1, P] flattens channel-major like [B, C, P]
-            flat_cp = (chans, width)
-            phase, ndim = "flat", 2
-            continue
-        if step is not None:
-            steps.append(step)
-            ops.append((ref_fn, len(steps) - 1))
-            chans, width = step.c_out, step.l_out
-            continue
-        if ref_fn is None:
-            continue
-        if phase == "dense":
-            dense.append(elementwise[0] if elementwise else ref_fn)
-            continue
-        # element-wise layer in the convolutional part (or between flatten and first Linear)
-        fn, _ = elementwise
-        if phase == "flat":
-            pre_linear.append(fn)
-            fn_w = fn
-        elif ndim == 4:
-            fn_w = (lambda f: (lambda x: f(x.unsqueeze(2)).squeeze(2)))(fn)
-        else:
-            fn_w = fn
-        steps.append(_Step("pointwise", n.name, fn_w, chans, chans, width, width))
-        steps[-1].relu = type(fn) is nn.ReLU or fn is torch.relu
-        if phase == "conv":
-            ops.append((ref_fn, len(steps) - 1))
-    else:
-        raise Unsupported("graph has no output")
-
-    if linear is None:
-        raise Unsupported("no flatten followed by a dense layer")
-    channels, positions = flat_cp
-    plan = Plan(length, ops, steps, pre_linear, linear, dense, channels, positions)
-    _geometry(plan)
-    return plan
-
-
-def _conv_step(name, m, ndim, chans, width):
-    if isinstance(m, nn.Conv2d):
-        if ndim != 4:
-            raise Unsupported(f"{name}: Conv2d on a {ndim}-d activation")
-        kh, k = m.kernel_size
-        sh, s = m.stride
-        dh, d = m.dilation
-        ph = 0 if isinstance(m.padding, str) else m.padding[0]
-        if kh != 1 or sh != 1 or dh != 1 or ph != 0:
-            raise Unsupported(f"{name}: Conv2d kernel {m.kernel_size} stride {m.stride} padding {m.padding}")
-        weight = lambda: m.weight[:, :, 0, :]  # noqa: E731
-    else:
-        if ndim != 3:
-            raise Unsupported(f"{name}: Conv1d on a {ndim}-d activation")
-        k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
-        weight = lambda: m.weight  # noqa: E731
-    if m.padding_mode != "zeros":
-        raise Unsupported(f"{name}: padding mode {m.padding_mode}")
-    if m.in_channels != chans:
-        raise Unsupported(f"{name}: {m.in_channels} input channels, activation has {chans}")
-    if m.padding == "valid":
-        pl = pr = 0
-    elif m.padding == "same":
-        total = d * (k - 1)
-        pl, pr = total // 2, total - total // 2
-    else:
-        pl = pr = m.padding[-1]
-    l_out = (width + pl + pr - d * (k - 1) - 1) // s + 1
-    if l_out < 1:
-        raise Unsupported(f"{name}: no output positions")
-    return _Step("conv", name, weight, chans, m.out_channels, width, l_out, k, s, d, pl, pr, m.groups, 0.0, s == 1)
-
-
-def _pool_step(name, m, ndim, chans, width):
-    two_d = isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))
-    if two_d and ndim != 4 or not two_d and ndim != 3:
-        raise Unsupported(f"{name}: {type(m).__name__} on a {ndim}-d activation")
-    if m.ceil_mode:
-        raise Unsupported(f"{name}: ceil_mode")
-    stride = m.stride if m.stride is not None and m.stride != () else m.kernel_size
-    if two_d:
-        kh, k = _pair(m.kernel_size, "kernel_size")
-        sh, s = _pair(stride, "stride")
-        ph, p = _pair(m.padding, "padding")
-        if kh != 1 or sh != 1 or ph != 0:
-            raise Unsupported(f"{name}: pool kernel {m.kernel_size} stride {stride} padding {m.padding}")
-    else:
-        k, s, p = _single(m.kernel_size), _single(stride), _single(m.padding)
-    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
-        if m.return_indices:
-            raise Unsupported(f"{name}: return_indices")
-        dh, d = _pair(m.dilation, "dilation") if two_d else (1, _single(m.dilation))
-        if dh != 1:
-            raise Unsupported(f"{name}: dilation {m.dilation}")
-        kind, pad_value = "maxpool", float("-inf")
-    else:
-        if p and not m.count_include_pad:
-            raise Unsupported(f"{name}: padded average pooling that excludes the padding")
-        if getattr(m, "divisor_override", None):
-            raise Unsupported(f"{name}: divisor_override")
-        d, kind, pad_value = 1, "avgpool", 0.0
-    l_out = (width + 2 * p - d * (k - 1) - 1) // s + 1
-    if l_out < 1:
-        raise Unsupported(f"{name}: no output positions")
-    return _Step(kind, name, None, chans, chans, width, l_out, k, s, d, p, p, 1, pad_value)
-
-
-def _geometry(plan):
-    """The ``_Geometry`` of every step, from the range ``[lo, hi)`` of positions that a
-    substitution at ``p`` can change in each activation."""
-    L = plan.length
-    lo = np.arange(L, dtype=np.int64)
-    hi = lo + 1
-    st, width = lo.copy(), 1
-    geometry = []
-    for step in plan.steps:
-        if step.kind == "pointwise":
-            geometry.append(_Geometry(st, width, np.zeros(L, dtype=bool)))
-            continue
-        ext = (step.k - 1) * step.d
-        new_lo = np.maximum(-((ext - lo - step.pl) // step.s), 0)          # ceil((lo + pl - ext) / s)
-        new_hi = np.minimum((hi - 1 + step.pl) // step.s + 1, step.l_out)
-        empty = (hi <= lo) | (new_hi <= new_lo)
-        new_lo, new_hi = np.where(empty, 0, new_lo), np.where(empty, 0, new_hi)
-        direct_width = int(max(1, min(step.l_out, (new_hi - new_lo).max(initial=1))))
-        if step.kind == "conv" and step.s == 1:
-            # cheaper of: transposed convolution of the changes (width taps per output channel
-            # and tap), or recomputing the affected outputs (direct_width), which wins when
-            # the windows are wider than the activation itself
-            step.delta = width <= direct_width
-        if step.delta:
-            # transposed convolution of the changes: the window grows by the kernel's extent
-            new_st, new_width = st + step.pl - ext, width + ext
-            geo = _Geometry(new_st, new_width, (new_st < 0) | (new_st + new_width > step.l_out))
-        else:
-            # whole windows recomputed from their inputs (pool windows aligned to their stride)
-            new_width = direct_width
-            new_st = np.clip(new_lo, 0, step.l_out - new_width)
-            q0 = new_st * step.s - step.pl
-            w_in = (new_width - 1) * step.s + ext + 1
-            geo = _Geometry(new_st, new_width, (new_st < 0) | (new_st + new_width > step.l_out), q0, q0 - st, w_in)
-        geometry.append(geo)
-        lo, hi, st, width = new_lo, new_hi, new_st, new_width
-    # a substitution whose change dies out (e.g. in the positions a pooling layer drops) leaves the
-    # output exactly as it is: such positions are never computed, and do not size the paddings
-    plan.live = hi > lo
-    live = plan.live if plan.live.any() else np.ones(L, dtype=bool)
-    for step, geo in zip(plan.steps, geometry):
-        if step.kind == "pointwise":
-            st = geo.st[live]
-            geo.ref_margin = (max(0, -int(st.min())), max(0, int((st + geo.width).max()) - step.l_in))
-        elif geo.q0 is not None:
-            q0 = geo.q0[live]
-            geo.ref_margin = (max(0, -int(q0.min())), max(0, int((q0 + geo.w_in).max()) - step.l_in))
-    plan.geometry = geometry
+    return _Analyser(model, length).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,29 +710,29 @@ def get_plan(model, length):
     try:
         plan = analyse(model, length)
         plan.signature = sig
-        dev = plan.linear.weight.device
+        param = next(iter(list(model.parameters()) + list(model.buffers())), None)
+        dev = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            for geo in plan.geometry:
-                tab = {"st": torch.as_tensor(geo.st, device=dev)}
-                if geo.q0 is not None:
-                    tab["q0"] = torch.as_tensor(geo.q0 + geo.ref_margin[0], device=dev)
-                    tab["rel0"] = torch.as_tensor(geo.rel0, device=dev)
-                if geo.q0 is None:
-                    tab["ref_st"] = torch.as_tensor(geo.st + geo.ref_margin[0], device=dev)
-                plan.device_tables.append(tab)
-            for i, step in enumerate(plan.steps):
-                if step.kind == "conv" and step.delta:
-                    w = step.fn().detach()                                  # [C', C/g, k]
-                    g = step.groups
+            for loc in plan.locals:
+                tab = {"st": torch.as_tensor(loc.st, device=dev)}
+                for j, rel in enumerate(loc.rel):
+                    tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
+                plan.tables.append(tab)
+                if loc.op == "conv" and loc.delta:
+                    w = loc.fn().detach()                                   # [C', C/g, k]
+                    g = loc.groups
                     co, ci, k = w.shape
                     # conv_transpose1d weight [C, C'/g, k], taps reversed
                     wt = w.reshape(g, co // g, ci, k).transpose(1, 2).reshape(g * ci, co // g, k)
-                    plan.weights_t[i] = wt.flip(2).contiguous()
-            w = plan.linear.weight.detach()
-            h = w.shape[0]
-            # columns position-major (p * C + c): one window's columns are one contiguous block
-            plan.weight_pm = w.reshape(h, plan.channels, plan.positions).transpose(1, 2) \
-                .reshape(h, plan.positions * plan.channels).contiguous()
+                    plan.weights_t[loc.id] = wt.flip(2).contiguous()
+            for _, starts, _, _, margins in plan.reads:
+                plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
+            for d in plan.dense:
+                s = plan.locals[d.src]
+                w = d.linear.weight.detach()
+                h = w.shape[0]
+                # columns position-major (p * C + c): one window's columns are one contiguous block
+                d.weight_pm = w.reshape(h, s.c, s.l).transpose(1, 2).reshape(h, s.l * s.c).contiguous()
         result = plan
     except Unsupported as err:
         result = str(err)
@@ -606,30 +752,32 @@ def analysable(model, length):
 # ---------------------------------------------------------------------------------------------
 # the incremental computation
 
+def _call(plan, node, env):
+    """Run one graph node on the values in ``env`` (a module that works in place gets a copy)."""
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+    if node.op == "call_module":
+        m = plan.modules[node.target]
+        if getattr(m, "inplace", False) and args and isinstance(args[0], torch.Tensor):
+            args = (args[0].clone(),) + tuple(args[1:])
+        return m(*args, **kwargs)
+    if kwargs.get("inplace") and args and isinstance(args[0], torch.Tensor):
+        args = (args[0].clone(),) + tuple(args[1:])
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
 def _reference(plan, onehot):
-    """Reference activations (``acts[i]``: step i's output ``[C_i, L_i]``), the first dense
-    layer's pre-activation ``[H]`` and the output ``[F]``, following the model's own forward."""
-    x = onehot.unsqueeze(0)
-    acts = [None] * len(plan.steps)
-    for fn, idx in plan.ops:
-        if fn is not None:
-            x = fn(x)
-        if idx is not None:
-            step = plan.steps[idx]
-            acts[idx] = x.reshape(step.c_out, step.l_out)
-    flat = x
-    a = flat.reshape(plan.channels, plan.positions)
-    n_conv = sum(1 for _, idx in plan.ops if idx is not None)
-    for idx in range(n_conv, len(plan.steps)):       # element-wise steps after the flatten
-        a = plan.steps[idx].fn(a.unsqueeze(0))[0]
-        acts[idx] = a
-    for fn in plan.pre_linear:
-        flat = fn(flat)
-    pre = plan.linear(flat)
-    y = pre
-    for fn in plan.dense:
-        y = fn(y)
-    return acts, pre[0], y[0]
+    """Every node's value on the window ``onehot [4, L]`` (batch 1), following the graph."""
+    env = dict(plan.static)
+    for node in plan.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = onehot.unsqueeze(0)
+        elif node.op == "output":
+            break
+        elif node not in env:
+            env[node] = _call(plan, node, env)
+    return env
 
 
 def _windows(padded, starts, width):
@@ -641,6 +789,8 @@ def _shifted(delta, starts, width, clip):
     """``[N, C, width]`` windows of each mutant's own ``delta [N, C, W]`` (zero outside it),
     starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside."""
     n, c, w = delta.shape
+    if not clip and width == w:
+        return delta
     idx = starts[:, None] + torch.arange(width, device=delta.device)
     if not clip:
         return delta.gather(2, idx[:, None, :].expand(n, c, width))
@@ -648,68 +798,162 @@ def _shifted(delta, starts, width, clip):
     return out.masked_fill_(((idx < 0) | (idx >= w))[:, None, :], 0.0)
 
 
-def _window_reference(plan, onehot):
-    """Per-window cache: padded reference inputs of the steps that read them, first dense
-    layer's pre-activation, the chain's own output."""
-    acts, pre, out = _reference(plan, onehot)
-    padded = {}
-    prev_pointwise = False
-    for i, (step, geo) in enumerate(zip(plan.steps, plan.geometry)):
-        src = onehot if i == 0 else acts[i - 1]
-        if step.kind == "pointwise" and not prev_pointwise or step.kind == "maxpool":
-            value = step.pad_value if step.kind == "maxpool" else 0.0
-            padded[i] = F.pad(src, geo.ref_margin, value=value) if any(geo.ref_margin) else src
-        prev_pointwise = step.kind == "pointwise"
-    return padded, pre, out
+def _rel_shift(loc, j, delta, tab, pos, pos_np):
+    """Source ``j``'s change read over ``loc``'s input window (``rel[j]`` into it, ``w_in`` wide)."""
+    rel = loc.rel[j][pos_np]
+    w = delta.shape[2]
+    r = int(rel[0])
+    if (rel == r).all():          # one offset for the whole chunk: a slice, zero-padded
+        if r == 0 and loc.w_in == w:
+            return delta
+        lo, hi = max(0, -r), max(0, r + loc.w_in - w)
+        return (F.pad(delta, (lo, hi)) if lo or hi else delta).narrow(2, r + lo, loc.w_in)
+    clip = bool((rel < 0).any() or (rel + loc.w_in > w).any())
+    return _shifted(delta, tab[f"rel{j}"][pos], loc.w_in, clip)
 
 
-def _run_chunk(plan, padded, ref_pre, onehot, pos, pos_np, alts):
-    """Outputs ``[N, F]`` of the mutants putting base ``alts`` at positions ``pos`` (sorted;
-    ``pos_np`` the same on the host)."""
-    n = pos.shape[0]
-    dev = pos.device
-    rows = torch.arange(n, device=dev)
-    delta = -onehot[:, pos].T.unsqueeze(2)                       # [N, 4, 1]: e_alt - reference column
-    delta[rows, alts, 0] += 1.0
-    steps, i = plan.steps, 0
-    while i < len(steps):
-        step, geo, tab = steps[i], plan.geometry[i], plan.device_tables[i]
-        if step.kind == "pointwise":
-            # a run of element-wise layers: f(ref + delta) - f(ref) on the window
-            ref = _windows(padded[i], tab["ref_st"][pos], geo.width)
-            new = ref + delta
-            while i < len(steps) and steps[i].kind == "pointwise":
-                if steps[i].relu:
-                    ref, new = ref.relu_(), new.relu_()
-                else:
-                    ref, new = steps[i].fn(ref), steps[i].fn(new)
-                i += 1
-            delta = new.sub_(ref)
-            continue
-        if step.kind == "conv" and step.delta:
-            delta = F.conv_transpose1d(delta, plan.weights_t[i], None, 1, 0, 0, step.groups, step.d)
+class _Change:
+    """A mutant batch's change of one local activation, ``[N, C, W]``; element-wise layers keep
+    the (reference, mutant) windows too, so that a run of them reads the reference once."""
+    __slots__ = ("delta", "ref", "new")
+
+    def __init__(self, delta=None, ref=None, new=None):
+        self.delta, self.ref, self.new = delta, ref, new
+
+    def get(self, last=False):
+        """The change; ``last``: no one reads this activation after the caller (in place)."""
+        if self.delta is None:
+            self.delta = self.new.sub_(self.ref) if last else self.new - self.ref
+            if last:
+                self.ref = self.new = None
+        return self.delta
+
+
+def _window_cache(plan, onehot):
+    """Per window: the reference of every node, the padded reference windows the local layers
+    read, every local activation as ``[C, l]``."""
+    env = _reference(plan, onehot)
+    acts = {}
+    for node, i in plan.node_local.items():
+        if i not in acts:
+            acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].l)
+    padded = []
+    for src, _, _, pad_value, margins in plan.reads:
+        a = acts[src]
+        padded.append(F.pad(a, margins, value=pad_value) if any(margins) else a)
+    return env, acts, padded
+
+
+def _run_locals(plan, padded, onehot, pos, pos_np, alts):
+    """The change ``_Change`` of every local activation for the mutants ``alts`` at ``pos``
+    (those that are read after the local part; the others are dropped after their last reader)."""
+    changes = [None] * len(plan.locals)
+    for loc, tab in zip(plan.locals, plan.tables):
+        if loc.op in ("conv", "pool", "crop", "binary", "shift"):
+            _free(plan, changes, loc)
+        changes[loc.id] = _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts)
+        for s in loc.src:
+            if plan.locals[s].last == loc.id and not plan.locals[s].keep:
+                changes[s] = None
+    return changes
+
+
+def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
+    """The ``_Change`` of one local activation from its sources' (``changes``)."""
+    op = loc.op
+    if op == "input":
+        n = pos.shape[0]
+        delta = -onehot[:, pos].T.unsqueeze(2)                   # [N, 4, 1]: e_alt - reference column
+        delta[torch.arange(n, device=pos.device), alts, 0] += 1.0
+        return _Change(delta)
+    src = changes[loc.src[0]]
+    if op == "alias":
+        return src
+    if op == "shift":
+        return _Change(src.get())
+    if op == "pointwise":
+        if loc.pair_in:
+            ref, new = (src.ref, src.new) if loc.in_place else (src.ref.clone(), src.new.clone())
         else:
-            rel0 = geo.rel0[pos_np]
-            clip = bool((rel0 < 0).any() or (rel0 + geo.w_in > delta.shape[2]).any())
-            shifted = _shifted(delta, tab["rel0"][pos], geo.w_in, clip)
-            if step.kind == "conv":
-                delta = F.conv1d(shifted, step.fn(), None, step.s, 0, step.d, step.groups)
-            elif step.kind == "avgpool":
-                delta = F.avg_pool1d(shifted, step.k, step.s, 0)
-            else:
-                ref = _windows(padded[i], tab["q0"][pos], geo.w_in)
-                delta = F.max_pool1d(ref + shifted, step.k, step.s, 0, step.d) - \
-                    F.max_pool1d(ref, step.k, step.s, 0, step.d)
-        if geo.hang[pos_np].any():
-            cols = tab["st"][pos][:, None] + torch.arange(geo.width, device=dev)
-            inside = (cols >= 0) & (cols < step.l_out)
-            delta = torch.where(inside[:, None, :], delta, 0.0)
-        i += 1
-    # sparse update of the first dense layer over the windows' columns: one GEMM per run of
-    # mutants whose windows start within DENSE_SPAN positions (their union window, zero-filled)
-    c, w, p = plan.channels, delta.shape[2], plan.positions
-    starts = plan.geometry[-1].st[pos_np] if steps else pos_np
-    hidden = torch.empty(n, plan.weight_pm.shape[0], device=dev, dtype=delta.dtype)
+            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
+            new = ref + src.get()
+        if loc.relu:
+            ref, new = ref.relu_(), new.relu_()
+        else:
+            ref, new = loc.fn(ref), loc.fn(new)
+        return _Change(None, ref, new)
+    if op == "conv" and loc.delta:
+        delta = F.conv_transpose1d(src.get(), plan.weights_t[loc.id], None, 1, 0, 0, loc.groups, loc.d)
+    elif op == "conv":
+        delta = F.conv1d(_rel_shift(loc, 0, src.get(), tab, pos, pos_np), loc.fn(), None, loc.s, 0, loc.d,
+                         loc.groups)
+    elif op == "pool":
+        shifted = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+        if loc.kind == "avgpool":
+            delta = F.avg_pool1d(shifted, loc.k, loc.s, 0)
+        else:
+            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.w_in)
+            delta = F.max_pool1d(ref + shifted, loc.k, loc.s, 0, loc.d) - F.max_pool1d(ref, loc.k, loc.s, 0, loc.d)
+    elif op == "crop":
+        delta = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+    elif op == "binary":
+        da = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+        db = _rel_shift(loc, 1, changes[loc.src[1]].get(), tab, pos, pos_np)
+        if loc.kind in ("add", "sub"):
+            delta = loc.fn(da, db)
+        else:
+            ra = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
+            rb = _windows(padded[loc.reads[1]], plan.read_starts[loc.reads[1]][pos], loc.width)
+            delta = loc.fn(ra + da, rb + db) - loc.fn(ra, rb)
+    else:
+        raise AssertionError(op)
+    st = loc.st[pos_np]
+    hang = (st < 0) | (st + loc.width > loc.l)
+    if hang.any():                # zero the positions outside the activation
+        if hang.all():
+            cols = tab["st"][pos][:, None] + torch.arange(loc.width, device=pos.device)
+            delta = delta.masked_fill(((cols < 0) | (cols >= loc.l))[:, None, :], 0.0)
+        else:
+            if op == "crop":      # a crop may be a view of its source's change
+                delta = delta.clone()
+            rows = torch.as_tensor(np.flatnonzero(hang), device=pos.device)
+            cols = tab["st"][pos[rows]][:, None] + torch.arange(loc.width, device=pos.device)
+            delta[rows] = delta[rows].masked_fill(((cols < 0) | (cols >= loc.l))[:, None, :], 0.0)
+    return _Change(delta)
+
+
+def _free(plan, changes, loc):
+    """Before ``loc`` runs: its sources that no one reads after it are read in place (the change
+    of an element-wise layer computed over its mutant windows) and then dropped."""
+    for s in loc.src:
+        src = plan.locals[s]
+        if src.last == loc.id and not src.keep and changes[s] is not None:
+            changes[s].get(last=True)
+
+
+def _spliced(plan, loc, act, change, pos, n):
+    """The mutants' whole activation ``[N, *shape[1:]]``: the reference ``act [C, l]`` with each
+    mutant's changed window added in."""
+    delta = change.get()
+    full = act.unsqueeze(0).repeat(n, 1, 1)
+    w = delta.shape[2]
+    if w == loc.l and not loc.st.any():
+        full += delta
+    else:
+        idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
+        outside = (idx < 0) | (idx >= loc.l)
+        if outside.any():
+            delta = delta.masked_fill(outside[:, None, :], 0.0)
+        full.scatter_add_(2, idx.clamp(0, loc.l - 1)[:, None, :].expand(n, loc.c, w), delta)
+    return full.reshape((n,) + loc.shape[1:])
+
+
+def _dense_update(dense, src, delta, ref_pre, starts):
+    """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
+    whose windows start within DENSE_SPAN positions (their union window, zero-filled)."""
+    n = delta.shape[0]
+    c, w, p = src.c, delta.shape[2], src.l
+    hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
     for r0, r1, runs in _dense_groups(starts):
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
         if b <= a:
@@ -725,14 +969,53 @@ def _run_chunk(plan, padded, ref_pre, onehot, pos, pos_np, alts):
                 if hi > lo:
                     x[q0 - r0:q1 - r0, lo - a:hi - a] = delta[q0:q1, :, lo - s0:hi - s0].transpose(1, 2)
             x = x.view(r1 - r0, (b - a) * c)
-        torch.addmm(ref_pre, x, plan.weight_pm[:, a * c:b * c].T, out=hidden[r0:r1])
-    y = hidden
-    for fn in plan.dense:
-        y = fn(y)
-    return y
+        torch.addmm(ref_pre, x, dense.weight_pm[:, a * c:b * c].T, out=hidden[r0:r1])
+    return hidden
+
+
+def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
+    """Outputs ``[N, F]`` of the mutants putting base ``alts`` at positions ``pos`` (sorted;
+    ``pos_np`` the same on the host)."""
+    n = pos.shape[0]
+    changes = _run_locals(plan, padded, onehot, pos, pos_np, alts)
+    values = dict(plan.static)
+    for d in plan.dense:
+        src = plan.locals[d.src]
+        delta = changes[d.src].get()
+        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np])
+    spliced = {}
+
+    def value(node):
+        if node in values:
+            return values[node]
+        i = plan.node_local[node]
+        if i not in spliced:
+            loc = plan.locals[i]
+            spliced[i] = _spliced(plan, loc, acts[i], changes[i], pos, n)
+        return spliced[i].reshape((n,) + tuple(env[node].shape[1:]))
+
+    for node in plan.replay:
+        if node in values:
+            continue
+        if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
+            values[node] = n if node.args[1:] == (0,) else (n,) + tuple(env[node.args[0]].shape[1:])
+            continue
+        local_env = {a: value(a) for a in _node_inputs(node)}
+        values[node] = _call(plan, node, local_env)
+    return value(plan.output)
 
 
 DENSE_SPAN = 4   # window starts merged into one dense GEMM (more rows; a little more width)
+CHUNK_BYTES = {"cpu": 16 << 20, "cuda": 512 << 20}   # the largest activation of one chunk
+
+
+def chunk_size(plan, batch_size, dtype, device):
+    """Mutants per chunk: at most ``batch_size``, and few enough that the largest activation of
+    a chunk stays within ``CHUNK_BYTES`` of the device (on a CPU, activations that stay in the
+    caches run several times faster than ones that stream from memory)."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    budget = CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cuda"])
+    return int(max(1, min(int(batch_size), max(16, budget // (plan.values_per_mutant() * itemsize)))))
 
 
 def _dense_groups(starts, span=DENSE_SPAN):
@@ -776,7 +1059,8 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
 
     ``reference``: the model's own output ``[F]`` on ``onehot`` (computed when not given); the
     plan's reference must match it, else the model counts as not analysable. Identity
-    substitutions get exactly ``reference``. ``batch_size``: mutants per chunk.
+    substitutions get exactly ``reference``. ``batch_size``: the most mutants per chunk (fewer
+    when their activations would outgrow ``CHUNK_BYTES``, see ``chunk_size``).
     """
     length = onehot.shape[-1]
     plan = get_plan(model, length)
@@ -785,9 +1069,11 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     if not isinstance(plan, Plan):
         _report(model, plan)
         return None
-    padded, ref_pre, ref_out = _window_reference(plan, onehot)
-    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5):
-        reason = "its layer chain does not reproduce the model's output"
+    env, acts, padded = _window_cache(plan, onehot)
+    ref_out = env[plan.output][0]
+    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
+                                                              equal_nan=True):
+        reason = "its captured graph does not reproduce the model's output"
         _PLANS[model][length] = (plan.signature, reason)
         _report(model, reason)
         return None
@@ -808,9 +1094,9 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     order = todo[torch.argsort(offsets[todo], stable=True)]
     pos, alt_sorted = offsets[order], alts[order]
     pos_np = pos.cpu().numpy()
-    starts = plan.geometry[-1].st[pos_np] if plan.steps else pos_np
-    for a, b in _chunks(starts, max(1, int(batch_size))):
-        out[order[a:b]] = _run_chunk(plan, padded, ref_pre, onehot, pos[a:b], pos_np[a:b],
+    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
+    for a, b in _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device)):
+        out[order[a:b]] = _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
                                      alt_sorted[a:b]).to(out.dtype)
     return out
 

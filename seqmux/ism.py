@@ -109,32 +109,50 @@ def _is_sigmoid(node, modules):
     return node.op == "call_method" and node.target == "sigmoid"
 
 
-def logit_model(model):
+def logit_model(model, length=None):
     """``model`` without its final sigmoid: a torch.fx ``GraphModule`` that shares the model's
     layers (weights, dtype, device, eval mode) and maps ``[B, 4, L]`` to logits ``[B, F]``.
-    ``None`` when the model's last operation is not a sigmoid or torch.fx cannot trace it."""
-    if model in _LOGIT_MODELS:
-        return _LOGIT_MODELS[model]
-    head = None
+    ``None`` when the model's last operation is not a sigmoid or its forward cannot be traced.
+
+    A forward that a plain ``torch.fx`` trace cannot follow (Python control flow on shapes, as
+    in the published Beluga's ``Lambda`` modules) is captured on windows of ``length``
+    (``seqmux.capture``); that graph serves that length only.
+    """
+    cached = _LOGIT_MODELS.setdefault(model, {})
+    for key in ("any", length):
+        if key in cached:
+            return cached[key]
+    key = "any"
     try:
         gm = fx.symbolic_trace(model)
-    except Exception as err:  # any untraceable forward: effects come from the outputs
-        log.info("%s cannot be traced (%s): effects computed from its outputs", type(model).__name__,
-                 str(err).splitlines()[0] if str(err) else type(err).__name__)
-    else:
+    except Exception as err:  # any untraceable forward: try a capture on this window length
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        gm, key = None, length
+        if length is not None:
+            from .capture import CaptureError, capture, graph_module
+
+            try:
+                gm = graph_module(model, capture(model, length)[0])
+            except CaptureError as err2:
+                reason = str(err2)
+        if gm is None:
+            log.info("%s cannot be traced (%s): effects computed from its outputs", type(model).__name__, reason)
+    head = None
+    if gm is not None:
         out = next(n for n in gm.graph.nodes if n.op == "output")
         last = out.args[0]
         if (isinstance(last, fx.Node) and _is_sigmoid(last, dict(gm.named_modules()))
                 and len(last.args) == 1 and isinstance(last.args[0], fx.Node) and not last.kwargs):
             out.args = (last.args[0],)
             gm.graph.erase_node(last)
+            gm.graph.eliminate_dead_code()
             gm.graph.lint()
             gm.recompile()
             head = gm
             log.info("%s ends in a sigmoid: effects computed from its logits", type(model).__name__)
         else:
             log.info("%s does not end in a sigmoid: effects computed from its outputs", type(model).__name__)
-    _LOGIT_MODELS[model] = head
+    cached[key] = head
     return head
 
 
@@ -193,7 +211,7 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     A model ending in a sigmoid runs without it (``logit_model``) and the effects come from its
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
-    head = logit_model(model)
+    head = logit_model(model, onehot.shape[-1])
     ref, alt = predict_substitutions(model if head is None else head, onehot, offsets, alts, method, batch_size)
     check_outputs(ref, mode, head is not None, "on the reference")
     check_outputs(alt, mode, head is not None, "on a substitution")

@@ -93,7 +93,7 @@ def float32_rounding(model, onehot, mode="logfold"):
 
     def values(m, x):
         with torch.no_grad():
-            head = logit_model(m) if mode == "logfold" else None
+            head = logit_model(m, x.shape[-1]) if mode == "logfold" else None
             if head is not None:
                 return head(x).double()
             out = m(x).double()

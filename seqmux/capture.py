@@ -1,0 +1,123 @@
+"""Capture a sequence model's forward pass as a ``torch.fx`` graph, for models a plain symbolic
+trace cannot follow.
+
+``torch.fx.symbolic_trace`` runs ``forward`` on proxies that know nothing of their shapes, so
+Python control flow on a shape (``x.view(1, -1) if 1 == len(x.size()) else x``, as the
+published Beluga's ``Lambda`` modules do) stops it. ``capture`` traces with proxies that carry
+the value of every node on one example window (batch 1): ``x.size()``, ``x.shape``, ``x.dim()``
+and ``x.ndim`` are plain Python ints, except the batch size, which stays a graph node, so the
+graph runs on any batch. Such a graph is specific to the window length it was captured at.
+Modules of ``torch.nn`` (and any module in ``leaves``) are kept as single calls.
+"""
+
+import contextlib
+
+import torch
+from torch import fx
+
+try:  # evaluating a node must not be traced itself: the tracer's patches are lifted meanwhile
+    from torch.fx._symbolic_trace import _maybe_revert_all_patches as _untraced
+except ImportError:  # pragma: no cover - other torch releases
+    _untraced = contextlib.nullcontext
+
+
+class CaptureError(Exception):
+    """``forward`` cannot be captured (data-dependent control flow, unsupported Python, ...)."""
+
+
+class _ShapedProxy(fx.Proxy):
+    """A proxy whose shape is known: only the batch size (dimension 0) stays symbolic."""
+
+    def _value(self):
+        return self.tracer.values.get(self.node)
+
+    def size(self, dim=None):
+        value = self._value()
+        if not isinstance(value, torch.Tensor):
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
+        if dim is None:
+            return tuple(
+                self.tracer.create_proxy("call_method", "size", (self, 0), {}) if i == 0 else int(s)
+                for i, s in enumerate(value.shape))
+        dim = dim + value.dim() if dim < 0 else dim
+        if dim == 0:
+            return self.tracer.create_proxy("call_method", "size", (self, 0), {})
+        return int(value.shape[dim])
+
+    @property
+    def shape(self):
+        return self.size()
+
+    def dim(self):
+        value = self._value()
+        if isinstance(value, torch.Tensor):
+            return value.dim()
+        return self.tracer.create_proxy("call_method", "dim", (self,), {})
+
+    @property
+    def ndim(self):
+        return self.dim()
+
+
+class _ShapedTracer(fx.Tracer):
+    def __init__(self, example, leaves=()):
+        super().__init__()
+        self.example = example
+        self.leaves = tuple(leaves)
+        self.values = {}
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node):
+        return _ShapedProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        node = proxy.node
+        a, kw = fx.node.map_arg((node.args, node.kwargs), lambda n: self.values[n])
+        with _untraced():
+            value = self._evaluate(kind, target, a, kw)
+        self.values[node] = value
+        return proxy
+
+    def _evaluate(self, kind, target, a, kw):
+        if kind == "placeholder":
+            value = self.example
+        elif kind == "get_attr":
+            value = self.root
+            for part in target.split("."):
+                value = getattr(value, part)
+        elif kind == "call_module":
+            value = self.root.get_submodule(target)(*a, **kw)
+        elif kind == "call_method":
+            value = getattr(a[0], target)(*a[1:], **kw)
+        elif kind == "call_function":
+            value = target(*a, **kw)
+        else:
+            value = None
+        return value
+
+
+@torch.no_grad()
+def capture(model, length, leaves=()):
+    """``(graph, values)``: the ``torch.fx.Graph`` of ``model`` on one-hot windows ``[B, 4, length]``
+    and the value of every node on one example window (batch 1, zeros but for an A at every
+    position, on the model's device and dtype). Raises ``CaptureError`` with the reason."""
+    param = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    example = torch.zeros(1, 4, length, device=device, dtype=dtype)
+    example[:, 0] = 1.0
+    tracer = _ShapedTracer(example, leaves)
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # data-dependent control flow, a shape used as a tensor, ...
+        first = str(err).splitlines()[0][:120] if str(err) else ""
+        raise CaptureError(f"{type(err).__name__}: {first}") from None
+    return graph, tracer.values
+
+
+def graph_module(model, graph):
+    """A ``GraphModule`` running ``graph`` with ``model``'s own layers (shared, not copied)."""
+    return fx.GraphModule(model, graph)

@@ -14,6 +14,8 @@ Modules, one concern each:
 - ``encoding``  tokens and one-hot (A,G,C,T order)
 - ``variants``  mutation expansion, variant labels, VCF reading and REF checks
 - ``models``    the Beluga-family base model, the demo model, loading weights and custom classes
+- ``architectures``  model layouts as users bring them (legacy-style Beluga, Basset-like, BPNet-like)
+- ``capture``   a model's forward pass as a torch.fx graph, shapes known (Python control flow on shapes)
 - ``ism``, ``fast_ism``  in-silico mutagenesis targets (log-fold change or difference), naive and exact incremental
 - ``splits``    the feather (Arrow IPC) split files: schema, writing, memory-mapped reading
 - ``multiplexer``, ``train``, ``evaluate``, ``metrics``  the Multiplexer, its training and evaluation

@@ -125,7 +125,7 @@ class _Local:
     op: str                      # input | conv | pool | pointwise | shift | binary | crop
     name: str
     c: int
-    l: int
+    length: int
     shape: tuple                 # the node's value shape on batch 1
     src: list = field(default_factory=list)
     fn: object = None            # pointwise: windows -> windows; binary: (a, b) -> out; conv: () -> weight
@@ -178,7 +178,7 @@ class Plan:
     live: np.ndarray = None      # [L] bool: a substitution there can change the output
     tables: list = field(default_factory=list)   # per local: dict of int64 tensors on the device
     read_starts: list = field(default_factory=list)
-    weights_t: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # local id -> convolution weight as a GEMM operand
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
 
@@ -188,7 +188,7 @@ class Plan:
         frontier_full = {self.node_local[a] for n in self.replay for a in _node_inputs(n)
                          if a in self.node_local and not (n.op == "call_method" and n.target == "size")}
         sizes = [loc.width * loc.c for loc in self.locals]
-        sizes += [self.locals[i].l * self.locals[i].c for i in frontier_full]
+        sizes += [self.locals[i].length * self.locals[i].c for i in frontier_full]
         sizes += [d.linear.out_features for d in self.dense]
         return max(sizes)
 
@@ -201,7 +201,7 @@ class Plan:
                 parts.append(f"{loc.kind or loc.op}[{loc.width}]")
         for d in self.dense:
             s = self.locals[d.src]
-            parts.append(f"dense {s.c}x{s.l}->{d.linear.out_features}")
+            parts.append(f"dense {s.c}x{s.length}->{d.linear.out_features}")
         full = [n for n in self.replay if n.op in ("call_module", "call_function", "call_method")
                 and not (n.op == "call_method" and n.target == "size")
                 and not isinstance(self.modules.get(n.target) if n.op == "call_module" else None,
@@ -247,15 +247,21 @@ def _node_inputs(node):
     return found
 
 
+def _channel_major(fn, four_d):
+    """``fn`` on ``[N, C, W]`` (``[N, C, 1, W]`` if ``four_d``) -> the same on position-major
+    windows ``[N, W, C]`` (views only: element-wise results keep their input's layout)."""
+    if four_d:
+        return lambda x: fn(x.transpose(1, 2).unsqueeze(2)).squeeze(2).transpose(1, 2)
+    return lambda x: fn(x.transpose(1, 2)).transpose(1, 2)
+
+
 def _bind(fn, args, kwargs, cur, four_d):
-    """``windows -> fn(*args, **kwargs)`` with the local node ``cur`` replaced by the windows and
-    every other node by its constant value; ``[N, C, W]`` windows of a 4-d activation are
-    viewed as ``[N, C, 1, W]`` for the call."""
+    """Windows ``[N, W, C]`` -> ``fn(*args, **kwargs)`` with the local node ``cur`` replaced by
+    the windows (in the node's own layout) and every other node by its constant value."""
     def call(x):
-        a, kw = fx.node.map_arg((args, kwargs), lambda n: x.unsqueeze(2) if four_d else x)
-        out = fn(*a, **kw)
-        return out.squeeze(2) if four_d else out
-    return call
+        a, kw = fx.node.map_arg((args, kwargs), lambda n: x)
+        return fn(*a, **kw)
+    return _channel_major(call, four_d)
 
 
 def _is_flatten(n, shape_in):
@@ -287,9 +293,9 @@ class _Analyser:
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
         self.depends = set()                    # nodes that depend on the input
 
-    def new_local(self, n, op, src, c, l, **kw):
+    def new_local(self, n, op, src, c, length, **kw):
         shape = tuple(self.values[n].shape)
-        loc = _Local(len(self.locals), op, n.name, c, l, shape, list(src), **kw)
+        loc = _Local(len(self.locals), op, n.name, c, length, shape, list(src), **kw)
         self.locals.append(loc)
         self.node_local[n] = loc.id
         return loc
@@ -367,18 +373,18 @@ class _Analyser:
                     return False
                 return self.flatten(n, src)
             if isinstance(m, nn.Linear):
-                if not src.flat or m.in_features != src.c * src.l:
+                if not src.flat or m.in_features != src.c * src.length:
                     return False
                 self.dense.append(_Dense(n, src.id, m))
                 return False                  # its output is computed by the sparse update
             if isinstance(m, _ACTIVATIONS) or isinstance(m, nn.PReLU) and m.num_parameters == 1:
-                return self.pointwise(n, src, self.module_fn(m, False), relu=type(m) is nn.ReLU)
+                return self.pointwise(n, src, m, relu=type(m) is nn.ReLU)     # any layout
             if isinstance(m, (nn.PReLU,) + _NORMS):
                 nf = m.num_parameters if isinstance(m, nn.PReLU) else m.num_features
                 want = 4 if isinstance(m, nn.BatchNorm2d) else 3
                 if src.flat or nf != src.c or isinstance(m, _NORMS) and len(shape_in) != want:
                     return False
-                return self.pointwise(n, src, self.module_fn(m, four_d))
+                return self.pointwise(n, src, _channel_major(m, four_d))
             if isinstance(m, _CONVS):
                 return not src.flat and self.conv(n, src, m)
             if isinstance(m, _POOLS):
@@ -433,25 +439,20 @@ class _Analyser:
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a if a is cur else static[a])
         return _bind(fn, args, kwargs, cur, four_d)
 
-    def module_fn(self, m, four_d):
-        if not four_d:
-            return m
-        return lambda x: m(x.unsqueeze(2)).squeeze(2)
-
     def view(self, n, src):
         """``unsqueeze(2)`` / ``squeeze(2)``: the same activation with another shape."""
-        self.new_local(n, "alias", [src.id], src.c, src.l)
+        self.new_local(n, "alias", [src.id], src.c, src.length)
         return True
 
     def flatten(self, n, src):
-        loc = self.new_local(n, "alias", [src.id], src.c, src.l)
+        loc = self.new_local(n, "alias", [src.id], src.c, src.length)
         loc.flat = True
         return True
 
     def pointwise(self, n, src, fn, relu=False):
         if tuple(self.values[n].shape) != tuple(src.shape):
             return False
-        loc = self.new_local(n, "pointwise", [src.id], src.c, src.l, fn=fn, relu=relu)
+        loc = self.new_local(n, "pointwise", [src.id], src.c, src.length, fn=fn, relu=relu)
         loc.flat = src.flat
         return True
 
@@ -524,7 +525,7 @@ class _Analyser:
             return False
         if any(i != slice(None) for i in index[:-1]):
             return False
-        start, stop, step = index[-1].indices(src.l)
+        start, stop, step = index[-1].indices(src.length)
         if step != 1 or stop <= start:
             return False
         self.new_local(n, "crop", [src.id], src.c, stop - start, kind="crop", pl=-start)
@@ -537,7 +538,7 @@ class _Analyser:
             la, lb = self.loc(a), self.loc(b)
             if la.flat or lb.flat or la.shape != lb.shape or tuple(value.shape) != la.shape:
                 return False
-            self.new_local(n, "binary", [la.id, lb.id], la.c, la.l, fn=_BINARY_FN[kind], kind=kind)
+            self.new_local(n, "binary", [la.id, lb.id], la.c, la.length, fn=_BINARY_FN[kind], kind=kind)
             return True
         cur = loc_ins[0]
         src = self.loc(cur)
@@ -551,14 +552,14 @@ class _Analyser:
             return False
         if kind in ("add", "sub") and not (kind == "sub" and a is not cur):
             # x + c, x - c: the change passes unchanged (a constant along the length cancels too)
-            self.new_local(n, "shift", [src.id], src.c, src.l).flat = src.flat
+            self.new_local(n, "shift", [src.id], src.c, src.length).flat = src.flat
             return True
         four_d = len(src.shape) == 4 and not src.flat
         if isinstance(const, torch.Tensor) and const.dim() == len(src.shape) and four_d:
             const = const.squeeze(2)
         fn = _BINARY_FN[kind]
         call = (lambda x: fn(x, const)) if a is cur else (lambda x: fn(const, x))
-        return self.pointwise(n, src, call)
+        return self.pointwise(n, src, _channel_major(call, False))
 
     # ---- geometry
 
@@ -618,7 +619,7 @@ class _Analyser:
 def _add_read(reads, src, starts, width, pad_value, use):
     """Register a read of ``src``'s reference over ``[starts[p], starts[p] + width)``: index."""
     s = starts[use]
-    margins = (max(0, -int(s.min())), max(0, int((s + width).max()) - src.l))
+    margins = (max(0, -int(s.min())), max(0, int((s + width).max()) - src.length))
     reads.append((src.id, starts, width, pad_value, margins))
     return len(reads) - 1
 
@@ -639,10 +640,10 @@ def _geometry(loc, locs, L):
         ext = (loc.k - 1) * loc.d
         lo, hi = s0.lo, s0.hi
         new_lo = np.maximum(-((ext - lo - loc.pl) // loc.s), 0)          # ceil((lo + pl - ext) / s)
-        new_hi = np.minimum((hi - 1 + loc.pl) // loc.s + 1, loc.l)
+        new_hi = np.minimum((hi - 1 + loc.pl) // loc.s + 1, loc.length)
         empty = (hi <= lo) | (new_hi <= new_lo)
         loc.lo, loc.hi = np.where(empty, 0, new_lo), np.where(empty, 0, new_hi)
-        direct = int(max(1, min(loc.l, (loc.hi - loc.lo).max(initial=1))))
+        direct = int(max(1, min(loc.length, (loc.hi - loc.lo).max(initial=1))))
         if loc.op == "conv" and loc.s == 1:
             # cheaper of: transposed convolution of the change (its window grows by the kernel's
             # extent) or recomputing the affected outputs (when that is narrower)
@@ -651,17 +652,17 @@ def _geometry(loc, locs, L):
             loc.st, loc.width = s0.st + loc.pl - ext, s0.width + ext
         else:
             loc.width = direct
-            loc.st = np.clip(loc.lo, 0, loc.l - direct)
+            loc.st = np.clip(loc.lo, 0, loc.length - direct)
             loc.w_in = (direct - 1) * loc.s + ext + 1
             loc.rel = [loc.st * loc.s - loc.pl - s0.st]
         return
     if loc.op == "crop":
         shift = -loc.pl                        # the crop's first position in the source
-        lo, hi = np.maximum(s0.lo - shift, 0), np.minimum(s0.hi - shift, loc.l)
+        lo, hi = np.maximum(s0.lo - shift, 0), np.minimum(s0.hi - shift, loc.length)
         empty = hi <= lo
         loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
-        loc.width = min(s0.width, loc.l)
-        loc.st = np.clip(s0.st - shift, 0, loc.l - loc.width) if loc.width < s0.width else s0.st - shift
+        loc.width = min(s0.width, loc.length)
+        loc.st = np.clip(s0.st - shift, 0, loc.length - loc.width) if loc.width < s0.width else s0.st - shift
         loc.w_in = loc.width
         loc.rel = [loc.st + shift - s0.st]
         return
@@ -674,8 +675,8 @@ def _geometry(loc, locs, L):
         loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
         st = np.minimum(a.st, b.st)
         width = int((np.maximum(a.st + a.width, b.st + b.width) - st).max())
-        if width >= loc.l:
-            st, width = np.zeros(L, dtype=np.int64), loc.l
+        if width >= loc.length:
+            st, width = np.zeros(L, dtype=np.int64), loc.length
         loc.st, loc.width, loc.w_in = st, width, width
         loc.rel = [st - a.st, st - b.st]
         return
@@ -718,13 +719,8 @@ def get_plan(model, length):
                 for j, rel in enumerate(loc.rel):
                     tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
                 plan.tables.append(tab)
-                if loc.op == "conv" and loc.delta:
-                    w = loc.fn().detach()                                   # [C', C/g, k]
-                    g = loc.groups
-                    co, ci, k = w.shape
-                    # conv_transpose1d weight [C, C'/g, k], taps reversed
-                    wt = w.reshape(g, co // g, ci, k).transpose(1, 2).reshape(g * ci, co // g, k)
-                    plan.weights_t[loc.id] = wt.flip(2).contiguous()
+                if loc.op == "conv":
+                    plan.weights[loc.id] = _conv_operand(loc.fn().detach(), loc.groups, loc.delta)
             for _, starts, _, _, margins in plan.reads:
                 plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
             for d in plan.dense:
@@ -732,12 +728,28 @@ def get_plan(model, length):
                 w = d.linear.weight.detach()
                 h = w.shape[0]
                 # columns position-major (p * C + c): one window's columns are one contiguous block
-                d.weight_pm = w.reshape(h, s.c, s.l).transpose(1, 2).reshape(h, s.l * s.c).contiguous()
+                d.weight_pm = w.reshape(h, s.c, s.length).transpose(1, 2).reshape(h, s.length * s.c).contiguous()
         result = plan
     except Unsupported as err:
         result = str(err)
     per_model[length] = (sig, result)
     return result
+
+
+def _conv_operand(w, groups, delta):
+    """A convolution weight ``[C', C/g, k]`` as the operand of its GEMM: ``[C, k * C']`` (tap
+    major: each input position's products with every tap, for a transposed convolution) or
+    ``[C * k, C']`` (an unfolded input window times the weight, for a direct one); with groups,
+    the ``conv_transpose1d`` weight ``[C, C'/g, k]`` (taps reversed) or the weight itself."""
+    co, ci, k = w.shape
+    if groups > 1:
+        if not delta:
+            return w.contiguous()
+        wt = w.reshape(groups, co // groups, ci, k).transpose(1, 2).reshape(groups * ci, co // groups, k)
+        return wt.flip(2).contiguous()
+    if delta:
+        return w.permute(1, 2, 0).reshape(ci, k * co).contiguous()
+    return w.permute(1, 2, 0).reshape(ci * k, co).contiguous()
 
 
 def analysable(model, length):
@@ -781,35 +793,67 @@ def _reference(plan, onehot):
 
 
 def _windows(padded, starts, width):
-    """``[N, C, width]`` windows of ``padded [C, Lp]`` starting at ``starts [N]``."""
-    return padded.unfold(1, width, 1).permute(1, 0, 2).index_select(0, starts)
+    """``[N, width, C]`` windows of ``padded [Lp, C]`` starting at rows ``starts [N]``."""
+    idx = (starts[:, None] + torch.arange(width, device=starts.device)).flatten()
+    return padded.index_select(0, idx).view(starts.shape[0], width, padded.shape[1])
 
 
 def _shifted(delta, starts, width, clip):
-    """``[N, C, width]`` windows of each mutant's own ``delta [N, C, W]`` (zero outside it),
+    """``[N, width, C]`` windows of each mutant's own ``delta [N, W, C]`` (zero outside it),
     starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside."""
-    n, c, w = delta.shape
-    if not clip and width == w:
-        return delta
+    n, w, c = delta.shape
     idx = starts[:, None] + torch.arange(width, device=delta.device)
     if not clip:
-        return delta.gather(2, idx[:, None, :].expand(n, c, width))
-    out = delta.gather(2, idx.clamp(0, w - 1)[:, None, :].expand(n, c, width))
-    return out.masked_fill_(((idx < 0) | (idx >= w))[:, None, :], 0.0)
+        return delta.gather(1, idx[:, :, None].expand(n, width, c))
+    out = delta.gather(1, idx.clamp(0, w - 1)[:, :, None].expand(n, width, c))
+    return out.masked_fill_(((idx < 0) | (idx >= w))[:, :, None], 0.0)
 
 
 def _rel_shift(loc, j, delta, tab, pos, pos_np):
     """Source ``j``'s change read over ``loc``'s input window (``rel[j]`` into it, ``w_in`` wide)."""
     rel = loc.rel[j][pos_np]
-    w = delta.shape[2]
+    w = delta.shape[1]
     r = int(rel[0])
     if (rel == r).all():          # one offset for the whole chunk: a slice, zero-padded
         if r == 0 and loc.w_in == w:
             return delta
         lo, hi = max(0, -r), max(0, r + loc.w_in - w)
-        return (F.pad(delta, (lo, hi)) if lo or hi else delta).narrow(2, r + lo, loc.w_in)
+        return (F.pad(delta, (0, 0, lo, hi)) if lo or hi else delta).narrow(1, r + lo, loc.w_in)
     clip = bool((rel < 0).any() or (rel + loc.w_in > w).any())
     return _shifted(delta, tab[f"rel{j}"][pos], loc.w_in, clip)
+
+
+def _transposed_conv(delta, weight, loc):
+    """Stride-1 convolution of a change window ``[N, W, C]`` -> ``[N, W + (k-1) d, C']``: one
+    GEMM of every position with every tap, then the taps' products added at their offsets."""
+    if loc.groups > 1:
+        out = F.conv_transpose1d(delta.transpose(1, 2), weight, None, 1, 0, 0, loc.groups, loc.d)
+        return out.transpose(1, 2).contiguous()
+    n, w, c = delta.shape
+    k, d = loc.k, loc.d
+    co = weight.shape[1] // k
+    y = (delta.reshape(n * w, c) @ weight).view(n, w, k, co)
+    out = y.new_zeros(n, w + (k - 1) * d, co)
+    for j in range(k):
+        out[:, (k - 1 - j) * d:(k - 1 - j) * d + w] += y[:, :, j]
+    return out
+
+
+def _direct_conv(x, weight, loc):
+    """Convolution of an input window ``[N, w_in, C]`` (stride ``s``, dilation ``d``) ->
+    ``[N, W_out, C']``: the unfolded window times the weight."""
+    if loc.groups > 1:
+        out = F.conv1d(x.transpose(1, 2), weight, None, loc.s, 0, loc.d, loc.groups)
+        return out.transpose(1, 2).contiguous()
+    cols = _unfold(x, loc)                                               # [N, W_out, C, k]
+    n, w_out = cols.shape[:2]
+    return (cols.reshape(n * w_out, -1) @ weight).view(n, w_out, weight.shape[1])
+
+
+def _unfold(x, loc):
+    """The windows of a pooling or convolution layer over ``x [N, w_in, C]``: ``[N, W_out, C, k]``."""
+    cols = x.unfold(1, (loc.k - 1) * loc.d + 1, loc.s)
+    return cols[..., ::loc.d] if loc.d > 1 else cols
 
 
 class _Change:
@@ -831,22 +875,23 @@ class _Change:
 
 def _window_cache(plan, onehot):
     """Per window: the reference of every node, the padded reference windows the local layers
-    read, every local activation as ``[C, l]``."""
+    read, every local activation as ``[l, C]`` (position-major)."""
     env = _reference(plan, onehot)
     acts = {}
     for node, i in plan.node_local.items():
         if i not in acts:
-            acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].l)
+            acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].length).T.contiguous()   # [l, C]
     padded = []
     for src, _, _, pad_value, margins in plan.reads:
         a = acts[src]
-        padded.append(F.pad(a, margins, value=pad_value) if any(margins) else a)
+        padded.append(F.pad(a, (0, 0) + margins, value=pad_value) if any(margins) else a)
     return env, acts, padded
 
 
 def _run_locals(plan, padded, onehot, pos, pos_np, alts):
     """The change ``_Change`` of every local activation for the mutants ``alts`` at ``pos``
-    (those that are read after the local part; the others are dropped after their last reader)."""
+    (those that are read after the local part; the others are dropped after their last reader).
+    Changes are position-major, ``[N, W, C]``: a layer's GEMM reads them without a copy."""
     changes = [None] * len(plan.locals)
     for loc, tab in zip(plan.locals, plan.tables):
         if loc.op in ("conv", "pool", "crop", "binary", "shift"):
@@ -863,8 +908,8 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
     op = loc.op
     if op == "input":
         n = pos.shape[0]
-        delta = -onehot[:, pos].T.unsqueeze(2)                   # [N, 4, 1]: e_alt - reference column
-        delta[torch.arange(n, device=pos.device), alts, 0] += 1.0
+        delta = -onehot[:, pos].T.unsqueeze(1)                   # [N, 1, 4]: e_alt - reference column
+        delta[torch.arange(n, device=pos.device), 0, alts] += 1.0
         return _Change(delta)
     src = changes[loc.src[0]]
     if op == "alias":
@@ -883,43 +928,65 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
             ref, new = loc.fn(ref), loc.fn(new)
         return _Change(None, ref, new)
     if op == "conv" and loc.delta:
-        delta = F.conv_transpose1d(src.get(), plan.weights_t[loc.id], None, 1, 0, 0, loc.groups, loc.d)
+        delta = _transposed_conv(src.get(), plan.weights[loc.id], loc)
     elif op == "conv":
-        delta = F.conv1d(_rel_shift(loc, 0, src.get(), tab, pos, pos_np), loc.fn(), None, loc.s, 0, loc.d,
-                         loc.groups)
+        delta = _direct_conv(_rel_shift(loc, 0, src.get(), tab, pos, pos_np), plan.weights[loc.id], loc)
     elif op == "pool":
         shifted = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
         if loc.kind == "avgpool":
-            delta = F.avg_pool1d(shifted, loc.k, loc.s, 0)
+            delta = _unfold(shifted, loc).mean(-1)
         else:
             ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.w_in)
-            delta = F.max_pool1d(ref + shifted, loc.k, loc.s, 0, loc.d) - F.max_pool1d(ref, loc.k, loc.s, 0, loc.d)
+            delta = _unfold(ref + shifted, loc).amax(-1) - _unfold(ref, loc).amax(-1)
     elif op == "crop":
         delta = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
     elif op == "binary":
-        da = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
-        db = _rel_shift(loc, 1, changes[loc.src[1]].get(), tab, pos, pos_np)
-        if loc.kind in ("add", "sub"):
-            delta = loc.fn(da, db)
-        else:
-            ra = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
-            rb = _windows(padded[loc.reads[1]], plan.read_starts[loc.reads[1]][pos], loc.width)
-            delta = loc.fn(ra + da, rb + db) - loc.fn(ra, rb)
+        delta = _added_in_place(plan, loc, changes, pos_np) if loc.kind == "add" else None
+        if delta is None:
+            da = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+            db = _rel_shift(loc, 1, changes[loc.src[1]].get(), tab, pos, pos_np)
+            if loc.kind in ("add", "sub"):
+                delta = loc.fn(da, db)
+            else:
+                ra = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
+                rb = _windows(padded[loc.reads[1]], plan.read_starts[loc.reads[1]][pos], loc.width)
+                delta = loc.fn(ra + da, rb + db) - loc.fn(ra, rb)
     else:
         raise AssertionError(op)
     st = loc.st[pos_np]
-    hang = (st < 0) | (st + loc.width > loc.l)
+    hang = (st < 0) | (st + loc.width > loc.length)
     if hang.any():                # zero the positions outside the activation
         if hang.all():
             cols = tab["st"][pos][:, None] + torch.arange(loc.width, device=pos.device)
-            delta = delta.masked_fill(((cols < 0) | (cols >= loc.l))[:, None, :], 0.0)
+            delta = delta.masked_fill(((cols < 0) | (cols >= loc.length))[:, :, None], 0.0)
         else:
             if op == "crop":      # a crop may be a view of its source's change
                 delta = delta.clone()
             rows = torch.as_tensor(np.flatnonzero(hang), device=pos.device)
             cols = tab["st"][pos[rows]][:, None] + torch.arange(loc.width, device=pos.device)
-            delta[rows] = delta[rows].masked_fill(((cols < 0) | (cols >= loc.l))[:, None, :], 0.0)
+            delta[rows] = delta[rows].masked_fill(((cols < 0) | (cols >= loc.length))[:, :, None], 0.0)
     return _Change(delta)
+
+
+def _added_in_place(plan, loc, changes, pos_np):
+    """A residual addition done in place: when one operand's window is the sum's (offset 0, full
+    width), its change a tensor of its own that no one reads after this, the other operand (at
+    one offset for the whole chunk, inside the window) is added into it. ``None`` when that does
+    not apply."""
+    for j in (1, 0):
+        own, other = plan.locals[loc.src[j]], plan.locals[loc.src[1 - j]]
+        if own.last != loc.id or own.keep or loc.src[0] == loc.src[1] or \
+                own.op not in ("input", "conv", "pool", "pointwise", "binary"):
+            continue
+        rel_own, rel_other = loc.rel[j][pos_np], loc.rel[1 - j][pos_np]
+        r = int(rel_other[0])
+        if rel_own.any() or own.width != loc.width or not (rel_other == r).all() or r > 0 \
+                or other.width - r > loc.width:
+            continue
+        out = changes[loc.src[j]].get(last=True)
+        out[:, -r:-r + other.width] += changes[loc.src[1 - j]].get()
+        return out
+    return None
 
 
 def _free(plan, changes, loc):
@@ -932,27 +999,27 @@ def _free(plan, changes, loc):
 
 
 def _spliced(plan, loc, act, change, pos, n):
-    """The mutants' whole activation ``[N, *shape[1:]]``: the reference ``act [C, l]`` with each
+    """The mutants' whole activation ``[N, *shape[1:]]``: the reference ``act [l, C]`` with each
     mutant's changed window added in."""
     delta = change.get()
     full = act.unsqueeze(0).repeat(n, 1, 1)
-    w = delta.shape[2]
-    if w == loc.l and not loc.st.any():
+    w = delta.shape[1]
+    if w == loc.length and not loc.st.any():
         full += delta
     else:
         idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
-        outside = (idx < 0) | (idx >= loc.l)
+        outside = (idx < 0) | (idx >= loc.length)
         if outside.any():
-            delta = delta.masked_fill(outside[:, None, :], 0.0)
-        full.scatter_add_(2, idx.clamp(0, loc.l - 1)[:, None, :].expand(n, loc.c, w), delta)
-    return full.reshape((n,) + loc.shape[1:])
+            delta = delta.masked_fill(outside[:, :, None], 0.0)
+        full.scatter_add_(1, idx.clamp(0, loc.length - 1)[:, :, None].expand(n, w, loc.c), delta)
+    return full.transpose(1, 2).reshape((n,) + loc.shape[1:])
 
 
 def _dense_update(dense, src, delta, ref_pre, starts):
     """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
     whose windows start within DENSE_SPAN positions (their union window, zero-filled)."""
     n = delta.shape[0]
-    c, w, p = src.c, delta.shape[2], src.l
+    c, w, p = src.c, delta.shape[1], src.length
     hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
     for r0, r1, runs in _dense_groups(starts):
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
@@ -961,13 +1028,13 @@ def _dense_update(dense, src, delta, ref_pre, starts):
             continue
         if len(runs) == 1:
             s0 = runs[0][2]
-            x = delta[r0:r1, :, a - s0:b - s0].transpose(1, 2).reshape(r1 - r0, (b - a) * c)
+            x = delta[r0:r1, a - s0:b - s0].reshape(r1 - r0, (b - a) * c)
         else:
             x = delta.new_zeros(r1 - r0, b - a, c)
             for q0, q1, s0 in runs:
                 lo, hi = max(s0, a), min(s0 + w, b)
                 if hi > lo:
-                    x[q0 - r0:q1 - r0, lo - a:hi - a] = delta[q0:q1, :, lo - s0:hi - s0].transpose(1, 2)
+                    x[q0 - r0:q1 - r0, lo - a:hi - a] = delta[q0:q1, lo - s0:hi - s0]
             x = x.view(r1 - r0, (b - a) * c)
         torch.addmm(ref_pre, x, dense.weight_pm[:, a * c:b * c].T, out=hidden[r0:r1])
     return hidden

@@ -467,3 +467,72 @@ def test_bpnet_like():
     ok, detail = analysable(model, 160)
     assert ok and detail.count("add[") == 5 and "crop" in detail
     assert_exact(model, random_tokens(np.random.default_rng(51), 160), batch_size=100)
+
+
+LEGACY_FILE = '''
+import torch
+from torch import nn
+
+
+class LambdaBase(nn.Sequential):
+    def __init__(self, fn, *args):
+        super().__init__(*args)
+        self.lambda_func = fn
+
+    def forward_prepare(self, input):
+        output = [module(input) for module in self._modules.values()]
+        return output if output else input
+
+
+class Lambda(LambdaBase):
+    def forward(self, input):
+        return self.lambda_func(self.forward_prepare(input))
+
+
+class SmallLegacyBeluga(nn.Module):
+    length = 200
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.model = nn.Sequential(
+            nn.Sequential(nn.Conv2d(4, 16, (1, 8)), nn.ReLU(), nn.Conv2d(16, 16, (1, 8)), nn.ReLU(),
+                          nn.Dropout(0.2), nn.MaxPool2d((1, 4), (1, 4)), nn.Conv2d(16, 24, (1, 8)), nn.ReLU()),
+            nn.Sequential(nn.Dropout(0.5), Lambda(lambda x: x.view(x.size(0), -1)),
+                          nn.Sequential(Lambda(lambda x: x.view(1, -1) if 1 == len(x.size()) else x),
+                                        nn.Linear(24 * 39, 12)), nn.ReLU(),
+                          nn.Sequential(Lambda(lambda x: x.view(1, -1) if 1 == len(x.size()) else x),
+                                        nn.Linear(12, 5))),
+            nn.Sigmoid())
+
+    def forward(self, x):
+        return self.model(x.unsqueeze(2))
+'''
+
+
+def test_a_users_legacy_model_file_takes_the_fast_path(tmp_path, monkeypatch, caplog):
+    """A user's own file in the published repository's style (LambdaBase/Lambda classes, lambdas
+    that branch on ``len(x.size())``), loaded as ``base_model.kind: custom`` loads it: the target
+    computation never calls naive ISM, the effects come from the logits, and they equal naive
+    ISM's to float32 rounding; the same call twice gives the same bytes."""
+    import seqmux.ism as ism
+    from seqmux.models import load_custom_class
+
+    path = tmp_path / "legacy_model.py"
+    path.write_text(LEGACY_FILE)
+    model = load_custom_class(str(path), "SmallLegacyBeluga")().eval()
+    tokens = random_tokens(np.random.default_rng(8), 200)
+    x = torch.from_numpy(one_hot(tokens))
+    off, alt = (torch.from_numpy(a.astype(np.int64)) for a in substitutions(tokens))
+    with caplog.at_level(logging.INFO):
+        naive = substitution_effects(model, x, off, alt, "logfold", "naive")[1]
+    assert any("effects computed from its logits" in r.getMessage() for r in caplog.records)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("naive ISM called")
+
+    monkeypatch.setattr(ism, "naive_substitution_predictions", forbidden)
+    _, fast = substitution_effects(model, x, off, alt, "logfold", "fast")
+    assert (fast - naive).abs().max().item() <= tolerance(model, tokens)
+    _, again = substitution_effects(model, x, off, alt, "logfold", "fast")
+    assert torch.equal(fast, again)

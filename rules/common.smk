@@ -83,9 +83,9 @@ def base_model_files():
     return [p for p in (spec["weights"], spec["module"], spec["names"]) if p]
 
 
-def split_file(split):
-    """The split file of ``split`` (train, validation or test), from rule assemble_splits."""
-    return expand(rules.assemble_splits.output.split, split=split)[0]
+def split_files(split):
+    """The shards of ``split`` (train, validation or test), each written by a compute_targets job."""
+    return expand("results/splits/{split}/{shard}.feather", split=split, shard=SHARDS)
 
 
 def log_path(rule, wildcards=""):
@@ -157,7 +157,34 @@ def explicit_devices():
     return [(f"{name}.device", s["device"]) for name, s in fields if str(s.get("device", "")).startswith("cuda")]
 
 
+def n_outputs_planned():
+    """F as the config says it (custom models without a names file: known only once built)."""
+    b = config["base_model"]
+    if b["kind"] == "beluga":
+        return 2002
+    if b["kind"] == "demo":
+        return int(b["demo"]["outputs"])
+    if b.get("names"):
+        return sum(1 for line in open(b["names"]) if line.strip())
+    return None
+
+
+def disk_line():
+    """The disk estimate of the ISM targets (README "Disk"), or why there is none."""
+    from seqmux.splits import disk_summary
+
+    w, f = config["windows"], n_outputs_planned()
+    if w["regions"]:
+        n = sum(1 for line in open(w["regions"]) if line.strip() and not line.startswith(("#", "track", "browser")))
+    else:
+        n = sum(w["count"].values())
+    if f is None:
+        return f"disk for the ISM targets: {n} windows x F x 4 x {w['length']} x (2 or 4) B, twice"
+    return disk_summary(n, f, w["length"], config["targets"]["dtype"])
+
+
 onstart:
+    logger.info(disk_line())
     # Jobs run on this machine (not a cluster whose nodes have the GPUs): a CUDA device that is
     # not here stops the run before any job. Not at parse time: the executor is known only now.
     if workflow.local_exec and explicit_devices():

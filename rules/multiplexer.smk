@@ -19,8 +19,8 @@ MULTIPLEXER_FILES = expand(
 
 rule train_multiplexer:
     input:
-        train=split_file("train"),
-        validation=split_file("validation"),
+        train=split_files("train"),
+        validation=split_files("validation"),
     output:
         model="results/multiplexer/model.pt",
         last="results/multiplexer/model_last.pt",
@@ -58,9 +58,9 @@ rule train_multiplexer:
 rule evaluate_multiplexer:
     input:
         model=rules.train_multiplexer.output.model,
-        train=split_file("train"),
-        validation=split_file("validation"),
-        test=split_file("test"),
+        train=split_files("train"),
+        validation=split_files("validation"),
+        test=split_files("test"),
         base_model=base_model_files(),
     output:
         metrics=report(

@@ -1,4 +1,7 @@
-# Base-model targets by exact in-silico mutagenesis: one GPU job per shard (CPU when no GPU).
+# Base-model targets by exact in-silico mutagenesis, written once, where training reads them: one
+# GPU job per shard of each split (CPU when no GPU), each writing that split's shard
+# results/splits/{split}/{shard}.feather (README "The split files"); a split is the directory of its
+# shards, and one split can be rebuilt alone.
 # params: what changes the targets; execution settings (targets.device, targets.batch_size,
 # targets.threads) are read by the script from the config, so changing them reruns nothing.
 
@@ -10,11 +13,11 @@ rule compute_targets:
         variants=rules.expand_mutations.output.variants,
         model=base_model_files(),
     output:
-        targets="results/targets/{shard}.arrow",
+        targets="results/splits/{split}/{shard}.feather",
     log:
-        log_path("compute_targets", ".{shard}"),
+        log_path("compute_targets", ".{split}.{shard}"),
     benchmark:
-        benchmark_path("compute_targets", ".{shard}")
+        benchmark_path("compute_targets", ".{split}.{shard}")
     conda:
         "../envs/seqmux.yaml"
     threads: config["targets"]["threads"]
@@ -29,3 +32,6 @@ rule compute_targets:
         precision=config["targets"]["precision"],
     script:
         "../scripts/compute_targets.py"
+
+
+SPLIT_FILES = [f for split in SPLITS for f in split_files(split)]

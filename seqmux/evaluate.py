@@ -9,10 +9,11 @@ Figures (see ``seqmux.metrics`` for the definitions) for the Multiplexer and two
   entry, a ``[4, L]`` map per profile (identity entries set to 0, their exact value).
 
 Speed: on the first ``speed_windows`` windows of the evaluation split, in one run and on one
-device, the Multiplexer's forward time (batched, after a warm-up pass) against exact naive ISM of
-the base model (``seqmux.ism.window_targets``: one forward pass per substitution, batched); their
-ratio is ``speedup``. The recomputed ISM targets are also compared with the stored ones
-(``ism_check_max_abs_diff``; float16 storage rounds them).
+device, the Multiplexer's forward time (batched, after a warm-up pass) against the two exact ISMs
+of the base model (``seqmux.ism.window_targets``): naive (one forward pass per substitution,
+batched; ratio ``speedup``) and fast (``seqmux.fast_ism``, the fastest exact answer; ratio
+``speedup_vs_fast_ism``). Both recomputed targets are compared with the stored ones
+(``ism_check_max_abs_diff``, ``fast_ism_check_max_abs_diff``; float16 storage rounds them).
 """
 
 import logging
@@ -72,7 +73,8 @@ def predict(model, ds, rows, device, batch_size):
 
 @torch.no_grad()
 def time_speed(model, base_model, ds, rows, device, batch_size, ism_batch_size, mode):
-    """Seconds for the Multiplexer and for exact ISM on the same windows, and the ISM check."""
+    """Seconds for the Multiplexer and for exact ISM (naive and fast) on the same windows, and
+    each ISM's largest deviation from the stored targets: ``dict``."""
     from .encoding import tokenize
     from .ism import window_targets
     from .variants import substitutions
@@ -88,18 +90,20 @@ def time_speed(model, base_model, ds, rows, device, batch_size, ism_batch_size, 
         model(x).float().cpu()
     _sync(device)
     mux_s = time.perf_counter() - t0
-    max_diff = 0.0
-    t0 = time.perf_counter()
-    targets = []
-    for tok in tokens:
-        offsets, alts = substitutions(tok)
-        _, target = window_targets(base_model, tok, offsets, alts, mode, "naive", ism_batch_size, device)
-        targets.append(target)
-    _sync(device)
-    ism_s = time.perf_counter() - t0
-    for r, target in zip(rows, targets):
-        max_diff = max(max_diff, float(np.abs(target - ds.target(r)).max()))
-    return mux_s, ism_s, max_diff
+    out = dict(multiplexer=mux_s)
+    for method in ("naive", "fast"):
+        offsets, alts = substitutions(tokens[0])     # warm-up (the fast plan is built once per model)
+        window_targets(base_model, tokens[0], offsets[:8], alts[:8], mode, method, ism_batch_size, device)
+        _sync(device)
+        t0 = time.perf_counter()
+        targets = []
+        for tok in tokens:
+            offsets, alts = substitutions(tok)
+            targets.append(window_targets(base_model, tok, offsets, alts, mode, method, ism_batch_size, device)[1])
+        _sync(device)
+        out[method] = time.perf_counter() - t0
+        out[f"{method}_diff"] = max(float(np.abs(t - ds.target(r)).max()) for r, t in zip(rows, targets))
+    return out
 
 
 def pick_example(ds, rows):
@@ -157,15 +161,21 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     if speed_rows:
         base = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
                                 base_model.get("class", ""), length).to(dev)
-        mux_s, ism_s, max_diff = time_speed(model, base, ds, speed_rows, dev, batch_size, ism_batch_size,
-                                            info["mode"])
-        speed = dict(windows=len(speed_rows), device=str(dev), multiplexer_seconds=round(mux_s, 6),
-                     ism_seconds=round(ism_s, 6), multiplexer_ms_per_window=round(1000 * mux_s / len(speed_rows), 3),
-                     ism_ms_per_window=round(1000 * ism_s / len(speed_rows), 3),
-                     speedup=round(ism_s / max(mux_s, 1e-9), 2), ism_method="naive",
-                     ism_check_max_abs_diff=max_diff)
-        log.info("speed on %d windows: multiplexer %.3f s, exact ISM %.3f s: %.1fx", len(speed_rows), mux_s, ism_s,
-                 ism_s / max(mux_s, 1e-9))
+        from .fast_ism import analysable
+        from .ism import logit_model
+
+        t = time_speed(model, base, ds, speed_rows, dev, batch_size, ism_batch_size, info["mode"])
+        n, mux_s = len(speed_rows), max(t["multiplexer"], 1e-9)
+        fast_ok, fast_plan = analysable(logit_model(base, length) or base, length)
+        speed = dict(windows=n, device=str(dev), multiplexer_seconds=round(t["multiplexer"], 6),
+                     ism_seconds=round(t["naive"], 6), multiplexer_ms_per_window=round(1000 * t["multiplexer"] / n, 3),
+                     ism_ms_per_window=round(1000 * t["naive"] / n, 3), speedup=round(t["naive"] / mux_s, 2),
+                     ism_method="naive", ism_check_max_abs_diff=t["naive_diff"],
+                     fast_ism_seconds=round(t["fast"], 6), fast_ism_ms_per_window=round(1000 * t["fast"] / n, 3),
+                     speedup_vs_fast_ism=round(t["fast"] / mux_s, 2), fast_ism_check_max_abs_diff=t["fast_diff"],
+                     fast_ism_plan=fast_plan if fast_ok else f"naive ISM ({fast_plan})")
+        log.info("speed on %d windows: multiplexer %.3f s, exact ISM naive %.3f s (%.1fx), fast %.3f s (%.1fx)", n,
+                 t["multiplexer"], t["naive"], t["naive"] / mux_s, t["fast"], t["fast"] / mux_s)
 
     out = {k: v for k, v in results["multiplexer"].items() if k != "per_profile"}
     out.update(split=split, windows=len(ds), n_outputs=n_out, length=length, mode=info["mode"],

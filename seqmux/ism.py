@@ -279,40 +279,24 @@ def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", 
     return ref.cpu().numpy(), target.cpu().numpy()
 
 
-def target_schema(n_outputs, length, dtype="float16", metadata=None):
-    """Arrow schema of a target shard: window_id, reference_prediction [F], target [F*4*L]."""
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([
-        ("window_id", pa.int64()),
-        ("reference_prediction", pa.list_(pa.float32(), n_outputs)),
-        ("target", pa.list_(value, n_outputs * 4 * length)),
-    ], metadata=metadata)
-
-
-def fixed_list(values, width, dtype):
-    """A FixedSizeListArray of rows of ``width`` from a flat numpy array."""
-    values = np.ascontiguousarray(values, dtype=dtype).reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values), width)
-
-
 @torch.no_grad()
 def compute_target_shard(model, windows, tokens, variants, out_path, names, mode="logfold", dtype="float16",
-                         method="fast", batch_size=256, device="cpu"):
-    """Write the targets of ``windows`` to an Arrow IPC file, one record batch per window.
+                         method="fast", batch_size=256, device="cpu", base_model="custom"):
+    """Write the targets of ``windows`` as a split shard (``seqmux.splits``), one record batch a window.
 
     ``tokens``: ``[N, L]`` uint8 (memory-mapped is fine), indexed by window id. ``variants``: an
     Arrow table with columns window_id (sorted), offset, alt_index. Peak memory is one window's
     target plus one batch of mutants, whatever the number of windows.
     """
+    from .splits import split_batch, split_schema
+
     model = model.to(device).eval()
     length = tokens.shape[1]
     n_out = len(names)
-    meta = {b"n_outputs": str(n_out).encode(), b"length": str(length).encode(), b"mode": mode.encode()}
-    schema = target_schema(n_out, length, dtype, meta)
+    schema = split_schema(n_out, length, dtype, names, mode, base_model)
     wids = variants.column("window_id").to_numpy()
     offsets_all = variants.column("offset").to_numpy()
     alts_all = variants.column("alt_index").to_numpy()
-    np_dtype = np.float16 if dtype == "float16" else np.float32
     with pa.OSFile(str(out_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for w in progress(windows, len(windows), f"ISM ({method}, {device})"):
             lo, hi = np.searchsorted(wids, [w.window_id, w.window_id + 1])
@@ -327,17 +311,15 @@ def compute_target_shard(model, windows, tokens, variants, out_path, names, mode
             if not np.all(np.isfinite(target)):
                 raise ModelOutputError(f"{where}: a target is not finite (outputs finite, the {mode} formula "
                                        "overflowed)")
-            writer.write_batch(pa.record_batch([
-                pa.array([w.window_id], pa.int64()),
-                fixed_list(ref, n_out, np.float32),
-                fixed_list(target, n_out * 4 * length, np_dtype),
-            ], schema=schema))
+            writer.write_batch(split_batch(schema, w.window_id, w.chrom, w.start, w.end, tokens[w.window_id],
+                                           ref, target))
     log.info("wrote targets of %d windows to %s", len(windows), out_path)
 
 
-def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, base_model, mode="logfold",
+def compute_targets(windows_bed, tokens_npy, variants, out, split, shard, n_shards, base_model, mode="logfold",
                     dtype="float16", method="fast", batch_size=256, device="auto", precision="float32"):
-    """Stage: ISM targets of one shard's windows.
+    """Stage: ISM targets of the windows of one shard in one split, written as that split's shard
+    ``results/splits/{split}/{shard}.feather`` (the one copy of them on disk).
 
     ``base_model``: dict with ``kind``, ``weights``, ``module``, ``class``, ``names`` (the config
     section, paths resolved). ``precision``: ``float32`` or ``float64`` arithmetic in the model.
@@ -345,7 +327,7 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
     from .models import build_base_model, count_outputs, output_names
     from .windows import read_windows, shard_windows
 
-    windows = shard_windows(read_windows(windows_bed), shard, n_shards)
+    windows = [w for w in shard_windows(read_windows(windows_bed), shard, n_shards) if w.split == split]
     tokens = np.load(tokens_npy, mmap_mode="r")
     length = tokens.shape[1]
     model = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
@@ -360,13 +342,14 @@ def compute_targets(windows_bed, tokens_npy, variants, out, shard, n_shards, bas
     names = output_names(base_model["kind"], base_model.get("names", ""), n_outputs)
     model = model.to(torch.float64 if precision == "float64" else torch.float32)
     dev = choose_device(device, "config", "targets.device")
-    log.info("shard %d/%d: %d windows of %d bp, %d outputs, %s ISM in %s on %s", shard + 1, n_shards,
+    log.info("%s shard %d/%d: %d windows of %d bp, %d outputs, %s ISM in %s on %s", split, shard + 1, n_shards,
              len(windows), length, len(names), method, precision, dev)
     with pa.memory_map(str(variants), "r") as src:
         table = pa.ipc.open_file(src).read_all()
     try:
         with atomic_path(out) as tmp:
-            compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev)
+            compute_target_shard(model, windows, tokens, table, tmp, names, mode, dtype, method, batch_size, dev,
+                                 base_model["kind"])
     except ModelOutputError as err:
         raise InputError(*model_source(base_model), f"{err} (targets.mode={mode})") from None
 

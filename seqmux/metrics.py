@@ -204,7 +204,13 @@ def summary_table(metrics):
                 ("exact_ism_ms_per_window", "ism_ms_per_window",
                  f"exact {speed['ism_method']} ISM of the base model, milliseconds per window "
                  "(same windows, same run)"),
-                ("speedup", "speedup", "exact ISM time / Multiplexer time")]:
+                ("speedup", "speedup", "exact naive ISM time / Multiplexer time"),
+                ("fast_exact_ism_ms_per_window", "fast_ism_ms_per_window",
+                 "fast exact ISM of the base model (seqmux.fast_ism), milliseconds per window "
+                 "(same windows, same run)"),
+                ("speedup_vs_fast_ism", "speedup_vs_fast_ism", "fast exact ISM time / Multiplexer time")]:
+            if key not in speed:
+                continue
             rows.append(dict(metric=metric, multiplexer=f"{speed[key]:.4g}", predict_zero="", training_mean="",
                              meaning=meaning))
     return rows

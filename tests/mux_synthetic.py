@@ -4,9 +4,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from seqmux.encoding import detokenize
-from seqmux.ism import fixed_list
-from seqmux.splits import split_schema
+from seqmux.encoding import detokenize, tokenize
+from seqmux.splits import split_batch, split_schema
 
 SPLITS = ("train", "validation", "test")
 
@@ -15,15 +14,11 @@ def write_split(path, sequences, targets, names, mode="logfold", dtype="float32"
     """A split file with one row per sequence; ``targets`` ``[n, F, 4, L]``."""
     n_out, length = len(names), targets.shape[-1] if len(targets) else len(sequences[0]) if sequences else 8
     schema = split_schema(n_out, length, dtype, names, mode, "demo")
-    np_dtype = np.float16 if dtype == "float16" else np.float32
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for i, (seq, target) in enumerate(zip(sequences, targets)):
             start = 1000 * i
-            writer.write_batch(pa.record_batch([
-                pa.array([first_id + i], pa.int64()), pa.array([chrom]), pa.array([start], pa.int64()),
-                pa.array([start + length], pa.int64()), pa.array([seq]),
-                fixed_list(np.zeros(n_out), n_out, np.float32),
-                fixed_list(target, n_out * 4 * length, np_dtype)], schema=schema))
+            writer.write_batch(split_batch(schema, first_id + i, chrom, start, start + length, tokenize(seq),
+                                           np.zeros(n_out), target))
     return path
 
 

@@ -90,9 +90,13 @@ def test_target_rms(tmp_path):
     from mux_synthetic import random_sequences, write_split
     from seqmux.splits import open_split, target_rms
 
+    from seqmux.encoding import one_hot, tokenize
+
     rng = np.random.default_rng(0)
-    targets = rng.normal(0, 0.01, (5, 2, 4, 12)).astype(np.float32)
-    write_split(tmp_path / "t.feather", random_sequences(5, 12, rng), targets, ["a", "b"])
+    seqs = random_sequences(5, 12, rng)
+    identity = np.stack([one_hot(tokenize(s)) for s in seqs])[:, None].astype(bool)    # [5, 1, 4, 12]
+    targets = np.where(identity, 0.0, rng.normal(0, 0.01, (5, 2, 4, 12))).astype(np.float32)
+    write_split(tmp_path / "t.feather", seqs, targets, ["a", "b"])
     table = open_split(tmp_path / "t.feather")
     assert target_rms(table) == pytest.approx(float(np.sqrt(np.mean(targets.astype(np.float64) ** 2))), rel=1e-6)
     assert target_rms(table, max_rows=2) == pytest.approx(

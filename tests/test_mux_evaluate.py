@@ -44,6 +44,11 @@ def test_metrics_file_plots_and_speed(setup):
     assert speed["speedup"] == pytest.approx(speed["ism_seconds"] / speed["multiplexer_seconds"],
                                                                          rel=0.02)
     assert speed["ism_check_max_abs_diff"] < 1e-4  # the ISM rerun reproduces the stored targets
+    # and against the fastest exact answer, on the same windows in the same run
+    assert speed["speedup_vs_fast_ism"] == pytest.approx(speed["fast_ism_seconds"] / speed["multiplexer_seconds"],
+                                                         rel=0.02)
+    assert speed["fast_ism_check_max_abs_diff"] < 1e-4
+    assert speed["fast_ism_seconds"] < speed["ism_seconds"] and "conv" in speed["fast_ism_plan"]
     assert set(saved["per_profile"]) == {"out_0", "out_1"}
     for png in outs[2:]:
         assert png.stat().st_size > 5000
@@ -56,6 +61,9 @@ def test_metrics_file_plots_and_speed(setup):
                                                                 abs=1e-12)
     assert table.loc["speedup", "multiplexer"] == pytest.approx(speed["speedup"], rel=1e-3)
     assert table.loc["exact_ism_ms_per_window", "multiplexer"] == pytest.approx(speed["ism_ms_per_window"], rel=1e-3)
+    assert table.loc["speedup_vs_fast_ism", "multiplexer"] == pytest.approx(speed["speedup_vs_fast_ism"], rel=1e-3)
+    assert table.loc["fast_exact_ism_ms_per_window", "multiplexer"] == \
+        pytest.approx(speed["fast_ism_ms_per_window"], rel=1e-3)
     assert table["meaning"].notna().all()
 
 
@@ -72,5 +80,5 @@ def test_model_and_split_must_agree(setup, tmp_path):
     save_multiplexer(other, tmp_path / "m3.pt", ["a", "b", "c"], "logfold", "demo")
     with pytest.raises(InputError, match=r"test\.feather: n_outputs=2: the multiplexer .*m3\.pt was trained with 3"):
         run(tmp_path, splits, spec, model=tmp_path / "m3.pt")
-    with pytest.raises(InputError, match="split file not found"):
+    with pytest.raises(InputError, match="split shard not found"):
         run(tmp_path, splits, spec, test=tmp_path / "nope.feather", model=d / "model.pt")

@@ -110,7 +110,7 @@ def test_bad_inputs(tmp_path):
     splits = tiny_splits(tmp_path)
     def run(train, val):
         return train_multiplexer(train, val, *outputs(tmp_path / "o"), tmp_path / "ck", **ARGS)
-    with pytest.raises(InputError, match=r"missing\.feather: train split=.*split file not found"):
+    with pytest.raises(InputError, match=r"missing\.feather: train split=.*split shard not found"):
         run(tmp_path / "missing.feather", splits["validation"])
     empty = write_empty_split(tmp_path / "empty.feather", 32, ["out_0", "out_1"])
     with pytest.raises(InputError, match=r"empty\.feather: rows=0: the train split is empty"):
@@ -124,5 +124,5 @@ def test_bad_inputs(tmp_path):
         run(splits["train"], other)
     garbage = tmp_path / "garbage.feather"
     garbage.write_text("not arrow")
-    with pytest.raises(InputError, match="not a readable split file"):
+    with pytest.raises(InputError, match="not a readable split shard"):
         run(garbage, splits["validation"])

@@ -24,7 +24,7 @@ def dry_run_resources(workdir, profile):
 
 def test_local_profile(tmp_path):
     resources = dry_run_resources(tmp_path, "local")
-    assert set(resources) >= GPU_RULES | {"demo_genome", "assemble_splits"}
+    assert set(resources) >= GPU_RULES | {"demo_genome", "expand_mutations"}
     for rule, res in resources.items():
         assert (res.get("gpu") == "1") == (rule in GPU_RULES), (rule, res)
 

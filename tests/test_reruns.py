@@ -30,7 +30,8 @@ def planned(workdir, config, *targets, extra=()):
     return counts
 
 
-DOWNSTREAM_OF_TARGETS = {"compute_targets": 2, "assemble_splits": 3, "train_multiplexer": 1, "evaluate_multiplexer": 1}
+# compute_targets: 3 splits x 2 shards
+DOWNSTREAM_OF_TARGETS = {"compute_targets": 6, "train_multiplexer": 1, "evaluate_multiplexer": 1}
 
 
 def test_finished_run_has_nothing_to_do(tiny_run):
@@ -62,8 +63,8 @@ def test_target_mode_reruns_targets_and_what_follows(tiny_run):
 
 def test_forcerun_one_stage_reruns_it_and_what_depends_on_it(tiny_run):
     assert planned(tiny_run, TINY, extra=("--forcerun", "compute_targets")) == DOWNSTREAM_OF_TARGETS
-    until = planned(tiny_run, TINY, extra=("--forcerun", "compute_targets", "--until", "assemble_splits"))
-    assert until == {"compute_targets": 2, "assemble_splits": 3}
+    until = planned(tiny_run, TINY, extra=("--forcerun", "compute_targets", "--until", "compute_targets"))
+    assert until == {"compute_targets": 6}
 
 
 def digest(path):
@@ -73,14 +74,16 @@ def digest(path):
 def test_one_split_rebuilt_alone(tiny_run, tmp_path):
     work = tmp_path / "copy"
     shutil.copytree(tiny_run, work, symlinks=True)  # copy2: modification times kept
-    split = work / "results/splits/test.feather"
-    before = {s: digest(work / f"results/splits/{s}.feather") for s in ("train", "validation", "test")}
-    split.unlink()
-    target = "results/splits/test.feather"
-    assert planned(work, TINY, target) == {"assemble_splits": 1}
-    result = run_workflow(work, TINY, target)
+    shards = sorted(work.glob("results/splits/*/*.feather"))
+    before = {p: digest(p) for p in shards}
+    test = sorted(work.glob("results/splits/test/*.feather"))
+    for p in test:
+        p.unlink()
+    targets = [str(p.relative_to(work)) for p in test]
+    assert planned(work, TINY, *targets) == {"compute_targets": len(test)}
+    result = run_workflow(work, TINY, *targets)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {s: digest(work / f"results/splits/{s}.feather") for s in before} == before
+    assert {p: digest(p) for p in shards} == before
     # the rebuilt file has the same bytes: Snakemake schedules nothing downstream of it again
     assert planned(work, TINY) == {}
 
@@ -90,9 +93,9 @@ def test_one_split_rebuilt_alone(tiny_run, tmp_path):
 # slow enough to be killed inside a job: naive ISM in float64; 40 training steps, a checkpoint every 5
 KILL = deep_update(TINY, {"targets": {"method": "naive", "precision": "float64"},
                           "multiplexer": {"train": {"steps": 40, "validate_every": 5, "patience": 0}}})
-SPLIT_PRODUCTS = [f"results/splits/{s}.feather" for s in ("train", "validation", "test")]
-DATA_PRODUCTS = ["results/windows/windows.bed", "results/encoded/tokens.npy", "results/targets/0000.arrow",
-                 "results/targets/0001.arrow", *SPLIT_PRODUCTS]
+SPLIT_PRODUCTS = [f"results/splits/{s}/{shard}.feather" for s in ("train", "validation", "test")
+                  for shard in ("0000", "0001")]
+DATA_PRODUCTS = ["results/windows/windows.bed", "results/encoded/tokens.npy", *SPLIT_PRODUCTS]
 
 
 def snakemake_command(workdir, *extra):
@@ -146,9 +149,15 @@ def test_killed_runs_resume_and_end_as_an_uninterrupted_run(tmp_path):
     work.mkdir()
     (work / "test_config.yaml").write_text(yaml.safe_dump(KILL))
     # 1. killed inside the first target job (its log has started, its output is not there yet)
-    log = work / "logs/compute_targets.0000.log"
-    assert kill_when(work, lambda: log.is_file() and "start compute_targets" in log.read_text())
-    assert not (work / "results/targets/0000.arrow").exists()
+    started = []
+
+    def a_target_job_started():
+        started[:] = [p for p in work.glob("logs/compute_targets.*.log") if "start compute_targets" in p.read_text()]
+        return bool(started)
+
+    assert kill_when(work, a_target_job_started)
+    split, shard = started[0].name.split(".")[1:3]
+    assert not (work / f"results/splits/{split}/{shard}.feather").exists()
     rerun_after_kill(work)  # ... and once more, below, inside training
     for product in DATA_PRODUCTS:
         assert digest(work / product) == digest(reference / product), product

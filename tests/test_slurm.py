@@ -39,11 +39,10 @@ GPU_RULES = {"compute_targets", "train_multiplexer", "evaluate_multiplexer"}
 SHARDS = [f"{i:04d}" for i in range(TINY["targets"]["shards"])]
 # one SLURM job per Snakemake job of the tiny config (`all` runs on the submitting host)
 EXPECTED_JOBS = Counter({"demo_genome": 1, "demo_base_model": 1, "sample_windows": 1, "encode_windows": 1,
-                         "expand_mutations": len(SHARDS), "compute_targets": len(SHARDS), "assemble_splits": 3,
+                         "expand_mutations": len(SHARDS), "compute_targets": 3 * len(SHARDS),
                          "train_multiplexer": 1, "evaluate_multiplexer": 1})
 SAME_BYTES = (["results/windows/windows.bed", "results/encoded/tokens.npy"]
-              + [f"results/targets/{s}.arrow" for s in SHARDS]
-              + [f"results/splits/{s}.feather" for s in ("train", "validation", "test")])
+              + [f"results/splits/{split}/{s}.feather" for split in ("train", "validation", "test") for s in SHARDS])
 MULTIPLEXER_FILES = ["model.pt", "model_last.pt", "training_log.csv", "loss_curve.png", "metrics.json",
                      "metrics.tsv", "predicted_vs_exact.png", "profile_correlations.png", "example_heatmap.png"]
 

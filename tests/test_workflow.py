@@ -14,16 +14,35 @@ from seqmux.splits import open_split, split_info, targets_of
 from seqmux.windows import read_windows
 
 SPLITS = ("train", "validation", "test")
-PRODUCTS = ["results/windows/windows.bed", "results/encoded/tokens.npy", "results/targets/0000.arrow",
-            "results/targets/0001.arrow"] + [f"results/splits/{s}.feather" for s in SPLITS]
+SHARD_FILES = [f"results/splits/{s}/{shard}.feather" for s in SPLITS for shard in ("0000", "0001")]
+PRODUCTS = ["results/windows/windows.bed", "results/encoded/tokens.npy"] + SHARD_FILES
 
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_disk_formula_matches_the_bytes_on_disk(tiny_run):
+    """The estimate printed at the start of a run (README "Disk") against the files the tiny run
+    wrote: the split shards are the one copy of the targets (nothing else under results/ is big)."""
+    from seqmux.splits import disk_bytes
+
+    n = sum(TINY["windows"]["count"].values())
+    formula = disk_bytes(n, 16, 400, TINY["targets"]["dtype"])
+    splits = sum((tiny_run / p).stat().st_size for p in SHARD_FILES)
+    per_window_numbers = 16 * 3 * 400 * 4
+    assert abs(splits - formula) < 6 * 4096 + n * 200, (splits, formula)   # framing of 6 shards
+    assert splits > n * per_window_numbers
+    import pyarrow as pa
+
+    others = [p for p in (tiny_run / "results").rglob("*") if p.is_file() and "splits" not in p.parts
+              and p.suffix in (".arrow", ".feather")]
+    for p in others:                # no second copy of the targets anywhere
+        assert "target" not in pa.ipc.open_file(pa.memory_map(str(p), "r")).schema.names, p
+
+
 def test_spine_builds_the_three_splits(tiny_run):
-    tables = {s: open_split(tiny_run / f"results/splits/{s}.feather") for s in SPLITS}
+    tables = {s: open_split(tiny_run / f"results/splits/{s}") for s in SPLITS}
     assert {s: t.num_rows for s, t in tables.items()} == TINY["windows"]["count"]
     info = split_info(tables["train"])
     assert info["n_outputs"] == 16 and info["length"] == 400 and info["mode"] == "logfold"
@@ -44,7 +63,7 @@ def test_spine_builds_the_three_splits(tiny_run):
         ok = tokens < 4
         assert np.all(target[i][:, tokens[ok], np.nonzero(ok)[0]] == 0)
     assert np.all(np.isfinite(target))
-    for rule in ("sample_windows", "compute_targets.0000", "assemble_splits.test"):
+    for rule in ("sample_windows", "compute_targets.train.0000", "compute_targets.test.0001"):
         assert (tiny_run / f"results/benchmarks/{rule}.tsv").exists()
         assert (tiny_run / f"logs/{rule}.log").exists()
 
@@ -60,16 +79,18 @@ def test_fast_targets_equal_naive_targets(tiny_run, tmp_path):
     """The target stage's default (fast ISM) and naive ISM agree to float32 rounding on every target
     (conftest.float32_rounding of the demo model on the windows of the shard); the reference
     predictions are the same forward pass."""
-    shards = ["results/targets/0000.arrow", "results/targets/0001.arrow"]
+    shards = SHARD_FILES
     model = load_model(tiny_run / "resources/demo/base_model.pt")
     tokens = np.load(tiny_run / "results/encoded/tokens.npy")
     result = run_workflow(tmp_path, deep_update(TINY, {"targets": {"method": "naive"}}), *shards)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "naive ISM" in (tmp_path / "logs/compute_targets.0000.log").read_text()
+    assert "naive ISM" in (tmp_path / "logs/compute_targets.train.0000.log").read_text()
     for shard in shards:
         fast, naive = open_split(tiny_run / shard), open_split(tmp_path / shard)
         assert fast.column("window_id").equals(naive.column("window_id"))
-        t_fast, t_naive = (np.stack(t.column("target").to_numpy(zero_copy_only=False)) for t in (fast, naive))
+        if not fast.num_rows:
+            continue
+        t_fast, t_naive = targets_of(fast), targets_of(naive)
         assert t_fast.dtype == np.float32 and np.abs(t_naive).max() > 0.1
         ids = fast.column("window_id").to_numpy()
         tol = ROUNDING_FACTOR * float32_rounding(model, np.stack([one_hot(tokens[i]) for i in ids]))
@@ -82,7 +103,7 @@ def test_demo_targets_respond_to_planted_motifs(tiny_run):
     sites = read_bed_intervals(tiny_run / "resources/demo/motif_sites.bed")
     inside, outside = [], []
     for s in SPLITS:
-        table = open_split(tiny_run / f"results/splits/{s}.feather")
+        table = open_split(tiny_run / f"results/splits/{s}")
         target = targets_of(table)
         for i, row in enumerate(table.select(["chrom", "start", "end"]).to_pylist()):
             mask = np.zeros(row["end"] - row["start"], dtype=bool)

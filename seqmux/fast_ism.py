@@ -255,9 +255,9 @@ def _channel_major(fn, four_d):
     return lambda x: fn(x.transpose(1, 2)).transpose(1, 2)
 
 
-def _bind(fn, args, kwargs, cur, four_d):
-    """Windows ``[N, W, C]`` -> ``fn(*args, **kwargs)`` with the local node ``cur`` replaced by
-    the windows (in the node's own layout) and every other node by its constant value."""
+def _bind(fn, args, kwargs, four_d):
+    """Windows ``[N, W, C]`` -> ``fn(*args, **kwargs)`` with the one node left in them (the local
+    input; the others are already constants) replaced by the windows, in the node's own layout."""
     def call(x):
         a, kw = fx.node.map_arg((args, kwargs), lambda n: x)
         return fn(*a, **kw)
@@ -437,7 +437,7 @@ class _Analyser:
     def bound(self, fn, n, cur, four_d):
         static = self.static
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a if a is cur else static[a])
-        return _bind(fn, args, kwargs, cur, four_d)
+        return _bind(fn, args, kwargs, four_d)
 
     def view(self, n, src):
         """``unsqueeze(2)`` / ``squeeze(2)``: the same activation with another shape."""

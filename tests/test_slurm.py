@@ -149,6 +149,11 @@ def rule_of(comment):
     return match.group(1), match.group(2) or ""
 
 
+def stage_log(workdir, rule, wildcards):
+    """The stage's own log, ``logs/<rule>[.<wildcard>...].log`` (the comment joins wildcards by _)."""
+    return (workdir / f"logs/{rule}{'.' + wildcards.replace('_', '.') if wildcards else ''}.log").read_text()
+
+
 def test_every_job_was_a_completed_slurm_job(slurm_run):
     workdir, output, prefix = slurm_run
     jobs = sacct_jobs(prefix)
@@ -162,7 +167,7 @@ def test_every_job_was_a_completed_slurm_job(slurm_run):
     # and each stage's own log was written inside its SLURM job
     for job in jobs:
         rule, shard = rule_of(job["Comment"])
-        log = (workdir / f"logs/{rule}{'.' + shard if shard else ''}.log").read_text()
+        log = stage_log(workdir, rule, shard)
         assert f"SLURM job {job['JobID']}" in log.splitlines()[0], (rule, log[:300])
 
 
@@ -172,7 +177,7 @@ def test_gpu_rules_got_a_gpu(slurm_run):
         rule, shard = rule_of(job["Comment"])
         has_gpu = "gres/gpu=1" in job["AllocTRES"].split(",")
         assert has_gpu == (rule in GPU_RULES), (rule, job["AllocTRES"])
-        first_line = (workdir / f"logs/{rule}{'.' + shard if shard else ''}.log").read_text().splitlines()[0]
+        first_line = stage_log(workdir, rule, shard).splitlines()[0]
         # SLURM hands the job its GPU; CUDA would see it as device 0
         assert ("CUDA_VISIBLE_DEVICES=0" in first_line) == (rule in GPU_RULES), (rule, first_line)
 

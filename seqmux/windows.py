@@ -240,14 +240,15 @@ def read_windows(path):
     return out
 
 
-def shard_of(window_id, n_windows, n_shards):
-    """Shard index of a window: contiguous blocks of window ids."""
-    return window_id * n_shards // max(n_windows, 1)
-
-
 def shard_windows(windows, shard, n_shards):
-    """The windows of one shard."""
-    return [w for w in windows if shard_of(w.window_id, len(windows), n_shards) == shard]
+    """The windows of one shard: of each split, one contiguous block of its windows (in window id
+    order), so that every shard holds about ``1 / n_shards`` of every split and each target job
+    (one per shard of each split) has work when the split has at least ``n_shards`` windows."""
+    out = []
+    for split in SPLITS:
+        members = sorted((w for w in windows if w.split == split), key=lambda w: w.window_id)
+        out += [w for i, w in enumerate(members) if i * n_shards // len(members) == shard]
+    return sorted(out, key=lambda w: w.window_id)
 
 
 def sample_to_bed(fasta, out, length, max_n, counts, validation_chroms, test_chroms, seed, chroms=(), regions=""):

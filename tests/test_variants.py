@@ -46,6 +46,25 @@ def test_expand_shard_writes_only_its_windows(demo_dir, tmp_path):
     assert sorted(set(table.column("window_id").to_pylist())) == [2, 3]
 
 
+def test_every_shard_holds_its_share_of_every_split():
+    """hg19's 40,000 / 2,000 / 2,500 windows over 200 shards: each (split, shard) target job gets
+    200, 10 and 12 or 13 windows, none is empty, and the shards partition the windows."""
+    from seqmux.windows import shard_windows
+
+    counts = {"train": 40000, "validation": 2000, "test": 2500}
+    windows, i = [], 0
+    for split, n in counts.items():
+        windows += [Window(i + k, split, "chr1", 0, 10) for k in range(n)]
+        i += n
+    seen = []
+    for shard in range(200):
+        mine = shard_windows(windows, shard, 200)
+        per = {s: sum(w.split == s for w in mine) for s in counts}
+        assert per["train"] == 200 and per["validation"] == 10 and per["test"] in (12, 13), (shard, per)
+        seen += [w.window_id for w in mine]
+    assert sorted(seen) == list(range(i))
+
+
 def test_vcf_without_records_or_header_is_an_error(tmp_path):
     """An empty file, a record before the #CHROM line, or header lines only: one InputError naming
     the file (an empty VCF used to give an empty table and exit 0)."""

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from seqmux.config import load_config  # noqa: E402
 from seqmux.ism import window_targets  # noqa: E402
 from seqmux.models import BELUGA, BelugaFamily  # noqa: E402
 from seqmux.runtime import choose_device  # noqa: E402
@@ -145,12 +145,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = choose_device(args.device, "benchmarks/hg19_projection.py", "--device")
-    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = load_config(args.config)  # over config/config.yaml, with the schema's defaults, as the workflow
     count = cfg["windows"]["count"]
     n_windows = sum(count.values())
     dtype = cfg["targets"]["dtype"]
-    train = {**base["multiplexer"]["train"], **cfg.get("multiplexer", {}).get("train", {})}
+    train = cfg["multiplexer"]["train"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
 

@@ -243,7 +243,7 @@ def test_base_model_files_checked_at_start(tmp_path, extra, fragment):
     assert_failed_cleanly(result, tmp_path, fragment)
 
 
-# ---- issue 15: inputs checked where they enter; config errors before any job -----------------------
+# ---- inputs checked where they enter; config errors before any job ---------------------------------
 
 def assert_no_job_ran(workdir):
     """No job started: no log, no result, not even the demo genome."""

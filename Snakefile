@@ -1,6 +1,6 @@
 # seqmux: reference genome + trained sequence model -> training data for a Multiplexer.
 # Run:  snakemake --profile profiles/local              (embedded default, no download)
-#       snakemake --profile profiles/slurm              (on a SLURM cluster, see README)
+#       snakemake --profile profiles/slurm              (on a SLURM cluster, docs/slurm.md)
 #       snakemake --cores 8 --resources gpu=1           (the same as profiles/local, on 8 cores)
 #       snakemake --cores 8 --resources gpu=1 --configfile config/hg19_beluga.yaml
 #       snakemake sgrna --cores 2                     (one track alone: circuitsnp, scrna, gc_hmm, sgrna)

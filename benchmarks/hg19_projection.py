@@ -13,7 +13,7 @@ Measures, on this machine (CPU unless --device cuda):
    ``[F, 4, L]`` float32 (``SplitDataset``);
 
 then multiplies them out with the config's window count, target dtype and training steps into
-hours and terabytes, and prints the table the README quotes.
+hours and terabytes, and prints the table docs/multiplexer.md quotes.
 
     PYTHONPATH=. python benchmarks/hg19_projection.py                  # CPU, 2 threads
     PYTHONPATH=. python benchmarks/hg19_projection.py --device cuda --batch 16

@@ -119,7 +119,7 @@ def check_at_start(check, *args, **kwargs):
 # --- checks before any job: what the config and the input files' headers decide -------------------
 def check_spine():
     """Windows against the chromosomes (held-out sets, a chromosome per split, training windows,
-    the regions file), the window length against the base model (README "Errors")."""
+    the regions file), the window length against the base model (docs/errors.md)."""
     from seqmux.genome import chromosome_lengths, open_fasta
     from seqmux.models import check_model_length
     from seqmux.windows import check_windows
@@ -170,7 +170,7 @@ def n_outputs_planned():
 
 
 def disk_line():
-    """The disk estimate of the ISM targets (README "Disk"), or why there is none."""
+    """The disk estimate of the ISM targets (docs/multiplexer.md, "Disk"), or why there is none."""
     from seqmux.splits import disk_summary
 
     w, f = config["windows"], n_outputs_planned()

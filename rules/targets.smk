@@ -1,6 +1,6 @@
 # Base-model targets by exact in-silico mutagenesis, written once, where training reads them: one
 # GPU job per shard of each split (CPU when no GPU), each writing that split's shard
-# results/splits/{split}/{shard}.feather (README "The split files"); a split is the directory of its
+# results/splits/{split}/{shard}.feather (docs/multiplexer.md, "The split files"); a split is the directory of its
 # shards, and one split can be rebuilt alone.
 # params: what changes the targets; execution settings (targets.device, targets.batch_size,
 # targets.threads) are read by the script from the config, so changing them reruns nothing.

@@ -126,7 +126,7 @@ def kill_when(workdir, ready, timeout=300):
 
 
 def rerun_after_kill(workdir):
-    """What the README says to do after a killed run: unlock, then the same command again."""
+    """What docs/reruns.md says to do after a killed run: unlock, then the same command again."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     locked = subprocess.run(snakemake_command(workdir), capture_output=True, text=True, env=env, timeout=600)
     assert locked.returncode != 0 and "cannot be locked" in locked.stderr + locked.stdout, locked.stderr[-2000:]

@@ -23,7 +23,7 @@ def digest(path):
 
 
 def test_disk_formula_matches_the_bytes_on_disk(tiny_run):
-    """The estimate printed at the start of a run (README "Disk") against the files the tiny run
+    """The estimate printed at the start of a run (docs/multiplexer.md, "Disk") against the files the tiny run
     wrote: the split shards are the one copy of the targets (nothing else under results/ is big)."""
     from seqmux.splits import disk_bytes
 

@@ -1,4 +1,5 @@
-# Config validation (defaults filled from the schema) and the paths every rule shares.
+# Config validation and the paths shared by the rules. The schema is the only source of defaults;
+# validate() fills every key that config/config.yaml and --configfile/--config leave out.
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -7,7 +8,7 @@ from seqmux.config import config_error
 from seqmux.errors import InputError
 
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
+    validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 except WorkflowError:
     schema_file = os.path.join(workflow.basedir, "schemas/config.schema.yaml")
     raise WorkflowError(

@@ -57,8 +57,9 @@ def write_vcf(rows, plan, lengths, path):
     contigs = {}
     for rec in records.values():
         contigs.setdefault(rec["chrom"], rec["fasta"])
-    for chrom in sorted(contigs, key=lambda c: order[contigs[c]]):
+    for chrom in sorted(contigs, key=lambda c: (order[contigs[c]], c)):
         header.add_line(f"##contig=<ID={chrom},length={lengths[contigs[chrom]]}>")
+    header.add_line('##INFO=<ID=END,Number=1,Type=Integer,Description="End position (symbolic alleles)">')
     header.add_line('##INFO=<ID=SEQMUX_MAX_ABS,Number=A,Type=Float,Description="Largest |effect| over the '
                     'summary outputs (seqmux score)">')
     header.add_line('##INFO=<ID=SEQMUX_TOP,Number=A,Type=String,Description="Output with the largest |effect|">')
@@ -66,7 +67,7 @@ def write_vcf(rows, plan, lengths, path):
                     '(n_padded, flipped; skipped when not scored: see skipped.tsv)">')
     tmp = Path(str(path) + ".part.vcf.gz")
     with pysam.VariantFile(str(tmp), "wz", header=header) as out:
-        for rec in sorted(records.values(), key=lambda r: (order.get(r["fasta"], 0), r["pos"])):
+        for rec in sorted(records.values(), key=lambda r: (order[r["fasta"]], r["chrom"], r["pos"])):
             alts = [alt for _, alt, _ in rec["alts"]]
             v = out.new_record(contig=rec["chrom"], start=rec["pos"] - 1, alleles=(rec["ref"], *alts),
                                id=rec["id"] if rec["id"] not in ("", ".") else None)

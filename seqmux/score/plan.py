@@ -206,6 +206,17 @@ def region_name(fields, chrom, start, end):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def map_names(path):
+    """The map names of a BED file's regions, in file order, once each (no checks: ``read_bed``)."""
+    names = []
+    with open(path) as fh:
+        for line in fh:
+            fields = line.rstrip("\r\n").split("\t")
+            if line.strip() and not line.startswith(("#", "track", "browser")) and len(fields) >= 3:
+                names.append(region_name(fields, *fields[:3]))
+    return list(dict.fromkeys(names))
+
+
 def read_bed(path, lengths, field="score.regions"):
     """``[(name, chrom, fasta_chrom, start, end)]`` of a BED file, checked: a known contig (after
     aliasing), ``0 <= start < end <= length``."""

@@ -209,8 +209,8 @@ def test_multiplexer_engine_skips_indels_and_reports_agreement(genome, tmp_path)
     make_plan(genome["fasta"], tmp_path / "plan.parquet", tmp_path / "plan.json", vcf=tmp_path / "calls.vcf",
               length=L, stride=100, engine="multiplexer", n_shards=1, accuracy_windows=3)
     run_shard(genome["fasta"], tmp_path / "plan.parquet", tmp_path / "plan.json", tmp_path / "0.parquet",
-              tmp_path / "0.json", 0, engine="multiplexer", strand="both", base_model=base, model_path=tmp_path / "mux.pt",
-              device="cpu")
+              tmp_path / "0.json", 0, engine="multiplexer", strand="both", base_model=base,
+              model_path=tmp_path / "mux.pt", device="cpu")
     summary = gather(genome["fasta"], tmp_path / "plan.parquet", tmp_path / "plan.json", [tmp_path / "0.parquet"],
                      [tmp_path / "0.json"], tmp_path / "out", engine="multiplexer", strand="both",
                      model_file=tmp_path / "mux.pt")
@@ -320,7 +320,7 @@ def score_run(tiny_run, tmp_path_factory):
     workflow_vcf(d, d / "calls.vcf")
     config = deep_update(TINY, {"score": {"vcf": str(d / "calls.vcf"), "strand": "both", "shards": 2,
                                           "accuracy_windows": 2, "device": "cpu"}})
-    result = run_workflow(d, config, "score", extra_args=["--touch"] if False else ())
+    result = run_workflow(d, config, "score")
     assert result.returncode == 0, result.stderr[-3000:]
     return d, config
 
@@ -375,3 +375,22 @@ def test_workflow_exact_engine_forward(score_run):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((d / "results/score/summary.json").read_text())
     assert summary["engine"] == "exact" and summary["strand"] == "forward" and summary["accuracy"] is None
+
+
+def test_cli_score_is_the_same_engine(genome, tmp_path):
+    """``seqmux score`` (one shard in the foreground) writes what the stage's functions write."""
+    import subprocess
+    import sys
+
+    write_vcf(genome, tmp_path / "calls.vcf")
+    (tmp_path / "stage").mkdir()
+    run_in_process(genome, tmp_path / "stage", tmp_path / "calls.vcf", strand="both", shards=1)
+    res = subprocess.run([sys.executable, "-m", "seqmux.cli", "score", "--vcf", str(tmp_path / "calls.vcf"),
+                          "--engine", "exact", "--weights", str(genome["model"]), "--names", str(genome["names"]),
+                          "--genome", str(genome["fasta"]), "--strand", "both", "--batch-size", "64", "--threads", "1",
+                          "--output", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    cli = pd.read_parquet(tmp_path / "cli/variants.parquet")
+    stage = pd.read_parquet(tmp_path / "stage/out/variants.parquet")
+    pd.testing.assert_frame_equal(cli, stage, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "cli/variants.vcf.gz.tbi").is_file() and (tmp_path / "cli/summary.json").is_file()

@@ -257,23 +257,32 @@ def run_shard(genome, plan_path, plan_info, out_table, out_info, shard, engine="
     need_exact = engine == "multiplexer" and bool(info["accuracy_windows"])
     scorer, names, exact = load_scorers(engine, strand, base_model, model_path, length, mode, dev, batch_size,
                                         window_batch, need_exact)
+    source = (model_path or base_model.get("weights", ""), "score.engine", engine)
+    stats = write_shard(genome, plan_path, info, out_table, out_info, shard, scorer, names, exact, summary_features,
+                        window_batch, batch_size, source, mode)
+    log.info("shard %d: %d rows from %d windows in %.1f s (%s engine, strand %s, %s)", shard, stats["rows"],
+             stats["windows"], stats["seconds"], engine, strand, dev)
+    return stats
+
+
+def write_shard(genome, plan_path, info, out_table, out_info, shard, scorer, names, exact, summary_features,
+                window_batch, batch_size, source, mode):
+    """Score one shard with ready scorers (the stage and ``seqmux score``); ``source``: ``(file,
+    field, value)`` naming the model in an error."""
     fasta = open_fasta(genome)
     started = time.perf_counter()
     with atomic_path(out_table) as tmp:
-        shard_scorer = ShardScorer(fasta, scorer, names, length, tmp, summary_features, info["accuracy_windows"],
-                                   exact, window_batch, batch_size)
+        shard_scorer = ShardScorer(fasta, scorer, names, int(info["length"]), tmp, summary_features,
+                                   info["accuracy_windows"], exact, window_batch, batch_size)
         try:
             score_plan_rows(plan_path, shard, shard_scorer)
         except ModelOutputError as err:
-            raise InputError(model_path or base_model.get("weights", ""), "score.engine", engine,
-                             f"{err} (targets.mode={mode})") from None
+            raise InputError(*source, f"{err} (mode {mode})") from None
         finally:
             shard_scorer.close()
-        seconds = time.perf_counter() - started
-        stats = dict(shard_scorer.stats, seconds=seconds, shard=shard, names=names,
+        stats = dict(shard_scorer.stats, seconds=time.perf_counter() - started, shard=shard, names=names,
                      accuracy_sums=shard_scorer.sums.tolist())
         with atomic_path(out_info) as tmp_info:
-            open(tmp_info, "w").write(json.dumps(stats) + "\n")
-    log.info("shard %d: %d rows from %d windows in %.1f s (%s engine, strand %s, %s)", shard, stats["rows"],
-             stats["windows"], seconds, engine, strand, dev)
+            with open(tmp_info, "w") as fh:
+                fh.write(json.dumps(stats) + "\n")
     return stats

@@ -296,7 +296,7 @@ def workflow_vcf(run_dir, path):
     from seqmux.genome import open_fasta
 
     fasta = open_fasta(run_dir / "resources/demo/genome.fa")
-    sites = pd.read_csv(run_dir / "resources/demo/sites.bed", sep="\t", header=None)
+    sites = pd.read_csv(run_dir / "resources/demo/motif_sites.bed", sep="\t", header=None)
     lines = ["##fileformat=VCFv4.2", "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
     for k, (chrom, start) in enumerate(zip(sites[0][::40], sites[1][::40])):
         pos = int(start) + 3
@@ -315,8 +315,7 @@ def workflow_vcf(run_dir, path):
 def score_run(tiny_run, tmp_path_factory):
     """The tiny run with a VCF scored by the workflow's Multiplexer on both strands."""
     d = tmp_path_factory.mktemp("score_run")
-    for sub in ("resources", "results/multiplexer", "results/splits"):
-        shutil.copytree(tiny_run / sub, d / sub)
+    shutil.copytree(tiny_run, d, symlinks=True, dirs_exist_ok=True)
     workflow_vcf(d, d / "calls.vcf")
     config = deep_update(TINY, {"score": {"vcf": str(d / "calls.vcf"), "strand": "both", "shards": 2,
                                           "accuracy_windows": 2, "device": "cpu"}})
@@ -394,3 +393,28 @@ def test_cli_score_is_the_same_engine(genome, tmp_path):
     stage = pd.read_parquet(tmp_path / "stage/out/variants.parquet")
     pd.testing.assert_frame_equal(cli, stage, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "cli/variants.vcf.gz.tbi").is_file() and (tmp_path / "cli/summary.json").is_file()
+
+
+def test_multiplexer_of_another_length_or_base_model_is_refused(genome, tmp_path):
+    from seqmux.multiplexer import build_multiplexer, save_multiplexer
+    from seqmux.score.shard import load_scorers
+
+    names = [n.strip() for n in open(genome["names"]) if n.strip()]
+    sizes = dict(widths=[8], dilations=[1], kernel=4, head_hidden=8, ramp="tent")
+    base = dict(kind="demo", weights=str(genome["model"]), module="", names=str(genome["names"]), **{"class": ""})
+    save_multiplexer(build_multiplexer("demo", 300, len(names), sizes), tmp_path / "short.pt", names, "logfold")
+    with pytest.raises(InputError, match="short.pt: score.model=.*takes 300 bp windows, not windows.length=400"):
+        load_scorers("multiplexer", "forward", base, tmp_path / "short.pt", L, "logfold", "cpu", 64, 8, True)
+    other_names = [f"x{i}" for i in range(len(names))]
+    save_multiplexer(build_multiplexer("demo", L, len(names), sizes), tmp_path / "other.pt", other_names, "logfold")
+    with pytest.raises(InputError, match="trained for another base model's outputs"):
+        load_scorers("multiplexer", "forward", base, tmp_path / "other.pt", L, "logfold", "cpu", 64, 8, True)
+    with pytest.raises(InputError, match="model file not found"):
+        load_scorers("multiplexer", "forward", base, tmp_path / "none.pt", L, "logfold", "cpu", 64, 8, False)
+
+
+def test_not_a_vcf(genome, tmp_path):
+    (tmp_path / "v.vcf").write_text("this is not\na VCF\n")
+    with pytest.raises(InputError, match="v.vcf:1: score.vcf=.*a record before the #CHROM header line"):
+        make_plan(genome["fasta"], tmp_path / "p.parquet", tmp_path / "p.json", vcf=tmp_path / "v.vcf", length=L)
+    assert not (tmp_path / "p.parquet").exists()

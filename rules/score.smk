@@ -72,7 +72,6 @@ rule score_shard:
         engine=SCORE["engine"],
         strand=SCORE["strand"],
         base_model=base_model_spec(),
-        model=SCORE_MODEL if SCORE["engine"] == "multiplexer" else "",
         mode=config["targets"]["mode"],
         summary_features=SCORE["summary_features"],
     script:
@@ -86,6 +85,7 @@ rule score_gather:
         info=rules.score_plan.output.info,
         tables=expand("results/score/shards/{shard}.parquet", shard=SCORE_SHARDS),
         infos=expand("results/score/shards/{shard}.json", shard=SCORE_SHARDS),
+        model=SCORE_MODEL if SCORE["engine"] == "multiplexer" else base_model_spec()["weights"],
     output:
         SCORE_FILES,
     log:
@@ -95,7 +95,6 @@ rule score_gather:
     params:
         engine=SCORE["engine"],
         strand=SCORE["strand"],
-        model=SCORE_MODEL if SCORE["engine"] == "multiplexer" else base_model_spec()["weights"],
         mode=config["targets"]["mode"],
     script:
         "../scripts/score_gather.py"

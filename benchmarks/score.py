@@ -46,6 +46,9 @@ def accuracy_by_distance(run, bins):
     return [float(a.result().mean()) for a in accs]
 
 
+CAP = 3000  # variants timed for the per-variant methods (b) and (d), whose cost per variant is constant
+
+
 def timed(fn):
     start = time.perf_counter()
     n = fn()
@@ -69,8 +72,9 @@ def speeds(run, threads):
     base = load_model(run / "resources/demo/base_model.pt").eval()
     mux = MultiplexerScorer(mux_model, "cpu", 8)
     exact = ExactScorer(base, info["mode"], 512, "cpu")
-    chrom, lo = "chr1", 50_000
+    chrom = "chr1"
     n = lengths[chrom]
+    lo, span = min(50_000, n // 4), min(100_000, n // 2)  # the default's 300 kb chromosomes: 50 kb .. 150 kb
 
     def window(start):
         return tokenize(padded_sequence(fasta, chrom, start, start + length, n)[0])
@@ -81,9 +85,9 @@ def speeds(run, threads):
     def snvs(positions):
         return [(p0, (ref_base(p0) + 1) % 4) for p0 in positions if ref_base(p0) < 4]
 
-    inputs = {"dense (1 per 20 bp, 100 kb)": snvs(range(lo, lo + 100_000, 20)),
+    inputs = {"dense (1 per 20 bp, 100 kb)": snvs(range(lo, lo + span, 20)),
               "sparse (1 per 20 kb)": snvs(range(lo, n - lo, 20_000)),
-              "region (all SNVs, 100 kb)": [(p0, a) for p0 in range(lo, lo + 100_000) for a in range(4)
+              "region (all SNVs, 100 kb)": [(p0, a) for p0 in range(lo, lo + span) for a in range(4)
                                             if a != ref_base(p0) and ref_base(p0) < 4]}
 
     def tiled(scorer, variants, stride):
@@ -95,6 +99,7 @@ def speeds(run, threads):
         return len(variants)
 
     def per_variant(scorer, variants):
+        variants = variants[:CAP]  # a constant cost per variant: a sample gives the rate
         lower = (length - 1) // 2
         items = [(window(p0 - lower), np.array([lower]), np.array([a])) for p0, a in variants]
         for i in range(0, len(items), 8):
@@ -102,6 +107,7 @@ def speeds(run, threads):
         return len(variants)
 
     def ref_alt(variants, batch=64):
+        variants = variants[:CAP]
         lower = (length - 1) // 2
         with torch.no_grad():
             for i in range(0, len(variants), batch):
@@ -118,12 +124,52 @@ def speeds(run, threads):
                     "(d) ref/alt base model, 2 passes per variant": lambda v, s: ref_alt(v)}
 
 
+def beluga_per_window(threads, stride, density=20):
+    """Per-window figures at Beluga shapes (random weights, published layouts, L = 2000, F = 2002):
+    seconds for one Multiplexer window (reduced to a tile's values), fast exact ISM of a tile's
+    SNVs, and one batched ref/alt pair of base-model passes; variants a second on a dense VCF
+    (one variant every ``density`` bp: a tile of ``stride`` bp holds ``stride / density``)."""
+    from seqmux.models import BelugaFamily
+    from seqmux.multiplexer import beluga_multiplexer
+    from seqmux.score.engine import ExactScorer, MultiplexerScorer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    length, per_tile = 2000, max(1, stride // density)
+    tokens = rng.integers(0, 4, length).astype(np.uint8)
+    centre = (length - 1) // 2
+    offsets = np.arange(centre - stride // 2, centre - stride // 2 + per_tile * density, density)[:per_tile]
+    alts = (tokens[offsets].astype(np.int64) + 1) % 4
+    mux = MultiplexerScorer(beluga_multiplexer().eval(), "cpu", 1)
+    base = BelugaFamily().eval()
+    exact = ExactScorer(base, "logfold", 512, "cpu")
+    mux.windows([(tokens, offsets, alts)])  # warm-up
+    t_mux = 1 / timed(lambda: len(mux.windows([(tokens, offsets, alts)])))
+    exact.windows([(tokens, offsets, alts)])
+    t_ism = 1 / timed(lambda: len(exact.windows([(tokens, offsets, alts)])))
+    refs = np.stack([tokens] * 8)
+    alt_tokens = refs.copy()
+    alt_tokens[:, centre] = (alt_tokens[:, centre] + 1) % 4
+    exact.pairs(refs[:1], alt_tokens[:1])
+    t_pair = 1 / timed(lambda: len(exact.pairs(refs, alt_tokens)))
+    print(f"\nBeluga shapes (random weights; L=2000, F=2002; {threads} CPU threads, shared machine), stride {stride}, "
+          f"dense VCF = {per_tile} variants a tile")
+    print("method\tseconds a window\tdense variants a second")
+    print(f"(a) multiplexer, tiled\t{t_mux:.2f}\t{per_tile / t_mux:.2f}")
+    print(f"(b) multiplexer, window per variant\t{t_mux:.2f}\t{1 / t_mux:.2f}")
+    print(f"(c) exact fast ISM, tiled ({per_tile} SNVs a tile)\t{t_ism:.2f}\t{per_tile / t_ism:.2f}")
+    print(f"(d) ref/alt base model (2 passes a variant, batch 8)\t{1 / t_pair:.3f} per variant\t{t_pair:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
     parser.add_argument("--margin", type=float, default=0.02)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--stride", type=int, help="stride of the speed tables (default: the measured one)")
+    parser.add_argument("--beluga", action="store_true", help="also the per-window figures at Beluga shapes")
     args = parser.parse_args()
     from seqmux.multiplexer import load_multiplexer
 
@@ -142,6 +188,7 @@ def main():
     stride = min(2 * contiguous, length - 1)
     print(f"centre bin {r[0]:.4f}; margin {args.margin}; bins within it up to {contiguous} bp from the centre "
           f"({len(ok)} of {len(r)}): largest stride {stride}")
+    stride = args.stride or stride
     if args.skip_speed:
         return
     inputs, methods = speeds(args.run, args.threads)
@@ -152,6 +199,8 @@ def main():
         for method in methods.values():
             row.append(timed(lambda: method(variants, stride)))
         print(f"{name} ({len(variants)})\t" + "\t".join(f"{v:.0f}" for v in row))
+    if args.beluga:
+        beluga_per_window(args.threads, stride)
 
 
 if __name__ == "__main__":

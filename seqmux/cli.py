@@ -101,7 +101,7 @@ def build_parser():
     s.add_argument("--diff", action="store_true", help="effects as alt - ref instead of log-fold change")
     s.add_argument("--strand", choices=("forward", "both"), default="forward",
                    help="both: mean of the forward and reverse-complement windows")
-    s.add_argument("--stride", type=_positive_int, default=100, help="tile stride in bp (default: %(default)s)")
+    s.add_argument("--stride", type=_positive_int, default=150, help="tile stride in bp (default: %(default)s)")
     s.add_argument("--max-ref-mismatch", type=float, default=0.1, help="REF mismatch fraction that stops the run")
     s.add_argument("--accuracy-windows", type=int, default=16,
                    help="multiplexer: windows also scored exactly for the accuracy flag (default: %(default)s)")

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def score_command(genome, output, vcf="", regions="", engine="multiplexer", multiplexer="results/multiplexer/model.pt",
                   model_kind="demo", weights=None, modelpath="", modelname="", names="", length=None, diff=False,
-                  strand="forward", stride=100, device="auto", batch_size=256, window_batch=8, max_ref_mismatch=0.1,
+                  strand="forward", stride=150, device="auto", batch_size=256, window_batch=8, max_ref_mismatch=0.1,
                   accuracy_windows=16, summary_features=(), seed=1):
     """Score a VCF and/or regions into ``output`` (the files of ``seqmux.score.gather``, and the
     plan and shard under ``output/work``). Returns the summary."""

@@ -278,7 +278,7 @@ def plan_regions(regions, fasta, lengths, writer, counts, sample, length, stride
             counts["planned"] += m
 
 
-def make_plan(genome, out_plan, out_info, vcf="", regions="", length=400, stride=100, engine="multiplexer",
+def make_plan(genome, out_plan, out_info, vcf="", regions="", length=400, stride=150, engine="multiplexer",
               n_shards=1, seed=1, max_ref_mismatch=0.1, accuracy_windows=0):
     """Stage: the plan of a VCF and/or regions (``plan.parquet``, ``plan.json``). Raises InputError
     (nothing written) for bad input, too many REF mismatches (with the diagnosis), or more shards

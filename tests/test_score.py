@@ -401,8 +401,8 @@ def test_cli_score_is_the_same_engine(genome, tmp_path):
     run_in_process(genome, tmp_path / "stage", tmp_path / "calls.vcf", strand="both", shards=1)
     res = subprocess.run([sys.executable, "-m", "seqmux.cli", "score", "--vcf", str(tmp_path / "calls.vcf"),
                           "--engine", "exact", "--weights", str(genome["model"]), "--names", str(genome["names"]),
-                          "--genome", str(genome["fasta"]), "--strand", "both", "--batch-size", "64", "--threads", "1",
-                          "--output", str(tmp_path / "cli")], capture_output=True, text=True)
+                          "--genome", str(genome["fasta"]), "--strand", "both", "--stride", "100", "--batch-size", "64",
+                          "--threads", "1", "--output", str(tmp_path / "cli")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     cli = pd.read_parquet(tmp_path / "cli/variants.parquet")
     stage = pd.read_parquet(tmp_path / "stage/out/variants.parquet")

@@ -29,6 +29,7 @@ include: "rules/circuitsnp.smk"
 include: "rules/scrna.smk"
 include: "rules/gc_hmm.smk"
 include: "rules/sgrna.smk"
+include: "rules/score.smk"
 
 
 rule all:
@@ -37,3 +38,4 @@ rule all:
         SPLIT_FILES,
         MULTIPLEXER_FILES,
         [TRACK_FILES[track] for track in config["tracks"]],
+        SCORE_FILES if SCORE["vcf"] or SCORE["regions"] else [],

@@ -2,6 +2,7 @@
 
     seqmux predict --chromosome chr11 --position 1000000 --output out/site
     seqmux predict --vcf variants.vcf.gz --exact --model-kind beluga --weights deepsea.beluga.pth
+    seqmux score --vcf calls.vcf.gz --strand both --output out/scores
     seqmux plot out/site.tsv.gz --out site.png
 """
 
@@ -76,6 +77,43 @@ def build_parser():
                      "bit at a given thread count; another count changes the last float32 bits)")
     out.add_argument("--log", metavar="FILE", help="write the log and progress bar to FILE instead of stderr")
 
+    s = commands.add_parser("score", help="score a VCF and/or every SNV of regions, tiled (as `snakemake score`)",
+                            description="Score every allele of a VCF and/or every SNV of BED regions: windows tiled "
+                            "along the chromosomes with a stride, each SNV read from the window where it lies most "
+                            "centrally; writes variants.parquet, variants.vcf.gz + .tbi, skipped.tsv, maps/ and "
+                            "summary.json under --output (docs/scoring.md).")
+    s.add_argument("--vcf", default="", metavar="FILE", help="VCF (plain, gzipped or bgzipped)")
+    s.add_argument("--regions", default="", metavar="BED", help="BED: every SNV of every base of its intervals")
+    s.add_argument("--genome", default="resources/demo/genome.fa", metavar="FASTA",
+                   help="reference FASTA (default: %(default)s)")
+    s.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--engine", choices=("multiplexer", "exact"), default="multiplexer",
+                   help="multiplexer (default) or exact ISM of the base model (also indels and MNVs)")
+    s.add_argument("--multiplexer", default="results/multiplexer/model.pt", metavar="FILE",
+                   help="trained multiplexer (default: %(default)s)")
+    s.add_argument("--model-kind", choices=("demo", "beluga", "custom"), default="demo",
+                   help="base model (exact engine, accuracy flag)")
+    s.add_argument("--weights", metavar="FILE", help="base model weights (default resources/demo/base_model.pt)")
+    s.add_argument("--modelpath", metavar="FILE.py", default="", help="custom: Python file defining the model")
+    s.add_argument("--modelname", metavar="CLASS", default="", help="custom: class in --modelpath")
+    s.add_argument("--names", metavar="FILE", default="", help="output names, one per line")
+    s.add_argument("--length", type=_positive_int, help="window length L (default: taken from the model)")
+    s.add_argument("--diff", action="store_true", help="effects as alt - ref instead of log-fold change")
+    s.add_argument("--strand", choices=("forward", "both"), default="forward",
+                   help="both: mean of the forward and reverse-complement windows")
+    s.add_argument("--stride", type=_positive_int, default=150, help="tile stride in bp (default: %(default)s)")
+    s.add_argument("--max-ref-mismatch", type=float, default=0.1, help="REF mismatch fraction that stops the run")
+    s.add_argument("--accuracy-windows", type=int, default=16,
+                   help="multiplexer: windows also scored exactly for the accuracy flag (default: %(default)s)")
+    s.add_argument("--summary-features", nargs="*", default=[], metavar="NAME",
+                   help="outputs max_abs_effect and top_feature look at (default: all)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the accuracy sample")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    s.add_argument("--batch-size", type=_positive_int, default=256, help="mutants per fast-ISM chunk")
+    s.add_argument("--window-batch", type=_positive_int, default=8, help="windows per multiplexer pass")
+    s.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    s.add_argument("--log", metavar="FILE", help="write the log to FILE instead of stderr")
+
     q = commands.add_parser("plot", help="heatmap of a saved prediction",
                             description="Draw one window of a saved prediction as a 4 x L heatmap (rows A,G,C,T; "
                             "0 at the reference base) under the reference sequence.")
@@ -108,6 +146,16 @@ def main(argv=None):
                   model_kind=args.model_kind, weights=args.weights, modelpath=args.modelpath,
                   modelname=args.modelname, names=args.names, length=args.length, diff=args.diff, fmt=args.fmt,
                   device=args.device, batch_size=args.batch_size, threads=args.threads)
+    elif args.command == "score":
+        from .score.command import score_command
+
+        run_stage(args.log, score_command, args.genome, args.output, vcf=args.vcf, regions=args.regions,
+                  engine=args.engine, multiplexer=args.multiplexer, model_kind=args.model_kind, weights=args.weights,
+                  modelpath=args.modelpath, modelname=args.modelname, names=args.names, length=args.length,
+                  diff=args.diff, strand=args.strand, stride=args.stride, device=args.device,
+                  batch_size=args.batch_size, window_batch=args.window_batch,
+                  max_ref_mismatch=args.max_ref_mismatch, accuracy_windows=args.accuracy_windows,
+                  summary_features=args.summary_features, seed=args.seed, threads=args.threads)
     elif args.command == "plot":
         from .heatmap import plot_prediction
 

@@ -19,27 +19,22 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from .encoding import tokenize
 from .errors import InputError
 from .genome import chromosome_lengths, open_fasta
-from .ism import ModelOutputError, window_effects
+from .ism import ModelOutputError
 from .outputs import atomic_path
 from .runtime import choose_device, progress
+from .score.engine import exact_scorer, multiplexer_scorer
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
 from .windows import read_regions, window_bounds
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"tsv": ("tsv",), "parquet": ("parquet",), "both": ("tsv", "parquet")}
-# config field names (used by models.py) -> the command-line options that set them
-CLI_FIELDS = {"base_model.weights": "--weights", "base_model.module": "--modelpath", "base_model.class": "--modelname",
-              "base_model.names": "--names", "base_model.kind": "--model-kind", "windows.length": "--length",
-              "multiplexer": "--multiplexer"}
 MAX_LOGGED_SKIPS = 10
 
 
@@ -110,12 +105,6 @@ def vcf_jobs(path, fasta, lengths, length):
 
 # --- models -----------------------------------------------------------------------------------
 
-def _cli_error(err):
-    """The same InputError with config field names replaced by the options that set them."""
-    source = "command line" if err.source == "config" else err.source
-    return InputError(source, CLI_FIELDS.get(err.field, err.field), err.value, err.problem)
-
-
 def unique_names(names):
     """Output names made unique as pandas does on reading (second ``x`` becomes ``x.1``)."""
     seen, out = {"variant": 1, "window": 1}, []  # the table's own columns
@@ -135,106 +124,6 @@ def unique_names(names):
     if renamed:
         log.info("%d repeated output names got a .N suffix (as pandas reads them)", renamed)
     return out
-
-
-class ExactScorer:
-    """Exact ISM of a base model (``window_effects``: fast incremental ISM, naive forward passes
-    for models it cannot analyse)."""
-
-    def __init__(self, model, mode, batch_size, device, source=("base model", "--weights", None)):
-        self.model, self.mode, self.batch_size, self.device = model.to(device).eval(), mode, batch_size, device
-        self.source = source  # (file, option, value) naming the model in an error
-
-    def __call__(self, tokens, offsets, alts):
-        """Effects ``[M, F]`` float32 of the substitutions ``(offsets, alts)`` of one window."""
-        return window_effects(self.model, tokens, offsets, alts, self.mode, "fast", self.batch_size, self.device)
-
-
-class MultiplexerScorer:
-    """The trained multiplexer: every effect of a window in one forward pass."""
-
-    def __init__(self, model, device):
-        self.model, self.device = model.to(device).eval(), device
-
-    @torch.no_grad()
-    def __call__(self, tokens, offsets, alts):
-        from .encoding import one_hot
-
-        x = torch.from_numpy(one_hot(tokens)).to(self.device)[None]
-        effects = self.model(x)[0].float().cpu().numpy()  # [F, 4, L]
-        return effects[:, alts, offsets].T
-
-
-def exact_scorer(kind, weights, modelpath, modelname, names, length, mode, batch_size, device):
-    """``(scorer, names, length)`` for exact ISM of the base model given on the command line."""
-    from .models import BELUGA, build_base_model, count_outputs, output_names
-
-    if kind in ("beluga", "demo") and not weights:
-        raise InputError("command line", "--weights", weights, f"the {kind} base model needs a weights file")
-    try:
-        try:
-            model = build_base_model(kind, weights, modelpath, modelname, length)
-        except InputError:
-            raise
-        except Exception as err:  # e.g. a Beluga state dict given as the demo model file
-            raise InputError(weights, "--weights", weights, f"cannot load it as a {kind} model: "
-                             f"{type(err).__name__}: {err}".splitlines()[0]) from None
-        model_length = getattr(model, "length", None) or (BELUGA["length"] if kind == "beluga" else None)
-        if length is None:
-            if model_length is None:
-                raise InputError("command line", "--length", None,
-                                 f"{modelname or kind} has no length attribute: give the window length")
-            length = int(model_length)
-        elif model_length is not None and int(model_length) != length:
-            raise InputError("command line", "--length", length, f"the base model takes {model_length} bp windows")
-        if kind == "demo" and not names and weights:
-            beside = Path(weights).with_name("output_names.txt")
-            names = str(beside) if beside.is_file() else ""
-        try:
-            n_outputs = count_outputs(model, length)
-        except InputError:
-            raise
-        except Exception as err:
-            raise InputError("command line", "--length", length,
-                             f"the base model fails on a window of this length: {err}".splitlines()[0]) from None
-        names = output_names(kind, names, n_outputs)
-    except InputError as err:
-        raise _cli_error(err) from None
-    source = (modelpath, "--modelname", modelname) if kind == "custom" else (weights, "--weights", weights)
-    return ExactScorer(model, mode, batch_size, device, source), names, length
-
-
-def multiplexer_scorer(path, names, length, mode, device):
-    """``(scorer, names, length)`` for a trained multiplexer file."""
-    if not Path(path).is_file():
-        raise InputError(path, "--multiplexer", str(path),
-                         "multiplexer model not found (train one with the workflow, or use --exact)")
-    try:
-        from .multiplexer import load_multiplexer
-    except ImportError as err:
-        raise InputError(path, "--multiplexer", str(path),
-                         f"this installation cannot load multiplexers ({err}); use --exact") from None
-    try:
-        model, info = load_multiplexer(path)
-    except InputError as err:
-        raise _cli_error(err) from None
-    if info["mode"] != mode:
-        flag = "with --diff" if info["mode"] == "diff" else "without --diff"
-        raise InputError(path, "--multiplexer", str(path),
-                         f"the multiplexer predicts {info['mode']} effects, not {mode}: run {flag} or use --exact")
-    if length is not None and length != int(info["length"]):
-        raise InputError("command line", "--length", length, f"the multiplexer takes {info['length']} bp windows")
-    if names:
-        from .models import output_names
-
-        try:
-            names = output_names("custom", names, len(info["output_names"]))
-        except InputError as err:
-            raise _cli_error(InputError(err.source, err.field, err.value,
-                                        err.problem.replace("the base model", "the multiplexer"))) from None
-    else:
-        names = list(info["output_names"])
-    return MultiplexerScorer(model, device), names, int(info["length"])
 
 
 # --- outputs ----------------------------------------------------------------------------------

@@ -78,16 +78,18 @@ def snv_label(chrom, pos, ref, alt):
     return f"{chrom}:{pos} {ref}>{alt}"
 
 
-def read_vcf(path, field="--vcf"):
-    """The single-nucleotide variants of a VCF (plain or gzipped) and the records that are not.
+def vcf_records(path, field="--vcf"):
+    """Stream the records of a VCF (plain, gzipped or bgzipped): yields
+    ``(where, chrom, pos, id, ref, alts)`` per record, ``where`` = ``file:line``, ``pos`` 1-based,
+    ``ref`` and ``alts`` (a list, split at the commas) as written. One record in memory at a time.
 
-    Returns ``(snvs, skipped)``: ``snvs`` a list of ``(chrom, pos, ref, alt, where)`` with ``pos``
-    1-based, ``ref``/``alt`` upper-case single bases (A, C, G or T) and ``where`` = ``file:line``;
-    one entry per ALT allele (multi-allelic records are split at the commas); exact repeats are
-    kept once. ``skipped``: ``(label, reason)`` of every other allele (indels, symbolic or missing
-    ALT, REF/ALT not A/C/G/T, ALT equal to REF, repeats). Header lines (``#``) and blank lines are
-    ignored. Raises InputError for a missing or empty file, a file without the ``#CHROM`` header
-    line before its first record, a file with no record, and a line without CHROM POS ID REF ALT.
+    Header lines (``#``) and blank lines are skipped. Raises InputError for a missing or empty
+    file, a file without the ``#CHROM`` header line before its first record, a file with no record,
+    a line without CHROM POS ID REF ALT and a POS that is not an integer.
+
+    The records are read as text, not by htslib (pysam): htslib refuses a VCF without its
+    ``##fileformat`` line or with fewer than eight columns, which hand-made VCFs often are;
+    everything it would check on a record is checked here, and the outputs are written by pysam.
     """
     import gzip
     from pathlib import Path
@@ -102,7 +104,6 @@ def read_vcf(path, field="--vcf"):
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    snvs, skipped, seen = [], [], set()
     header = records = 0
     try:
         with opener(path, "rt") as fh:
@@ -121,34 +122,63 @@ def read_vcf(path, field="--vcf"):
                 if len(fields) < 5:
                     raise InputError(where, field, line.strip()[:80],
                                      "expected tab-separated CHROM POS ID REF ALT ...")
-                chrom, pos_text, _, ref_text, alt_text = fields[:5]
+                chrom, pos_text, vid, ref_text, alt_text = fields[:5]
                 try:
                     pos = int(pos_text)
                 except ValueError:
                     raise InputError(where, "POS", pos_text, "not an integer") from None
-                ref = ref_text.upper()
-                for alt_raw in alt_text.split(","):
-                    alt = alt_raw.upper()
-                    label = snv_label(chrom, pos, ref_text, alt_raw)
-                    if len(ref) != 1 or len(alt) != 1 or alt in ("*", "."):
-                        reason = "not a single-nucleotide variant"
-                        if alt in (".", "*") or alt.startswith("<") or "[" in alt or "]" in alt:
-                            reason = "no ALT allele" if alt == "." else "symbolic ALT allele"
-                        skipped.append((label, reason))
-                    elif ref not in _BASE_INDEX or alt not in _BASE_INDEX:
-                        skipped.append((label, "REF or ALT is not A, C, G or T"))
-                    elif ref == alt:
-                        skipped.append((label, "ALT equals REF"))
-                    elif (chrom, pos, ref, alt) in seen:
-                        skipped.append((label, "repeated in the VCF, scored once"))
-                    else:
-                        seen.add((chrom, pos, ref, alt))
-                        snvs.append((chrom, pos, ref, alt, where))
+                yield where, chrom, pos, vid, ref_text, alt_text.split(",")
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise InputError(path, field, str(path), f"cannot read VCF: {err}".splitlines()[0]) from None
     if not records:
         problem = "no records: the file has header lines only" if header else "no #CHROM header line and no records"
         raise InputError(path, field, str(path), problem)
+
+
+def allele_kind(ref, alt):
+    """``("snv" | "indel", None)`` for an allele that can be scored, ``(None, reason)`` otherwise.
+    ``indel`` covers insertions, deletions and multi-nucleotide variants (REF and ALT of A, C, G,
+    T, not equal); ``*``, ``.``, symbolic and breakend ALTs are skipped with their reason."""
+    ref, alt = ref.upper(), alt.upper()
+    if alt == ".":
+        return None, "no ALT allele"
+    if alt == "*":
+        return None, "ALT * (a deletion upstream overlaps this site)"
+    if alt.startswith("<") or "[" in alt or "]" in alt:
+        return None, "symbolic ALT allele"
+    if not ref or set(ref) - set(BASES) or set(alt) - set(BASES) or not alt:
+        return None, "REF or ALT is not A, C, G or T"
+    if ref == alt:
+        return None, "ALT equals REF"
+    return ("snv" if len(ref) == len(alt) == 1 else "indel"), None
+
+
+def read_vcf(path, field="--vcf"):
+    """The single-nucleotide variants of a VCF (plain or gzipped) and the records that are not.
+
+    Returns ``(snvs, skipped)``: ``snvs`` a list of ``(chrom, pos, ref, alt, where)`` with ``pos``
+    1-based, ``ref``/``alt`` upper-case single bases (A, C, G or T) and ``where`` = ``file:line``;
+    one entry per ALT allele (multi-allelic records are split at the commas); exact repeats are
+    kept once. ``skipped``: ``(label, reason)`` of every other allele (indels, symbolic or missing
+    ALT, REF/ALT not A/C/G/T, ALT equal to REF, repeats). Errors: ``vcf_records``.
+    """
+    snvs, skipped, seen = [], [], set()
+    for where, chrom, pos, _, ref_text, alts in vcf_records(path, field):
+        ref = ref_text.upper()
+        for alt_raw in alts:
+            alt = alt_raw.upper()
+            label = snv_label(chrom, pos, ref_text, alt_raw)
+            kind, reason = allele_kind(ref, alt)
+            if kind == "indel":
+                skipped.append((label, "not a single-nucleotide variant"))
+            elif kind is None:
+                skipped.append((label, reason if reason.startswith(("REF or", "ALT equals", "no ALT", "symbolic"))
+                                else "symbolic ALT allele"))
+            elif (chrom, pos, ref, alt) in seen:
+                skipped.append((label, "repeated in the VCF, scored once"))
+            else:
+                seen.add((chrom, pos, ref, alt))
+                snvs.append((chrom, pos, ref, alt, where))
     return snvs, skipped
 
 
@@ -169,3 +199,39 @@ def check_refs(snvs, fasta):
 def base_index(base):
     """Index of a base in A,G,C,T order."""
     return _BASE_INDEX[base]
+
+
+# --- contig names -------------------------------------------------------------------------------
+
+_MITO = ("chrM", "MT", "M", "chrMT")
+
+
+def contig_aliases(name):
+    """Names a contig may have in another naming style, in order of preference: ``1`` and
+    ``chr1``, ``X`` and ``chrX``, ``MT``, ``M``, ``chrM`` and ``chrMT``."""
+    out = [name]
+    if name in _MITO:
+        out += [m for m in _MITO if m != name]
+    elif name.startswith("chr"):
+        out.append(name[3:])
+    else:
+        out.append("chr" + name)
+    return out
+
+
+class ContigMap:
+    """A VCF's or BED's contig names matched to the FASTA's, both ways (``1`` -> ``chr1`` and
+    ``chr1`` -> ``1``, ``MT`` <-> ``chrM``), cached. ``lookup(name)``: the FASTA's name or None."""
+
+    def __init__(self, lengths):
+        self.lengths = lengths
+        self.cache = {}
+
+    def lookup(self, name):
+        if name not in self.cache:
+            self.cache[name] = next((a for a in contig_aliases(name) if a in self.lengths), None)
+        return self.cache[name]
+
+    def known(self, limit=5):
+        names = list(self.lengths)
+        return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")

@@ -269,3 +269,13 @@ def encode_windows(fasta, windows_bed, out):
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.save(fh, tokens)
     return tokens
+
+
+def padded_sequence(fasta, chrom, start, end, chrom_length):
+    """Bases ``[start, end)`` of ``chrom`` as a string, N where the interval leaves the chromosome
+    (before 0 or after ``chrom_length``), and whether it did."""
+    lo, hi = max(start, 0), min(end, chrom_length)
+    inner = fasta[chrom][lo:hi] if hi > lo else ""
+    left = min(lo - start, end - start)
+    right = end - start - left - len(inner)
+    return "N" * left + inner + "N" * right, bool(left or right)

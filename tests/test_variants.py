@@ -84,3 +84,35 @@ def test_vcf_without_records_or_header_is_an_error(tmp_path):
         with pytest.raises(InputError, match=problem) as err:
             read_vcf(tmp_path / name, field="circuitsnp.vcf")
         assert err.value.field == "circuitsnp.vcf" and name in str(err.value)
+
+
+def test_contig_names_match_both_ways():
+    from seqmux.variants import ContigMap
+
+    ucsc = ContigMap({"chr1": 10, "chrX": 10, "chrM": 10})
+    assert [ucsc.lookup(n) for n in ("1", "chr1", "X", "MT", "M", "chrM", "2")] == [
+        "chr1", "chr1", "chrX", "chrM", "chrM", "chrM", None]
+    ensembl = ContigMap({"1": 10, "X": 10, "MT": 10})
+    assert [ensembl.lookup(n) for n in ("chr1", "1", "chrX", "chrM", "M", "chr2")] == ["1", "1", "X", "MT", "MT", None]
+
+
+def test_allele_kinds_and_reasons():
+    from seqmux.variants import allele_kind
+
+    assert allele_kind("A", "c") == ("snv", None)
+    assert allele_kind("AT", "A") == ("indel", None) and allele_kind("A", "AGG")[0] == "indel"
+    assert allele_kind("AC", "GT") == ("indel", None)   # an MNV: exact engine, pair of windows
+    for alt, reason in (("*", "ALT *"), (".", "no ALT allele"), ("<DEL>", "symbolic"), ("A]1:5]", "symbolic"),
+                        ("N", "REF or ALT is not A, C, G or T"), ("A", "ALT equals REF")):
+        kind, why = allele_kind("A", alt)
+        assert kind is None and why.startswith(reason), (alt, why)
+
+
+def test_vcf_records_stream_with_line_numbers(tmp_path):
+    from seqmux.variants import vcf_records
+
+    (tmp_path / "v.vcf").write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n1\t5\trs1\tA\tC,G\n\n"
+                                    "chrM\t9\t.\tAT\t*\n")
+    assert list(vcf_records(tmp_path / "v.vcf")) == [
+        (f"{tmp_path / 'v.vcf'}:3", "1", 5, "rs1", "A", ["C", "G"]),
+        (f"{tmp_path / 'v.vcf'}:5", "chrM", 9, ".", "AT", ["*"])]

@@ -1,4 +1,4 @@
-"""sgRNA track: a per-position network for guide activity, with a base-effect map (issue 11).
+"""sgRNA track: a per-position network for guide activity, with a base-effect map.
 
 Each guide is a fixed-length context (by default 10 nt upstream + 20 nt guide + 3 nt PAM + 10 nt
 downstream = 43 nt). Every kept position ``i`` feeds one ReLU neuron with a weight per base,
@@ -7,14 +7,15 @@ predicts the outcome, ``y = b + sum_i beta_i s_i``; squared loss; plain SGD with
 ``eps / sqrt(t + 1)``, one random guide per step (mini-batches as an option).
 
 Stages (one per rule): ``simulate`` (the default data, from a known effect map), ``encode`` (checks
-the user's TSV, one-hot with explicit bases, drops constant positions, seeded split), ``train`` (the
-network), ``evaluate`` (metrics, base effects, ridge baseline, heatmap).
+the user's TSV, one-hot with explicit bases, drops constant positions, a seeded train / validation /
+test split that keeps identical sequences and, with ``split.group_column``, each gene on one side),
+``train`` (the network, early stopping on the validation MSE), ``evaluate`` (test metrics, base
+effects, ridge baseline with its alpha chosen on validation, heatmap).
 
 Conventions: the one-hot tensors follow the package's base order (``seqmux.BASES`` = A, G, C, T:
 ``[..., 4, P]`` arrays, ``[P, 4]`` weights); the tables and the heatmap written for people have rows
 A, C, G, T (the issue's layout). Positions are 1-based positions in the input sequence. Every random
-draw comes from ``numpy.random.default_rng([seed, TRACK, stream])`` or a ``torch.Generator`` seeded
-from it.
+draw comes from ``seqmux.seeding`` (track ``"sgrna"``, streams ``simulate``, ``split``, ``train``).
 """
 
 import io
@@ -27,17 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import BASES
+from .. import BASES, checkpoint, seeding
 from ..encoding import one_hot, tokenize
 from ..errors import InputError
 from ..outputs import atomic_path, write_json, write_tsv
 from ..plots import plot_curves, save_figure
 from ..runtime import choose_device, progress
+from .splitting import SPLITS, check_split_sizes, deal_components, linked_components, split_counts, write_split
 
 log = logging.getLogger(__name__)
 
-TRACK = 11  # this track's constant in every seed (the issue number)
-STREAM_SIMULATE, STREAM_SPLIT, STREAM_TRAIN = 0, 1, 2
+TRACK = "sgrna"  # the track's name in every seed (seqmux.seeding)
 ROWS = "ACGT"  # row order of the tables and the heatmap
 _ROW_INDEX = [BASES.index(b) for b in ROWS]  # package order (A,G,C,T) -> A,C,G,T
 MIN_SPLIT = 2  # guides each side of the split needs at least (correlations need two)
@@ -58,12 +59,21 @@ def check_config(section):
         raise InputError("config", "sgrna.simulate.first_base", first, "one of A, C, G, T or '' (none fixed)")
     if section["data"] and not os.path.isfile(section["data"]):
         raise InputError("config", "sgrna.data", section["data"], "file not found")
+    split = section["split"]
+    if split["test_fraction"] + split["validation_fraction"] >= 1:
+        raise InputError("config", "sgrna.split.validation_fraction", split["validation_fraction"],
+                         f"with test_fraction={split['test_fraction']} nothing is left for training")
     if not section["data"]:
+        if split["group_column"]:
+            raise InputError("config", "sgrna.split.group_column", split["group_column"],
+                             "the simulated default has no group column (set sgrna.data)")
         n = section["simulate"]["guides"]
-        n_test = round(n * section["test_fraction"])
-        if min(n_test, n - n_test) < MIN_SPLIT:
+        smallest = min(round(n * split["test_fraction"]), round(n * split["validation_fraction"]),
+                       n - round(n * split["test_fraction"]) - round(n * split["validation_fraction"]))
+        if smallest < MIN_SPLIT:
             raise InputError("config", "sgrna.simulate.guides", n,
-                             f"too few for the split at sgrna.test_fraction={section['test_fraction']}")
+                             f"too few for the split at sgrna.split.test_fraction={split['test_fraction']}, "
+                             f"validation_fraction={split['validation_fraction']}")
 
 
 def layout_of(section):
@@ -127,7 +137,7 @@ def simulate_guides(section, seed):
     sim = section["simulate"]
     upstream, guide, pam = layout_of(section)
     length = upstream + guide + pam + int(sim["downstream"])
-    rng = np.random.default_rng([seed, TRACK, STREAM_SIMULATE])
+    rng = seeding.rng(seed, TRACK, "simulate")
     fixed = fixed_bases(section)
     variable = np.array([i for i in range(length) if i not in fixed], dtype=np.int64)
     w, beta = true_network(rng, length, variable, position_scales(length, upstream, guide, pam), sim["signal_sd"])
@@ -178,11 +188,12 @@ def simulate(section, seed, guides_out, truth_out):
 
 # --- reading and encoding the user's data --------------------------------------------------------
 
-def read_guides(path, sequence_column, outcome_column, allow_n=False):
-    """Sequences (upper case) and outcomes of a tab-separated file with a header line; InputError
-    naming the file, the column (and data row, 1-based) and the value for every bad entry.
+def read_guides(path, sequence_column, outcome_column, allow_n=False, group_column=""):
+    """Sequences (upper case), outcomes and groups of a tab-separated file with a header line;
+    InputError naming the file, the column (and data row, 1-based) and the value for every bad entry.
+    A guide may appear on several rows (one per screen or condition, as public screens list them).
 
-    Returns ``(sequences [N] str, outcomes [N] float64)``.
+    Returns ``(sequences [N] str, outcomes [N] float64, groups [N] str or None without group_column)``.
     """
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -190,7 +201,8 @@ def read_guides(path, sequence_column, outcome_column, allow_n=False):
         raise InputError(path, "sgrna.data", str(path), "empty file (no header line)") from None
     except pd.errors.ParserError as err:
         raise InputError(path, "sgrna.data", str(path), f"not a tab-separated table: {str(err).strip()}") from None
-    for field, name in (("sgrna.sequence_column", sequence_column), ("sgrna.outcome_column", outcome_column)):
+    wanted = [("sgrna.sequence_column", sequence_column), ("sgrna.outcome_column", outcome_column)]
+    for field, name in wanted + ([("sgrna.split.group_column", group_column)] if group_column else []):
         if name not in frame.columns:
             raise InputError(path, field, name, f"no such column (columns: {', '.join(map(str, frame.columns))})")
     allowed = set("ACGTN" if allow_n else "ACGT")
@@ -219,7 +231,13 @@ def read_guides(path, sequence_column, outcome_column, allow_n=False):
             raise InputError(path, field, text, "not a number") from None
         if not math.isfinite(outcomes[row - 1]):
             raise InputError(path, field, text, "not a finite number")
-    return sequences, outcomes
+    groups = None
+    if group_column:
+        groups = [g.strip() for g in frame[group_column]]
+        for row, g in enumerate(groups, start=1):
+            if not g:
+                raise InputError(path, f"{group_column} (row {row})", g, "missing group (sgrna.split.group_column)")
+    return sequences, outcomes, groups
 
 
 def encode_onehot(sequences):
@@ -235,12 +253,15 @@ def variable_positions(onehot):
     return np.any(onehot != onehot[:1], axis=(0, 1))
 
 
-def split_guides(n, test_fraction, seed):
-    """Boolean ``[n]``, True for the ``round(n * test_fraction)`` test guides of a seeded permutation."""
-    n_test = int(round(n * test_fraction))
-    test = np.zeros(n, dtype=bool)
-    test[np.random.default_rng([seed, TRACK, STREAM_SPLIT]).permutation(n)[:n_test]] = True
-    return test
+def split_guides(sequences, test_fraction, validation_fraction, seed, groups=None):
+    """``"train"`` / ``"validation"`` / ``"test"`` per row (object array ``[N]``): rows with the same
+    sequence, and with ``groups`` rows of the same group (a gene's tiling guides overlap), are
+    linked and dealt whole (``seqmux.tracks.splitting``), in a seeded order.
+
+    Returns ``(split, components)``."""
+    components = linked_components(list(sequences), *([list(groups)] if groups is not None else []))
+    split = deal_components(components, test_fraction, validation_fraction, seeding.rng(seed, TRACK, "split"))
+    return split, components
 
 
 def write_npz(path, **arrays):
@@ -253,18 +274,20 @@ def write_npz(path, **arrays):
             zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
-def encode(data_path, encoded_out, sequence_column, outcome_column, allow_n, test_fraction, seed):
-    """Stage: read and check the guides, one-hot them, drop constant positions, split 80/20.
+def encode(data_path, encoded_out, split_out, sequence_column, outcome_column, allow_n, split, seed):
+    """Stage: read and check the guides, one-hot them, drop constant positions, split them
+    (``split_guides``: ``split`` is the config's ``sgrna.split`` section).
 
     Writes ``encoded.npz``: ``onehot [N, 4, P]`` uint8 (A,G,C,T), ``outcome [N]`` float64,
-    ``positions [P]`` (1-based, kept positions), ``test [N]`` bool, ``length`` (L).
+    ``positions [P]`` (1-based, kept positions), ``split [N]`` (0 train, 1 validation, 2 test),
+    ``length`` (L), ``counts`` (the split's counts: ``split_counts`` order); and ``split.tsv``
+    (``id``: the 1-based data row, ``split``).
     """
-    sequences, outcome = read_guides(data_path, sequence_column, outcome_column, allow_n)
+    group_column = split["group_column"]
+    sequences, outcome, groups = read_guides(data_path, sequence_column, outcome_column, allow_n, group_column)
     n = len(sequences)
-    n_test = int(round(n * test_fraction))
-    if min(n_test, n - n_test) < MIN_SPLIT:
-        raise InputError(data_path, "guides", n, f"fewer than the split needs: at least {MIN_SPLIT} training and "
-                         f"{MIN_SPLIT} test guides at sgrna.test_fraction={test_fraction}")
+    parts, components = split_guides(sequences, split["test_fraction"], split["validation_fraction"], seed, groups)
+    check_split_sizes(parts, MIN_SPLIT, data_path, "guides", "guides")
     onehot = encode_onehot(sequences)
     keep = variable_positions(onehot)
     positions = np.nonzero(keep)[0] + 1
@@ -273,10 +296,16 @@ def encode(data_path, encoded_out, sequence_column, outcome_column, allow_n, tes
     constant = np.nonzero(~keep)[0] + 1
     log.info("%d guides of %d nt from %s; %d constant positions dropped (%s), %d kept", n, onehot.shape[2],
              data_path, len(constant), ", ".join(map(str, constant)) or "none", len(positions))
-    test = split_guides(n, test_fraction, seed)
-    write_npz(encoded_out, onehot=onehot[:, :, keep], outcome=outcome, positions=positions, test=test,
-              length=np.int64(onehot.shape[2]))
-    log.info("split: %d training, %d test guides", int((~test).sum()), int(test.sum()))
+    n_duplicates = n - len(set(sequences))
+    counts = split_counts(parts, components, n_duplicates, groups)
+    codes = np.array([SPLITS.index(p) for p in parts], dtype=np.int8)
+    write_npz(encoded_out, onehot=onehot[:, :, keep], outcome=outcome, positions=positions, split=codes,
+              length=np.int64(onehot.shape[2]), count_names=np.array(list(counts)), count_values=np.array(
+                  list(counts.values()), dtype=np.int64))
+    write_split(np.arange(1, n + 1), parts, split_out)
+    log.info("split: %d training, %d validation, %d test rows; %d rows repeat an earlier row's sequence; %d linked "
+             "sets (same sequence%s) dealt whole", counts["n_train"], counts["n_validation"], counts["n_test"],
+             n_duplicates, counts["n_linked_components"], f" or {group_column}" if group_column else "")
 
 
 def load_encoded(path):
@@ -365,8 +394,8 @@ def mse_position_major(model, xp, y):
     return float(((model.beta @ torch.relu(z) + model.intercept - y) ** 2).mean())
 
 
-def train_network(x_train, y_train, x_test, y_test, steps, eps, batch_size, record_every, target_sd, seed,
-                  device="cpu"):
+def train_network(x_train, y_train, x_val, y_val, steps, eps, batch_size, record_every, target_sd, seed,
+                  device="cpu", patience=0, min_improvement=0.0):
     """Train ``PositionNetwork`` with SGD, step ``eps / sqrt(t + 1)`` at step ``t`` (0-based),
     ``batch_size`` guides a step drawn with replacement (1: the source's one guide a step).
 
@@ -374,33 +403,45 @@ def train_network(x_train, y_train, x_test, y_test, steps, eps, batch_size, reco
     training mean and SD (its predictions are mapped back); every weight and head coefficient
     starts at ``sqrt(target_sd / sqrt(P))`` (the size a position's share of the outcome's spread
     needs, balanced between the two factors), the intercept so that the first prediction is the
-    training mean. Train and test MSE (outcome units) are recorded at step 0, every
-    ``record_every`` steps and at the end, each over all guides in one pass; a non-finite loss
-    stops training with an InputError naming ``sgrna.train.eps``.
+    training mean. Train and validation MSE (outcome units) are recorded at step 0, every
+    ``record_every`` steps and at the end, each over all guides in one pass. Early stopping: the
+    weights of the record with the lowest validation MSE are kept, and training stops after
+    ``patience`` records without an improvement by more than the fraction ``min_improvement`` of
+    the best so far (0: runs all ``steps``). A non-finite loss stops training with an InputError
+    naming ``sgrna.train.lr``.
 
-    Returns ``(model on the CPU, {"mean", "sd", "target_sd"} of the scaling, curve rows
-    [(step, train_mse, test_mse)])``.
+    Returns ``(model on the CPU with the best weights, {"mean", "sd", "target_sd"} of the scaling,
+    curve rows [(step, train_mse, validation_mse)], facts {"best_step", "steps_done", "converged"})``;
+    ``converged``: patience ran out, or the best record is not the last one (False: still improving).
     """
     device = torch.device(device)
     mean, sd = float(np.mean(y_train)), float(np.std(y_train))
     sd = sd if sd > 0 else 1.0
     scale = target_sd / sd
     tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-    xtr, xte = tensor(x_train), tensor(x_test)
-    ytr, yte = tensor((np.asarray(y_train) - mean) * scale), tensor((np.asarray(y_test) - mean) * scale)
+    xtr, xva = tensor(x_train), tensor(x_val)
+    ytr, yva = tensor((np.asarray(y_train) - mean) * scale), tensor((np.asarray(y_val) - mean) * scale)
     n_pos = xtr.shape[2]
     model = PositionNetwork(n_pos, init=math.sqrt(target_sd / math.sqrt(n_pos))).to(device)
-    gen_seed = int(np.random.default_rng([seed, TRACK, STREAM_TRAIN]).integers(2 ** 62))
-    draws = torch.randint(len(ytr), (steps, batch_size), generator=torch.Generator().manual_seed(gen_seed))
+    draws = torch.randint(len(ytr), (steps, batch_size), generator=seeding.torch_generator(seed, TRACK, "train"))
     draws = draws[:, 0].tolist() if batch_size == 1 else draws.to(device)  # one guide: a slice, no copy
     rates = (eps / np.sqrt(np.arange(steps) + 1.0)).tolist()
     to_outcome = 1.0 / scale ** 2
 
-    ptr, pte = (x.permute(2, 0, 1).contiguous() for x in (xtr, xte))
+    ptr, pva = (x.permute(2, 0, 1).contiguous() for x in (xtr, xva))
+    best = {"loss": math.inf, "step": 0, "state": None, "bad": 0, "ref": math.inf, "stopped": False}
 
     def record(step):
-        curve.append((step, mse_position_major(model, ptr, ytr) * to_outcome,
-                      mse_position_major(model, pte, yte) * to_outcome))
+        val = mse_position_major(model, pva, yva) * to_outcome
+        curve.append((step, mse_position_major(model, ptr, ytr) * to_outcome, val))
+        if val < best["loss"]:
+            best.update(loss=val, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if val < best["ref"] * (1.0 - min_improvement):
+            best.update(ref=val, bad=0)
+        else:
+            best["bad"] += 1
+        best["stopped"] = bool(patience) and best["bad"] >= patience
+        return best["stopped"]
 
     curve = []
     record(0)
@@ -409,10 +450,14 @@ def train_network(x_train, y_train, x_test, y_test, steps, eps, batch_size, reco
         loss = sgd_step(model, xtr[idx], ytr[idx], rates[t])
         if (t + 1) % record_every == 0 or t + 1 == steps:
             if not math.isfinite(float(loss)):
-                raise InputError("config", "sgrna.train.eps", eps, f"SGD diverged (non-finite loss by step {t + 1}): "
+                raise InputError("config", "sgrna.train.lr", eps, f"SGD diverged (non-finite loss by step {t + 1}): "
                                  "use a smaller step (or a smaller sgrna.train.target_sd)")
-            record(t + 1)
-    return model.cpu(), {"mean": mean, "sd": sd, "target_sd": target_sd}, curve
+            if record(t + 1):
+                break
+    model.load_state_dict(best["state"])
+    facts = {"best_step": int(best["step"]), "steps_done": int(curve[-1][0]),
+             "converged": bool(best["stopped"] or best["step"] != curve[-1][0])}
+    return model.cpu(), {"mean": mean, "sd": sd, "target_sd": target_sd}, curve, facts
 
 
 def predict(model, scaling, onehot):
@@ -422,44 +467,53 @@ def predict(model, scaling, onehot):
     return z * scaling["sd"] / scaling["target_sd"] + scaling["mean"]
 
 
-def save_model(model, scaling, positions, path):
-    """``model.pt``: the state dict, the outcome scaling and the kept positions (same bytes for the
-    same weights: saved through a buffer, so the file name is not in the archive)."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "scaling": scaling,
-                "positions": [int(p) for p in positions]}, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+def save_model(model, scaling, positions, path, facts=None):
+    """``model.pt`` (``seqmux.checkpoint``, kind ``sgrna``): the weights, the outcome scaling, the
+    kept positions and the training facts."""
+    checkpoint.save(path, TRACK, model, scaling=dict(scaling), positions=[int(p) for p in positions],
+                    training=dict(facts or {}))
 
 
 def load_model(path):
-    """``(PositionNetwork, scaling, positions)`` from ``save_model``'s file."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = PositionNetwork(len(blob["positions"]))
-    model.load_state_dict(blob["state_dict"])
-    return model, blob["scaling"], np.array(blob["positions"], dtype=np.int64)
+    """``(PositionNetwork, scaling, positions, training facts)`` from ``save_model``'s file; an
+    InputError naming the file when it is not one."""
+    state, meta = checkpoint.load(path, TRACK, field="sgrna model")
+    model = checkpoint.load_into(PositionNetwork(len(meta["positions"])), state, path, TRACK, "sgrna model")
+    return model, meta["scaling"], np.array(meta["positions"], dtype=np.int64), meta.get("training", {})
 
 
-def train(encoded_path, model_out, curve_out, curve_plot, steps, eps, batch_size, record_every, target_sd, seed,
-          device="cpu"):
-    """Stage: train the network on the training guides of ``encoded.npz``; write ``model.pt``, the
-    MSE curve table (``step``, ``train_mse``, ``test_mse``) and its plot."""
+def split_arrays(data):
+    """``{split: boolean mask [N]}`` of ``encoded.npz``'s split codes."""
+    return {part: data["split"] == k for k, part in enumerate(SPLITS)}
+
+
+def train(encoded_path, model_out, log_out, curve_plot, steps, eps, batch_size, record_every, target_sd, seed,
+          device="cpu", patience=0, min_improvement=0.0):
+    """Stage: train the network on the training guides of ``encoded.npz``, early stopping on the
+    validation guides; write ``model.pt``, ``training_log.tsv`` (``step``, ``train_loss``,
+    ``validation_loss``: MSE in outcome units) and ``loss_curve.png``."""
     dev = choose_device(device, "config", "sgrna.device")
     data = load_encoded(encoded_path)
-    test = data["test"]
+    masks = split_arrays(data)
+    tr, va = masks["train"], masks["validation"]
     x, y = data["onehot"], data["outcome"]
-    log.info("training on %d guides x %d positions, %d steps of %d guide(s), step %.3g / sqrt(t + 1), outcome "
-             "scaled to SD %.3g, on %s", int((~test).sum()), x.shape[2], steps, batch_size, eps, target_sd, dev)
-    model, scaling, curve = train_network(x[~test], y[~test], x[test], y[test], steps, eps, batch_size,
-                                          record_every, target_sd, seed, dev)
-    save_model(model, scaling, data["positions"], model_out)
-    frame = pd.DataFrame(curve, columns=["step", "train_mse", "test_mse"])
-    write_tsv(frame, curve_out)
-    baseline = float(np.mean((y[test] - y[~test].mean()) ** 2))
-    plot_curves(frame["step"], {"train": frame["train_mse"], "test": frame["test_mse"],
-                                "test, training mean": np.full(len(frame), baseline)},
+    log.info("training on %d guides x %d positions (validation: %d), at most %d steps of %d guide(s), step %.3g / "
+             "sqrt(t + 1), patience %d records, outcome scaled to SD %.3g, on %s", int(tr.sum()), x.shape[2],
+             int(va.sum()), steps, batch_size, eps, patience, target_sd, dev)
+    model, scaling, curve, facts = train_network(x[tr], y[tr], x[va], y[va], steps, eps, batch_size, record_every,
+                                                 target_sd, seed, dev, patience, min_improvement)
+    save_model(model, scaling, data["positions"], model_out, facts)
+    frame = pd.DataFrame(curve, columns=["step", "train_loss", "validation_loss"])
+    write_tsv(frame, log_out)
+    baseline = float(np.mean((y[va] - y[tr].mean()) ** 2))
+    plot_curves(frame["step"], {"train": frame["train_loss"], "validation": frame["validation_loss"],
+                                "validation, training mean": np.full(len(frame), baseline)},
                 curve_plot, "SGD step", "mean squared error", title="sgRNA network", logy=True)
-    log.info("final MSE: train %.5f, test %.5f (training mean: %.5f)", curve[-1][1], curve[-1][2], baseline)
+    log.info("best validation MSE %.5f at step %d of %d (training mean: %.5f)", min(c[2] for c in curve),
+             facts["best_step"], facts["steps_done"], baseline)
+    if not facts["converged"]:
+        log.warning("not converged: the validation MSE was still falling at the last step (%d); raise "
+                    "sgrna.train.steps", facts["steps_done"])
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -486,14 +540,22 @@ def effect_correlation(a, b):
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def fit_ridge(x_train, y_train, alphas):
-    """Ridge regression (scikit-learn ``RidgeCV``, alpha by leave-one-out over ``alphas``) on the
-    flattened one-hot ``[N, 4 * P]`` with an intercept. Returns ``(model, coefficients [4, P])``."""
-    from sklearn.linear_model import RidgeCV
+def fit_ridge(x_train, y_train, x_val, y_val, alphas):
+    """Ridge regression (scikit-learn ``Ridge`` with an intercept) on the flattened one-hot
+    ``[N, 4 * P]`` of the training guides, ``alpha`` the one of ``alphas`` with the lowest
+    validation MSE (ties: the first). Returns ``(model, coefficients [4, P], validation MSE)``."""
+    from sklearn.linear_model import Ridge
 
-    x = np.asarray(x_train, dtype=np.float64)
-    ridge = RidgeCV(alphas=list(alphas)).fit(x.reshape(len(x), -1), y_train)
-    return ridge, ridge.coef_.reshape(x.shape[1], x.shape[2])
+    x = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
+    xv = np.asarray(x_val, dtype=np.float64).reshape(len(x_val), -1)
+    best = None
+    for alpha in alphas:
+        ridge = Ridge(alpha=float(alpha)).fit(x, y_train)
+        loss = float(np.mean((ridge.predict(xv) - y_val) ** 2))
+        if best is None or loss < best[2]:
+            best = (ridge, alpha, loss)
+    ridge, _, loss = best
+    return ridge, ridge.coef_.reshape(np.shape(x_train)[1], np.shape(x_train)[2]), loss
 
 
 def guide_layout(section, length):
@@ -541,31 +603,40 @@ def evaluate(encoded_path, model_path, metrics_out, effects_out, ridge_out, pred
              section, truth_path=None):
     """Stage: the network's and the ridge baseline's test figures, base effects and their
     correlation (and, with the simulated truth, the recovery correlation); writes ``metrics.json``,
-    ``base_effects.tsv``, ``ridge_effects.tsv``, ``predictions.tsv`` and the heatmap."""
+    ``base_effects.tsv``, ``ridge_effects.tsv``, ``test_predictions.tsv`` and the heatmap.
+
+    The ridge alpha and ``selected_model`` (the lower validation MSE) are chosen on validation; the
+    test guides are read here only."""
     data = load_encoded(encoded_path)
-    model, scaling, positions = load_model(model_path)
-    x, y, test = data["onehot"], data["outcome"], data["test"]
-    train_mean = float(y[~test].mean())
+    model, scaling, positions, facts = load_model(model_path)
+    x, y = data["onehot"], data["outcome"]
+    masks = split_arrays(data)
+    tr, va, te = masks["train"], masks["validation"], masks["test"]
     net = predict(model, scaling, x)
-    ridge, ridge_coef = fit_ridge(x[~test], y[~test], section["ridge_alphas"])
+    ridge, ridge_coef, _ = fit_ridge(x[tr], y[tr], x[va], y[va], section["ridge_alphas"])
     lin = ridge.predict(x.reshape(len(x), -1).astype(np.float64))
-    seen = x.any(axis=0)  # [4, P]: bases that occur at each position
+    seen = x[tr | va].any(axis=0)  # [4, P]: bases that occur at each position in the guides fitted or chosen on
     effects = model.effects(seen) * (scaling["sd"] / scaling["target_sd"])  # outcome units
     ridge_effects = centre_effects(ridge_coef, seen)
-    metrics = {"n_guides": int(len(y)), "n_train": int((~test).sum()), "n_test": int(test.sum()),
-               "sequence_length": int(data["length"]), "n_positions": int(len(positions)),
-               "n_constant_positions": int(data["length"]) - int(len(positions))}
+    metrics = dict(zip(data["count_names"].tolist(), data["count_values"].tolist()))
+    metrics.update({"n_guides": int(len(y)), "sequence_length": int(data["length"]),
+                    "n_positions": int(len(positions)),
+                    "n_constant_positions": int(data["length"]) - int(len(positions))})
     for name, pred in (("network", net), ("ridge", lin)):
-        metrics[f"{name}_train_mse"] = float(np.mean((pred[~test] - y[~test]) ** 2))
-        metrics[f"{name}_test_mse"] = float(np.mean((pred[test] - y[test]) ** 2))
-        metrics[f"{name}_test_pearson"], metrics[f"{name}_test_spearman"] = correlations(pred[test], y[test])
-    metrics["ridge_alpha"] = float(ridge.alpha_)
-    metrics["mean_baseline_test_mse"] = float(np.mean((y[test] - train_mean) ** 2))
+        metrics[f"{name}_test_mse"] = float(np.mean((pred[te] - y[te]) ** 2))
+        metrics[f"{name}_test_pearson"], metrics[f"{name}_test_spearman"] = correlations(pred[te], y[te])
+        metrics[f"{name}_validation_mse"] = float(np.mean((pred[va] - y[va]) ** 2))
+        metrics[f"{name}_train_mse"] = float(np.mean((pred[tr] - y[tr]) ** 2))
+    metrics["baseline_mean_test_mse"] = float(np.mean((y[te] - y[tr].mean()) ** 2))
+    metrics["selected_model"] = min(("network", "ridge"), key=lambda m: metrics[f"{m}_validation_mse"])
+    metrics["converged"] = bool(facts.get("converged", True))
+    metrics["best_step"], metrics["steps_done"] = facts.get("best_step"), facts.get("steps_done")
+    metrics["ridge_alpha"] = float(ridge.alpha)
     metrics["network_inactive_weights"] = int((model.weight.detach().numpy().T[seen] <= 0).sum())
     metrics["unseen_bases"] = int((~seen).sum())
     metrics["network_vs_ridge_effect_pearson"] = effect_correlation(effects, ridge_effects)
     maps = {"network: beta_i relu(w_ib), centred per position": effects,
-            f"ridge (alpha {ridge.alpha_:g}): coefficients, centred per position": ridge_effects}
+            f"ridge (alpha {ridge.alpha:g}): coefficients, centred per position": ridge_effects}
     metrics["true_effect_pearson"] = metrics["ridge_true_effect_pearson"] = None
     if truth_path:
         truth, truth_pos = read_effects(truth_path)
@@ -575,18 +646,21 @@ def evaluate(encoded_path, model_path, metrics_out, effects_out, ridge_out, pred
         maps["simulated truth, centred per position"] = aligned
     write_tsv(effects_frame(effects, positions), effects_out, index=True)
     write_tsv(effects_frame(ridge_effects, positions), ridge_out, index=True)
-    write_tsv(pd.DataFrame({"row": np.arange(1, len(y) + 1), "split": np.where(test, "test", "train"),
-                            "outcome": y, "network": net, "ridge": lin}), predictions_out)
+    rows = np.flatnonzero(te)
+    write_tsv(pd.DataFrame({"id": rows + 1, "outcome": y[te], "network": net[te], "ridge": lin[te]}), predictions_out)
     plot_effect_map(maps, positions, int(data["length"]), guide_layout(section, int(data["length"])), heatmap_out)
     write_json(metrics, metrics_out)
-    log.info("test MSE: network %.5f, ridge %.5f, training mean %.5f", metrics["network_test_mse"],
-             metrics["ridge_test_mse"], metrics["mean_baseline_test_mse"])
+    log.info("test MSE: network %.5f, ridge %.5f, training mean %.5f; validation selected %s",
+             metrics["network_test_mse"], metrics["ridge_test_mse"], metrics["baseline_mean_test_mse"],
+             metrics["selected_model"])
     log.info("test Spearman: network %.3f, ridge %.3f; effects network vs ridge r = %.3f",
              metrics["network_test_spearman"], metrics["ridge_test_spearman"],
              metrics["network_vs_ridge_effect_pearson"])
     if truth_path:
         log.info("recovery of the true effects: network r = %.3f, ridge r = %.3f", metrics["true_effect_pearson"],
                  metrics["ridge_true_effect_pearson"])
+    if not metrics["converged"]:
+        log.warning("the network had not converged (best validation MSE at the last step): raise sgrna.train.steps")
     return metrics
 
 

@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..outputs import atomic_path, write_json, write_tsv
 from ..plots import plot_curves, save_figure
 from ..runtime import choose_device, progress
+from .stopping import EarlyStopping
 from .splitting import SPLITS, check_split_sizes, deal_components, linked_components, split_counts, write_split
 
 log = logging.getLogger(__name__)
@@ -429,19 +430,12 @@ def train_network(x_train, y_train, x_val, y_val, steps, eps, batch_size, record
     to_outcome = 1.0 / scale ** 2
 
     ptr, pva = (x.permute(2, 0, 1).contiguous() for x in (xtr, xva))
-    best = {"loss": math.inf, "step": 0, "state": None, "bad": 0, "ref": math.inf, "stopped": False}
+    stopper = EarlyStopping(patience, min_improvement)
 
     def record(step):
         val = mse_position_major(model, pva, yva) * to_outcome
         curve.append((step, mse_position_major(model, ptr, ytr) * to_outcome, val))
-        if val < best["loss"]:
-            best.update(loss=val, step=step, state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        if val < best["ref"] * (1.0 - min_improvement):
-            best.update(ref=val, bad=0)
-        else:
-            best["bad"] += 1
-        best["stopped"] = bool(patience) and best["bad"] >= patience
-        return best["stopped"]
+        return stopper.update(step, val, model)
 
     curve = []
     record(0)
@@ -454,10 +448,8 @@ def train_network(x_train, y_train, x_val, y_val, steps, eps, batch_size, record
                                  "use a smaller step (or a smaller sgrna.train.target_sd)")
             if record(t + 1):
                 break
-    model.load_state_dict(best["state"])
-    facts = {"best_step": int(best["step"]), "steps_done": int(curve[-1][0]),
-             "converged": bool(best["stopped"] or best["step"] != curve[-1][0])}
-    return model.cpu(), {"mean": mean, "sd": sd, "target_sd": target_sd}, curve, facts
+    stopper.restore(model)
+    return model.cpu(), {"mean": mean, "sd": sd, "target_sd": target_sd}, curve, stopper.facts("step")
 
 
 def predict(model, scaling, onehot):

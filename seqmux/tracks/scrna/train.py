@@ -31,6 +31,7 @@ from ... import checkpoint, seeding
 from ...outputs import write_tsv
 from ...plots import plot_curves
 from ...runtime import choose_device, progress
+from ..stopping import EarlyStopping
 from . import STREAM_LOGISTIC, STREAM_MLP, TRACK
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,11 @@ def cell_tensors(cells, device="cpu"):
                    torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device)) for part in ("train", "validation")}
 
 
-def train_model(model, data, lr, epochs, c, desc="train", patience=0):
+def train_model(model, data, lr, epochs, c, desc="train", patience=0, min_improvement=0.0):
     """Full-batch Adam on mean BCE (+ the L2 penalty, see the module docstring) for at most
     ``epochs``, keeping the weights of the lowest validation BCE; stops after ``patience`` epochs
-    without a lower one (0: never).
+    without one lower by more than the fraction ``min_improvement`` (0: never;
+    ``seqmux.tracks.stopping``).
 
     ``data``: ``{"train": (x, y), "validation": (x, y)}`` on the model's device. Returns
     ``(history, facts)``: ``{key: [epochs run + 1] float64}`` for ``HISTORY`` keys, measured after
@@ -124,17 +126,14 @@ def train_model(model, data, lr, epochs, c, desc="train", patience=0):
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     history = torch.zeros(epochs + 1, len(HISTORY), dtype=torch.float64, device=x_train.device)
-    best = {"loss": float("inf"), "epoch": 0, "state": None}
+    stopper = EarlyStopping(patience, min_improvement)
 
     def record(epoch):
         with torch.no_grad():
             p_train, p_val = model(x_train), model(x_val)
             history[epoch] = torch.stack([bce(p_train, y_train), bce(p_val, y_val), accuracy(p_train, y_train),
                                           accuracy(p_val, y_val)]).double()
-        loss = float(history[epoch, 1])
-        if loss < best["loss"]:
-            best.update(loss=loss, epoch=epoch, state={k: v.detach().clone() for k, v in model.state_dict().items()})
-        return bool(patience) and epoch - best["epoch"] >= patience
+        return stopper.update(epoch, float(history[epoch, 1]), model)
 
     record(0)
     bar = progress(total=epochs, desc=desc)
@@ -149,10 +148,9 @@ def train_model(model, data, lr, epochs, c, desc="train", patience=0):
             done = epoch
             break
     bar.close()
-    model.load_state_dict(best["state"])
+    stopper.restore(model)
     values = history[:done + 1].cpu().numpy()
-    facts = {"best_epoch": int(best["epoch"]), "epochs_done": int(done), "converged": bool(best["epoch"] != done)}
-    return {key: values[:, i] for i, key in enumerate(HISTORY)}, facts
+    return {key: values[:, i] for i, key in enumerate(HISTORY)}, stopper.facts("epoch")
 
 
 def curves_table(histories):
@@ -200,7 +198,7 @@ def load_models(path):
 
 
 def train_scrna(cells_h5ad, out_models, out_curves, out_loss_plot, out_accuracy_plot, hidden, lr, epochs, c,
-                seed, device="cpu", patience=0):
+                seed, device="cpu", patience=0, min_improvement=0.0):
     """Stage ``train_scrna``: the three models (early stopping on the validation cells), their
     curves (``training_log.tsv`` and plots) and weights (``model.pt``)."""
     device = choose_device(device, "config", "scrna.device")
@@ -213,7 +211,8 @@ def train_scrna(cells_h5ad, out_models, out_curves, out_loss_plot, out_accuracy_
     models, histories, facts = {}, {}, {}
     for name in MODELS:
         model = make_model(name, n_genes, hidden, seed).to(device)
-        histories[name], facts[name] = train_model(model, data, lr, epochs, c, desc=f"train {name}", patience=patience)
+        histories[name], facts[name] = train_model(model, data, lr, epochs, c, desc=f"train {name}", patience=patience,
+                                                     min_improvement=min_improvement)
         models[name] = model.eval()
         h, f = histories[name], facts[name]
         best = f["best_epoch"]

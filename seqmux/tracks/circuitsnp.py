@@ -44,6 +44,7 @@ JASPAR_ID = r"^MA\d{4}\.\d+$"
 P_CLIP = 1e-6             # SNP scores: p clipped to [P_CLIP, 1 - P_CLIP]
 RATIO_TOLERANCE = 0.5     # warn when a split's closed:open ratio is off the training one by more than this fraction
 SPLITS = ("train", "validation", "test")
+MAX_LOGGED_SKIPS = 10     # skipped VCF records logged one by one
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -782,7 +783,7 @@ def score_snps(vcf_path, fasta_path, model_path, motifs_json, true_json, out_sco
     skipped and listed in ``out_skipped``). ``true_json`` (or ``""``): adds the true model's score."""
     from ..genome import chromosome_lengths, open_fasta
     from ..motifs import read_motifs
-    from ..predict import MAX_LOGGED_SKIPS, check_window
+    from ..windows import check_window
     from ..variants import check_refs, read_vcf
 
     fasta = open_fasta(fasta_path)

@@ -443,7 +443,9 @@ def test_track_on_a_user_h5ad(tmp_path):
     assert m["sklearn_test_auroc"] > 0.9 and m["mlp_test_auroc"] > 0.9
     genes = pd.read_csv(out / "top_genes.tsv", sep="\t")
     informative = {f"GENE{i}" for i in range(8)}
-    assert set(genes["gene"][:5]) <= informative  # the planted genes lead
+    # the planted genes lead the genes favouring the first class (the others' CPM falls when they
+    # rise, so some uninformative genes get negative weights)
+    assert set(genes.loc[genes["weight"] > 0, "gene"][:5]) <= informative
     assert set(genes.loc[genes["gene"].isin(informative), "favours"]) == {USER_CLASSES[0]}
     cells = anndata.read_h5ad(out / "cells.h5ad")
     assert set(cells.obs["author_cell_type"].astype(str)) == set(USER_CLASSES)

@@ -20,8 +20,8 @@ Data flow (one package function per workflow step):
 - ``evaluate``: BCE, AUROC and average precision on test of the network, the logistic regression,
   the no-skill baseline and (default) the true model; ROC / PR plots.
 
-Every random draw comes from ``numpy.random.default_rng([seed, TRACK, k])`` or a torch generator
-seeded from ``seed``.
+Every random draw comes from ``seqmux.seeding`` (track ``"circuitsnp"``, streams ``motifs``,
+``true_model``, ``labels``, ``vcf``, ``init``).
 """
 
 import json
@@ -31,14 +31,15 @@ import re
 import numpy as np
 import pandas as pd
 
-from .. import BASES
+from .. import BASES, checkpoint, seeding
 from ..encoding import N_TOKEN, one_hot, tokenize
 from ..errors import InputError
 from ..outputs import atomic_path, write_json, write_tsv
+from .stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
-TRACK = 8                 # this track's constant in every seed (issue 8)
+TRACK = "circuitsnp"      # the track's name in every seed (seqmux.seeding)
 LABELS = ("Y", "Y_alt")   # label columns of the files this track writes: open, closed
 JASPAR_ID = r"^MA\d{4}\.\d+$"
 P_CLIP = 1e-6             # SNP scores: p clipped to [P_CLIP, 1 - P_CLIP]
@@ -84,9 +85,9 @@ def check_config(section, planted=None):
             bad("true_model.weights", weights, f"more weights than the {planted} motifs planted in the demo genome")
 
 
-def rng_of(seed, k):
-    """The track's k-th random stream."""
-    return np.random.default_rng([seed, TRACK, k])
+def rng_of(seed, stream):
+    """A ``numpy.random.Generator`` of the track's named random stream."""
+    return seeding.rng(seed, TRACK, stream)
 
 
 # --- features from sequence ---------------------------------------------------------------------
@@ -198,7 +199,7 @@ def features_from_sequence(fasta_path, planted_json, out_splits, out_motifs, out
     from ..windows import sample_windows, write_windows
 
     planted = read_motifs(planted_json) if planted_json else []
-    motifs = choose_feature_motifs(planted, n_motifs, min_bits, rng_of(seed, 1))
+    motifs = choose_feature_motifs(planted, n_motifs, min_bits, rng_of(seed, "motifs"))
     log.info("%d motifs: %d planted in the demo genome, %d other JASPAR CORE vertebrate motifs", len(motifs),
              len(planted), len(motifs) - len(planted))
     try:
@@ -213,10 +214,10 @@ def features_from_sequence(fasta_path, planted_json, out_splits, out_motifs, out
     log.info("motif presence at threshold %.2f of the maximum score: mean %.3f per motif and window; "
              "%d motifs in fewer than 2%% of windows, %d in more than half", threshold, freq.mean(),
              int((freq < 0.02).sum()), int((freq > 0.5).sum()))
-    w = true_model_weights(motifs, len(planted) or len(motifs), weights, rng_of(seed, 2))
+    w = true_model_weights(motifs, len(planted) or len(motifs), weights, rng_of(seed, "true_model"))
     intercept = tune_intercept(presence, w, 1.0 / (1.0 + closed_per_open))
     p = true_probability(presence, w, intercept)
-    labels = (rng_of(seed, 3).random(len(p)) < p).astype(np.int64)
+    labels = (rng_of(seed, "labels").random(len(p)) < p).astype(np.int64)
     for i in np.nonzero(w)[0]:
         log.info("true model: %s %s weight %+.2f (present in %.1f%% of windows)", motifs[i].matrix_id,
                  motifs[i].name, w[i], 100 * freq[i])
@@ -358,10 +359,11 @@ def import_features(paths, out_splits, out_table, feature_pattern, label_columns
 
 # --- the network and its training ----------------------------------------------------------------
 
-def build_network(n_features, hidden, generator=None):
+def build_network(n_features, hidden, generator=None, bias_init="default"):
     """The source's network: ``Linear(n, h1) - ReLU - ... - Linear(h_last, 2) - softmax`` as an
     ``nn.Sequential`` whose output ``[batch, 2]`` is (P(open), P(closed)); Xavier-uniform weights
-    (from ``generator``), zero biases."""
+    (from ``generator``); biases as PyTorch's default (uniform in +-1/sqrt(fan_in), from
+    ``generator``: the source leaves them so) or ``zero``."""
     import torch
     from torch import nn
 
@@ -375,7 +377,11 @@ def build_network(n_features, hidden, generator=None):
         for layer in net:
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight, generator=generator)
-                layer.bias.zero_()
+                if bias_init == "zero":
+                    layer.bias.zero_()
+                else:
+                    bound = 1.0 / layer.in_features ** 0.5
+                    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
     return net
 
 
@@ -386,17 +392,21 @@ def open_logit(net, x):
     return z[:, 0] - z[:, 1]
 
 
-def fit_network(x_train, y_train, x_val, y_val, hidden, lr, epochs, seed, device="cpu"):
-    """Full-batch Adam on BCE of both softmax columns against (Y, Y_alt); the weights of the epoch
-    with the lowest validation loss are kept. Returns ``(net on the CPU, history, best epoch, best
-    validation loss)``; ``history`` is a DataFrame of epoch (1-based), train_loss (before that
-    epoch's step) and validation_loss (after it)."""
+def fit_network(x_train, y_train, x_val, y_val, hidden, lr, epochs, seed, device="cpu", patience=0,
+                min_improvement=0.0, bias_init="default"):
+    """Full-batch Adam on BCE of both softmax columns against (Y, Y_alt) for at most ``epochs``; the
+    weights of the epoch with the lowest validation loss are kept, and training stops after
+    ``patience`` epochs without a loss lower by more than the fraction ``min_improvement``
+    (``seqmux.tracks.stopping``; 0: never). Returns ``(net on the CPU, history, facts)``;
+    ``history`` is a DataFrame of epoch (1-based), train_loss (before that epoch's step) and
+    validation_loss (after it); ``facts``: ``best_epoch``, ``epochs_done``, ``converged``,
+    ``best_validation_loss``."""
     import torch
 
     from ..runtime import progress
 
-    gen = torch.Generator().manual_seed(int(seed))
-    net = build_network(x_train.shape[1], hidden, gen).to(device)
+    gen = seeding.torch_generator(seed, TRACK, "init")
+    net = build_network(x_train.shape[1], hidden, gen, bias_init).to(device)
 
     def tensors(x, y):
         y = np.asarray(y, dtype=np.float32)
@@ -407,26 +417,28 @@ def fit_network(x_train, y_train, x_val, y_val, hidden, lr, epochs, seed, device
     xv, yv = tensors(x_val, y_val)
     loss_fn = torch.nn.BCELoss()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    train_loss = np.empty(epochs)
-    val_loss = np.empty(epochs)
-    best, best_state, best_epoch = float("inf"), None, -1
-    for epoch in progress(range(epochs), epochs, "train circuitsnp network"):
+    train_loss, val_loss = [], []
+    stopper = EarlyStopping(patience, min_improvement)
+    for epoch in progress(range(1, epochs + 1), epochs, "train circuitsnp network"):
         opt.zero_grad()
         loss = loss_fn(net(xt), yt)
         loss.backward()
         opt.step()
         with torch.no_grad():
             v = loss_fn(net(xv), yv).item()
-        train_loss[epoch], val_loss[epoch] = loss.item(), v
-        if v < best:
-            best, best_epoch = v, epoch + 1
-            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-        if (epoch + 1) % max(1, epochs // 10) == 0:
-            log.info("epoch %d: train BCE %.5f, validation BCE %.5f (best %.5f at epoch %d)", epoch + 1,
-                     train_loss[epoch], v, best, best_epoch)
-    net.load_state_dict(best_state)
-    history = pd.DataFrame({"epoch": np.arange(1, epochs + 1), "train_loss": train_loss, "validation_loss": val_loss})
-    return net.cpu(), history, best_epoch, best
+        train_loss.append(loss.item())
+        val_loss.append(v)
+        stop = stopper.update(epoch, v, net)
+        if epoch % max(1, epochs // 10) == 0 or stop:
+            log.info("epoch %d: train BCE %.5f, validation BCE %.5f (best %.5f at epoch %d)", epoch,
+                     train_loss[-1], v, stopper.best_loss, stopper.best_step)
+        if stop:
+            break
+    stopper.restore(net)
+    history = pd.DataFrame({"epoch": np.arange(1, len(train_loss) + 1), "train_loss": train_loss,
+                            "validation_loss": val_loss})
+    facts = dict(stopper.facts("epoch"), best_validation_loss=stopper.best_loss)
+    return net.cpu(), history, facts
 
 
 def fit_logistic(x, y, c):
@@ -445,25 +457,19 @@ def logistic_probability(model, x):
     return expit(np.asarray(x, dtype=np.float64) @ np.asarray(model["coef"]) + model["intercept"])
 
 
-def save_network(net, path, names, hidden, best_epoch, best_loss):
-    """The network as a state dict with its sizes and feature names (not a pickled module)."""
-    import torch
-
-    payload = {"state_dict": net.state_dict(), "n_features": len(names), "hidden": list(hidden),
-               "features": list(names), "best_epoch": int(best_epoch), "validation_loss": float(best_loss)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+def save_network(net, path, names, hidden, facts):
+    """``model.pt`` (``seqmux.checkpoint``, kind ``circuitsnp``): the weights with the sizes, the
+    feature names and the training facts."""
+    checkpoint.save(path, TRACK, net, n_features=len(names), hidden=[int(h) for h in hidden],
+                    features=[str(n) for n in names], training=dict(facts))
 
 
 def load_network(path):
-    """``(net, payload)`` from ``save_network``'s file."""
-    import torch
-
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    net = build_network(payload["n_features"], payload["hidden"])
-    net.load_state_dict(payload["state_dict"])
-    net.eval()
-    return net, payload
+    """``(net, meta)`` from ``save_network``'s file; an InputError naming the file when it is not one."""
+    state, meta = checkpoint.load(path, TRACK, field="circuitsnp model")
+    net = checkpoint.load_into(build_network(meta["n_features"], meta["hidden"]), state, path, TRACK,
+                               "circuitsnp model")
+    return net, meta
 
 
 def network_logit(net, x):
@@ -486,8 +492,9 @@ def plot_losses(history, best_epoch, noskill, out):
 
 
 def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, hidden, lr, epochs, logistic_c,
-          seed, device="cpu"):
-    """Step: train the network and the logistic regression on the training split."""
+          seed, device="cpu", patience=0, min_improvement=0.0, bias_init="default"):
+    """Step: train the network (early stopping on the validation split) and the logistic regression
+    on the training split."""
     from ..runtime import choose_device
 
     dev = choose_device(device, "config", "circuitsnp.device")
@@ -495,12 +502,18 @@ def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, 
     xv, yv, names_v = read_feather_split(val_path, "validation split")
     if names_v != names:
         raise InputError(val_path, "feature columns", len(names_v), f"differ from the training split's ({len(names)})")
-    log.info("training on %d windows x %d features (%d open), validating on %d, %d epochs, lr %g, device %s",
-             len(y), len(names), int(y.sum()), len(yv), epochs, lr, dev)
-    net, history, best_epoch, best = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev)
+    log.info("training on %d windows x %d features (%d open), validating on %d, at most %d epochs (patience %d), "
+             "lr %g, device %s", len(y), len(names), int(y.sum()), len(yv), epochs, patience, lr, dev)
+    net, history, facts = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev, patience, min_improvement,
+                                      bias_init)
+    best_epoch = facts["best_epoch"]
     base_bce = bce(yv, np.full(len(yv), y.mean()))
-    log.info("kept epoch %d: validation BCE %.5f (no-skill %.5f)", best_epoch, best, base_bce)
-    save_network(net, out_model, names, hidden, best_epoch, best)
+    log.info("kept epoch %d of %d: validation BCE %.5f (no-skill %.5f)", best_epoch, facts["epochs_done"],
+             facts["best_validation_loss"], base_bce)
+    if not facts["converged"]:
+        log.warning("not converged: the validation BCE was still falling at the last epoch (%d); raise "
+                    "circuitsnp.train.max_epochs or lr", facts["epochs_done"])
+    save_network(net, out_model, names, hidden, facts)
     logistic = fit_logistic(x, y, logistic_c)
     logistic["features"] = names
     write_json(logistic, out_logistic)
@@ -579,9 +592,11 @@ def snp_metrics(snp_path, simulated_path):
 
 
 def evaluate(model_path, logistic_path, split_paths, true_path, snp_path, simulated_path, out_metrics,
-             out_predictions, out_roc, out_pr):
+             out_predictions, out_roc, out_pr, out_split=None):
     """Step: test-split metrics of the network, the logistic regression, no-skill and (when
-    ``true_path``) the true model; predictions table and ROC / PR plots."""
+    ``true_path``) the true model; ``selected_model`` (the lower validation BCE); predictions
+    table, ``split.tsv`` (``id``: ``<split>:<1-based row of that split's file>``) and ROC / PR
+    plots."""
     from scipy.special import expit
 
     net, payload = load_network(model_path)
@@ -603,9 +618,15 @@ def evaluate(model_path, logistic_path, split_paths, true_path, snp_path, simula
     predictors = {"network": p_net, "logistic regression": p_lr}
     for key, p in (("network", p_net), ("logistic", p_lr)):
         metrics.update({f"{key}_{k}": v for k, v in scores(y, p).items()})
-    metrics.update({"noskill_p_open": base, "noskill_bce": bce(y, np.full(len(y), base)), "noskill_auroc": 0.5,
-                    "noskill_ap": float(y.mean())})
-    frame = pd.DataFrame({"row": np.arange(len(y)), "p_open": p_net, "p_open_logistic": p_lr})
+    metrics.update({"baseline_noskill_p_open": base, "baseline_noskill_bce": bce(y, np.full(len(y), base)),
+                    "baseline_noskill_auroc": 0.5, "baseline_noskill_ap": float(y.mean())})
+    xv, yv, _ = data["validation"]
+    metrics["network_validation_bce"] = bce(yv, expit(network_logit(net, xv)))
+    metrics["logistic_validation_bce"] = bce(yv, logistic_probability(logistic, xv))
+    metrics["selected_model"] = min(("network", "logistic"), key=lambda m: metrics[f"{m}_validation_bce"])
+    training = payload.get("training", {})
+    metrics["converged"] = bool(training.get("converged", True))
+    frame = pd.DataFrame({"id": np.arange(1, len(y) + 1), "label": y, "network": p_net, "logistic": p_lr})
     metrics.update({"true_bce": None, "true_auroc": None, "true_ap": None, "network_auroc_gap_to_true": None})
     if true_path:
         with open(true_path) as fh:
@@ -615,19 +636,24 @@ def evaluate(model_path, logistic_path, split_paths, true_path, snp_path, simula
         metrics.update({f"true_{k}": v for k, v in scores(y, p_true).items()})
         metrics["network_auroc_gap_to_true"] = metrics["true_auroc"] - metrics["network_auroc"]
         predictors["true model"] = p_true
-        frame["p_true"] = p_true
-    frame["label"] = y
-    metrics.update({"best_epoch": payload["best_epoch"], "best_validation_bce": payload["validation_loss"],
-                    "noskill_validation_bce": bce(data["validation"][1], np.full(len(data["validation"][1]), base))})
+        frame["true"] = p_true
+    metrics.update({"best_epoch": training.get("best_epoch"), "epochs_done": training.get("epochs_done"),
+                    "best_validation_bce": training.get("best_validation_loss"),
+                    "baseline_noskill_validation_bce": bce(yv, np.full(len(yv), base))})
     if snp_path:
         metrics.update(snp_metrics(snp_path, simulated_path))
     else:
         log.info("no SNP scoring in this run (features from feather files, or a user genome without circuitsnp.vcf)")
-    for key in ("network", "logistic", "true", "noskill"):
+    for key in ("network", "logistic", "true", "baseline_noskill"):
         if metrics.get(f"{key}_auroc") is not None:
-            log.info("test %-9s BCE %.4f  AUROC %.4f  AP %.4f", key, metrics[f"{key}_bce"], metrics[f"{key}_auroc"],
+            log.info("test %-16s BCE %.4f  AUROC %.4f  AP %.4f", key, metrics[f"{key}_bce"], metrics[f"{key}_auroc"],
                      metrics[f"{key}_ap"])
+    log.info("validation selected the %s (validation BCE: network %.5f, logistic %.5f)", metrics["selected_model"],
+             metrics["network_validation_bce"], metrics["logistic_validation_bce"])
     write_tsv(frame, out_predictions)
+    if out_split:
+        ids = [f"{s}:{i}" for s in SPLITS for i in range(1, len(data[s][1]) + 1)]
+        write_tsv(pd.DataFrame({"id": ids, "split": [s for s in SPLITS for _ in range(len(data[s][1]))]}), out_split)
     plot_roc_pr(y, predictors, out_roc, out_pr)
     write_json(metrics, out_metrics)
     return metrics
@@ -697,7 +723,7 @@ def simulate_vcf(fasta_path, sites_bed, motifs_json, true_json, out_vcf, out_tab
     motifs = read_motifs(motifs_json)
     with open(true_json) as fh:
         true = json.load(fh)
-    rng = rng_of(seed, 4)
+    rng = rng_of(seed, "vcf")
     by_id = {m.matrix_id: (i, m) for i, m in enumerate(motifs)}
     positive = [c for c, w in true["weights"].items() if w > 0]
     chroms = [c for c in test_chroms if c in lengths]

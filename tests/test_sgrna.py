@@ -269,8 +269,8 @@ def test_stages_twice_same_bytes(tmp_path):
                 patience=5)
         S.evaluate(d / "encoded.npz", d / "model.pt", d / "metrics.json", d / "effects.tsv", d / "ridge.tsv",
                    d / "pred.tsv", d / "map.png", sec, d / "true.tsv")
-    for name in ("guides.tsv", "true.tsv", "encoded.npz", "split.tsv", "model.pt", "curve.tsv", "metrics.json", "effects.tsv",
-                 "ridge.tsv", "pred.tsv"):
+    for name in ("guides.tsv", "true.tsv", "encoded.npz", "split.tsv", "model.pt", "curve.tsv", "metrics.json",
+                 "effects.tsv", "ridge.tsv", "pred.tsv"):
         assert digest(tmp_path / "a" / name) == digest(tmp_path / "b" / name), name
 
 

@@ -18,21 +18,20 @@ A unidirectional GRU is compared with the first, a bidirectional one with the se
 import json
 import logging
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import BASES
+from .. import BASES, checkpoint, seeding
 from ..errors import InputError
 from ..hmm import sample_hmm
-from ..outputs import atomic_path, write_json, write_tsv
+from ..outputs import write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
 SYMBOLS = BASES  # "AGCT": symbol axis of emission matrices, and token values 0..3
-TRACK = 10  # this track's constant in every random generator's seed
+TRACK = "gc_hmm"  # the track's name in every seed (seqmux.seeding)
 DATA = "data"  # the preset name of a user's TSV (gc_hmm.data)
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 TOLERANCE = 1e-6  # how far a probability row may sum from 1
@@ -157,10 +156,10 @@ def check_config(section):
                          "at least two distinct single-character states")
 
 
-def preset_seed(seed, preset, *more):
-    """The seed sequence of a preset's random draws: ``[seed, TRACK, crc32(preset), *more]`` (a
-    preset's data do not change when other presets are added)."""
-    return [int(seed), TRACK, zlib.crc32(str(preset).encode()), *more]
+def preset_rng(seed, preset, stream):
+    """The generator of a preset's named stream (``seqmux.seeding``, stream ``<stream>:<preset>``:
+    a preset's data do not change when other presets are added)."""
+    return seeding.rng(seed, TRACK, f"{stream}:{preset}")
 
 
 # --- sequences -------------------------------------------------------------------------------------
@@ -338,7 +337,7 @@ def read_sets(path, hmm):
 def simulate(train_out, test_out, hmm_out, preset, spec, n_train, n_test, length, seed):
     """Stage: draw a preset's train and test sets (seeded from ``seed`` and the preset's name)."""
     hmm = parse_hmm(spec, "config", f"gc_hmm.presets.{preset}")
-    rng = np.random.default_rng(preset_seed(seed, preset))
+    rng = preset_rng(seed, preset, "simulate")
     train, test = simulate_sets(hmm, n_train, n_test, length, rng)
     write_sets(train, test, hmm, train_out, test_out, hmm_out, f"config preset {preset}")
     log.info("preset %s: %d train and %d test sequences of %d bp, states %s", preset, len(train), len(test), length,
@@ -349,7 +348,7 @@ def split_data(data, train_out, test_out, hmm_out, states, test_fraction, seed):
     """Stage: read a user's TSV, split it by distinct sequence, estimate the HMM from the train rows."""
     states = [str(s) for s in states]
     frame = read_table(data, states)
-    rng = np.random.default_rng(preset_seed(seed, DATA))
+    rng = preset_rng(seed, DATA, "split")
     train, test = split_table(frame, test_fraction, rng)
     hmm = estimate_hmm(train, states)
     write_sets(train, test, hmm, train_out, test_out, hmm_out, f"estimated by counting from {len(train)} train rows "
@@ -495,8 +494,10 @@ def train_model(tokens, labels, lengths, n_states, sizes, bidirectional, seed, d
 
     from ..runtime import progress
 
-    torch.manual_seed(seed[-1] + 7919 * int(bidirectional) + 104729 * seed[0])
-    model = build_model(n_states, sizes["embedding"], sizes["hidden"], sizes["layers"], bidirectional).to(device)
+    stream = f"{seed[1]}:{'bigru' if bidirectional else 'gru'}"  # seed = (config seed, preset)
+    with seeding.torch_seeded(seed[0], TRACK, f"init:{stream}"):
+        model = build_model(n_states, sizes["embedding"], sizes["hidden"], sizes["layers"], bidirectional)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=sizes["lr"])
     n, bs = len(tokens), int(sizes["batch_size"])
     total_steps = sizes["epochs"] * -(-n // bs)
@@ -509,7 +510,7 @@ def train_model(tokens, labels, lengths, n_states, sizes, bidirectional, seed, d
         raise InputError("config", "gc_hmm.model.schedule", schedule, "constant or cosine")
     loss_fn = torch.nn.NLLLoss(ignore_index=-100)
     x, y, lens = (torch.as_tensor(a) for a in (tokens, labels, lengths))
-    rng = np.random.default_rng([*seed, int(bidirectional)])
+    rng = seeding.rng(seed[0], TRACK, f"batches:{stream}")
     epoch_loss = []
     bar = progress(range(sizes["epochs"]), desc=name)
     for _ in bar:
@@ -553,7 +554,6 @@ def train(train_tsv, hmm_json, out_models, log_tsv, loss_png, preset, sizes, see
     sits a little above these floors).
     """
     import pandas as pd
-    import torch
 
     from ..runtime import choose_device
     from ..plots import plot_curves
@@ -568,13 +568,12 @@ def train(train_tsv, hmm_json, out_models, log_tsv, loss_png, preset, sizes, see
              len(pieces[0]), pieces[0].shape[1])
     curves = {}
     for name, bidirectional in MODELS.items():
-        model, losses = train_model(*pieces, len(hmm.states), sizes, bidirectional,
-                                    preset_seed(seed, preset), dev, f"{preset} {name}")
+        model, losses = train_model(*pieces, len(hmm.states), sizes, bidirectional, (seed, preset), dev,
+                                    f"{preset} {name}")
         curves[name] = losses
         log.info("%s %s: final training NLL %.4f (best achievable %.4f)", preset, name, losses[-1], floors[name])
-        with atomic_path(out_models[name]) as tmp:
-            torch.save({"state_dict": model.state_dict(), "sizes": dict(sizes), "states": hmm.states,
-                        "bidirectional": bidirectional}, tmp)
+        checkpoint.save(out_models[name], TRACK, model, sizes=dict(sizes), states=list(hmm.states),
+                        bidirectional=bool(bidirectional))
     epochs = np.arange(1, sizes["epochs"] + 1)
     write_tsv(pd.DataFrame({"epoch": epochs, **{f"{k}_loss": v for k, v in curves.items()},
                             "filtering_nll": floors["gru"], "posterior_nll": floors["bigru"]}), log_tsv)
@@ -585,14 +584,12 @@ def train(train_tsv, hmm_json, out_models, log_tsv, loss_png, preset, sizes, see
 
 
 def load_model(path, n_states):
-    """A network written by :func:`train`, in eval mode on the CPU."""
-    import torch
-
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    s = saved["sizes"]
-    model = build_model(n_states, s["embedding"], s["hidden"], s["layers"], saved["bidirectional"])
-    model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    """A network written by :func:`train`, in eval mode on the CPU (``seqmux.checkpoint``: an
+    InputError naming the file when it is not one)."""
+    state, meta = checkpoint.load(path, TRACK, field="gc_hmm model")
+    s = meta["sizes"]
+    model = build_model(n_states, s["embedding"], s["hidden"], s["layers"], meta["bidirectional"])
+    return checkpoint.load_into(model, state, path, TRACK, "gc_hmm model")
 
 
 def predict(model, tokens, lengths, device, batch_size=256):
@@ -756,7 +753,7 @@ def evaluate(test_tsv, hmm_json, model_paths, metrics_out, predictions_out, cali
         m[f"{k}_calibration_error"] = c[3]
     m["loglik_per_base"] = float(loglik.sum() / lengths.sum())
     gru_hits = int(((preds["gru"] == labels) & (labels >= 0)).sum())
-    rng = np.random.default_rng([*preset_seed(seed, preset), 3])
+    rng = preset_rng(seed, preset, "random_match")
     m["random_accuracy"], m["random_match_p"] = random_match(labels, S, gru_hits, random_draws, rng)
     m["random_draws"] = int(random_draws)
     write_json(m, metrics_out)

@@ -318,8 +318,9 @@ def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, 
         for part in SPLITS:
             n = int(((label == name) & (split == part)).sum())
             if n < MIN_CELLS_PER_SPLIT:  # cells_needed makes this rare; the split's rounding decides
+                more = "more cells or groups" if group_column else "more cells"
                 raise InputError(source, "scrna.classes", name, f"only {n} cells in the {part} split; give "
-                                                               f"more cells{' or groups' if group_column else ''} or other fractions")
+                                                               f"{more} or other fractions")
     is_train = split == "train"
     mean, std, constant = fit_scaling(cells.layers["log_cpm"][np.flatnonzero(is_train)])
     cells.X = apply_scaling(cells.layers["log_cpm"], mean, std, constant)
@@ -335,7 +336,8 @@ def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, 
     cells.uns["scrna"] = {
         "source": source, "cell_type_key": cell_type_key, "classes": list(classes), "positive_class": classes[0],
         "counts": info["counts_source"], "min_counts": int(min_counts), "test_fraction": float(test_fraction),
-        "validation_fraction": float(validation_fraction), "group_column": str(group_column), "seed": int(seed), "n_cells_input": info["n_cells_input"], "n_genes_input": info["n_genes_input"],
+        "validation_fraction": float(validation_fraction), "group_column": str(group_column), "seed": int(seed),
+        "n_cells_input": info["n_cells_input"], "n_genes_input": info["n_genes_input"],
     }
     if info["recovery_max_deviation"] is not None:  # the default's counts, recovered from .raw
         cells.uns["scrna"]["recovery_max_deviation"] = info["recovery_max_deviation"]

@@ -108,7 +108,8 @@ def cell_tensors(cells, device="cpu"):
     x = np.asarray(cells.X, dtype=np.float32)
     y = cells.obs["target"].to_numpy(np.float32)[:, None]
     return {part: (torch.from_numpy(np.ascontiguousarray(x[split == part])).to(device),
-                   torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device)) for part in ("train", "validation")}
+                   torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device))
+            for part in ("train", "validation")}
 
 
 def train_model(model, data, lr, epochs, c, desc="train", patience=0, min_improvement=0.0):
@@ -217,7 +218,8 @@ def train_scrna(cells_h5ad, out_models, out_curves, out_loss_plot, out_accuracy_
         h, f = histories[name], facts[name]
         best = f["best_epoch"]
         log.info("%s: best validation BCE %.4f (accuracy %.4f) at epoch %d of %d; train BCE there %.4f", name,
-                 h["validation_loss"][best], h["validation_accuracy"][best], best, f["epochs_done"], h["train_loss"][best])
+                 h["validation_loss"][best], h["validation_accuracy"][best], best, f["epochs_done"],
+                 h["train_loss"][best])
         if not f["converged"]:
             log.warning("%s had not converged: its validation BCE was still falling at the last epoch (%d); raise "
                         "scrna.train.max_epochs", name, f["epochs_done"])

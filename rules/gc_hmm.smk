@@ -1,4 +1,4 @@
-# GC-HMM track (issue 10): a GRU that learns a hidden Markov model, measured against the best
+# GC-HMM track: a GRU that learns a hidden Markov model, measured against the best
 # possible answer (forward filtering, posterior decoding, Viterbi). One run per preset
 # (gc_hmm.presets, and `data` when gc_hmm.data names a user's TSV): simulate (or split the user's
 # TSV) -> train the GRU and the biGRU -> evaluate on the test rows; a summary over presets.

@@ -227,7 +227,7 @@ def check_disjoint(train, test, source="gc_hmm"):
     both construction paths keep each string on one side)."""
     shared = set(train["dna"]) & set(test["dna"])
     if shared:
-        raise ValueError(f"{source}: {len(shared)} dna strings in both train and test")
+        raise InputError(source, "dna", len(shared), "dna strings in both train and test")
 
 
 def read_table(path, states):

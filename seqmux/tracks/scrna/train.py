@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ... import checkpoint, seeding
+from ...errors import InputError
 from ...outputs import write_tsv
 from ...plots import plot_curves
 from ...runtime import choose_device, progress
@@ -64,18 +65,12 @@ def build_model(name, n_genes, hidden):
         return nn.Sequential(nn.Linear(n_genes, hidden), nn.Sigmoid(), nn.Linear(hidden, 1), nn.Sigmoid())
     if name == "layer_list":
         return LayerList(n_genes, hidden)
-    raise ValueError(f"unknown model {name!r}")
-
-
-def init_seed(seed, name):
-    """The torch seed of model ``name``'s initial weights (``mlp`` and ``layer_list`` share one)."""
-    return seeding.int_seed(seed, TRACK, STREAM_LOGISTIC if name == "logistic" else STREAM_MLP)
+    raise InputError("model.pt", "scrna model", name, f"unknown model (known: {', '.join(MODELS)})")
 
 
 def make_model(name, n_genes, hidden, seed):
     """Model ``name`` with its seeded initial weights (torch's global RNG state is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed(seed, name))
+    with seeding.torch_seeded(seed, TRACK, STREAM_LOGISTIC if name == "logistic" else STREAM_MLP):
         return build_model(name, n_genes, hidden)
 
 

@@ -14,7 +14,7 @@ effects, ridge baseline with its alpha chosen on validation, heatmap).
 
 Conventions: the one-hot tensors follow the package's base order (``seqmux.BASES`` = A, G, C, T:
 ``[..., 4, P]`` arrays, ``[P, 4]`` weights); the tables and the heatmap written for people have rows
-A, C, G, T (the issue's layout). Positions are 1-based positions in the input sequence. Every random
+A, C, G, T (the source's layout). Positions are 1-based positions in the input sequence. Every random
 draw comes from ``seqmux.seeding`` (track ``"sgrna"``, streams ``simulate``, ``split``, ``train``).
 """
 

@@ -189,3 +189,44 @@ def test_outputs_and_metrics_follow_the_contract(contract_runs, track):
     assert set(predictions["id"].astype(str)) <= set(split["id"].astype(str)) or track == "circuitsnp"
     kind = torch.load(out / "model.pt", weights_only=True)["kind"]
     assert kind == track
+
+
+# --- each track once with the source's settings (docs/tracks.md, the departures tables) ----------------
+
+def test_source_settings_run():
+    """Every track's training with the values that restore its source document's behaviour runs its
+    whole budget (no early stop), on a small case each."""
+    from seqmux.tracks import circuitsnp as cs
+    from seqmux.tracks import gc_hmm as g
+    from seqmux.tracks import sgrna as s
+    from seqmux.tracks.scrna import train as sc
+
+    rng = np.random.default_rng(0)
+    # circuitSNP: Adam 1e-4, 5,000 full-batch epochs, patience 0
+    x = (rng.random((300, 8)) < 0.3).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] + rng.random(300) > 1.2).astype(np.int64)
+    _, history, facts = cs.fit_network(x[:200], y[:200], x[200:], y[200:], [5, 5], 1e-4, 5000, 1, patience=0)
+    assert facts["epochs_done"] == len(history) == 5000
+    # single-cell: Adam 1e-4, 10 epochs, no penalty
+    xs = torch.randn(80, 6, generator=torch.Generator().manual_seed(0))
+    ys = (xs[:, :1] > 0).float()
+    _, facts = sc.train_model(sc.make_model("mlp", 6, 50, 1), {"train": (xs[:60], ys[:60]),
+                                                              "validation": (xs[60:], ys[60:])},
+                              lr=1e-4, epochs=10, c=0.0, patience=0)
+    assert facts["epochs_done"] == 10
+    # GC-HMM: hidden 10, batch 1, 5 epochs, constant rate, 50 whole training rows
+    hmm = g.parse_hmm({"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.5, 0.5], [0.4, 0.6]],
+                       "emission": {"H": {"A": 0.2, "C": 0.3, "G": 0.3, "T": 0.2},
+                                    "L": {"A": 0.3, "C": 0.2, "G": 0.2, "T": 0.3}}})
+    train, _ = g.simulate_sets(hmm, 50, 5, 60, rng)
+    sizes = {"embedding": 4, "hidden": 10, "layers": 1, "lr": 0.02, "schedule": "constant", "epochs": 5,
+             "batch_size": 1}
+    _, losses = g.train_model(*g.encode_rows(train, hmm.states), 2, sizes, False, (1, "toy"), "cpu", "source")
+    assert len(losses) == 5
+    # sgRNA: 20,000 steps of one guide, the outcome at its own scale, patience 0
+    seqs = ["".join(rng.choice(list("ACGT"), 12)) for _ in range(300)]
+    onehot = s.encode_onehot(seqs).astype(np.float32)
+    out = rng.normal(0.5, 0.15, 300)
+    _, _, curve, facts = s.train_network(onehot[:240], out[:240], onehot[240:], out[240:], 20000, 0.05, 1, 100,
+                                         float(np.std(out[:240])), 1, patience=0)
+    assert facts["steps_done"] == curve[-1][0] == 20000

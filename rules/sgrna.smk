@@ -4,7 +4,7 @@
 # guide a step, early stopping on validation) -> evaluate (test metrics, ridge baseline, base
 # effects, heatmap). The user's TSV goes through the same encode / train / evaluate rules.
 
-from seqmux.tracks.sgrna import check_config as sgrna_check_config
+from seqmux.tracks.sgrna.data import check_config as sgrna_check_config
 
 SGRNA = config["sgrna"]
 check_at_start(sgrna_check_config, SGRNA)

@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.sgrna import train
+from seqmux.tracks.sgrna.train import train
 
 inp, out, t = snakemake.input, snakemake.output, snakemake.params.train
 run_stage(snakemake.log[0], train, inp.encoded, out.model, out.log, out.plot, t["steps"], t["lr"], t["batch_size"],

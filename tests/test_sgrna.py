@@ -14,7 +14,10 @@ import torch
 from conftest import TINY, deep_update, finished_run, run_workflow, track_section
 from seqmux import BASES
 from seqmux.errors import InputError
-from seqmux.tracks import sgrna as S
+from seqmux.tracks.sgrna import data as D
+from seqmux.tracks.sgrna import evaluate as E
+from seqmux.tracks.sgrna import model as M
+from seqmux.tracks.sgrna import train as T
 
 DEFAULT = track_section("sgrna")
 # the track on a small config: 600 simulated guides, 5,000 steps
@@ -47,28 +50,28 @@ def test_onehot_keeps_bases_in_place_when_one_never_occurs(tmp_path):
     base where it is (the source's get_dummies + 'four columns at a time' shifted them)."""
     seqs = ["AAGT", "CCGA", "GAGC", "TCGG"]
     path = write_guides(tmp_path / "g.tsv", seqs, [0.1, 0.2, 0.3, 0.4])
-    read, y, groups = S.read_guides(path, "seq", "mixture_probs")
+    read, y, groups = D.read_guides(path, "seq", "mixture_probs")
     assert groups is None
-    onehot = S.encode_onehot(read)
+    onehot = D.encode_onehot(read)
     assert onehot.shape == (4, 4, 4) and onehot.dtype == np.uint8
     for n, s in enumerate(seqs):
         for p, b in enumerate(s):
             assert onehot[n, BASES.index(b), p] == 1 and onehot[n, :, p].sum() == 1
-    assert S.variable_positions(onehot).tolist() == [True, True, False, True]
+    assert D.variable_positions(onehot).tolist() == [True, True, False, True]
     np.testing.assert_array_equal(y, [0.1, 0.2, 0.3, 0.4])
 
 
 def test_lower_case_and_n_when_allowed(tmp_path):
     path = write_guides(tmp_path / "g.tsv", ["acgN", "ACGT"], [1, 2])
-    seqs, _, _ = S.read_guides(path, "seq", "mixture_probs", allow_n=True)
+    seqs, _, _ = D.read_guides(path, "seq", "mixture_probs", allow_n=True)
     assert seqs == ["ACGN", "ACGT"]
-    onehot = S.encode_onehot(seqs)
-    assert onehot[0, :, 3].sum() == 0 and S.variable_positions(onehot).tolist() == [False, False, False, True]
+    onehot = D.encode_onehot(seqs)
+    assert onehot[0, :, 3].sum() == 0 and D.variable_positions(onehot).tolist() == [False, False, False, True]
 
 
 def test_split_is_seeded_and_sized():
     seqs = [f"{i:012b}".replace("0", "A").replace("1", "C") for i in range(2073)]
-    (a, _), (b, _), (c, _) = (S.split_guides(seqs, 0.2, 0.1, seed) for seed in (1, 1, 2))
+    (a, _), (b, _), (c, _) = (D.split_guides(seqs, 0.2, 0.1, seed) for seed in (1, 1, 2))
     assert (a == "test").sum() == round(2073 * 0.2) == 415 and (a == "validation").sum() == 207
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -95,7 +98,7 @@ def test_repeated_guides_and_genes_stay_on_one_side(tmp_path):
     path = tmp_path / "screens.tsv"
     pd.DataFrame({"seq": seqs, "score": y, "Target gene": genes}).to_csv(path, sep="\t", index=False)
     split = dict(SPLIT, group_column="Target gene")
-    S.encode(path, tmp_path / "e.npz", tmp_path / "split.tsv", "seq", "score", False, split, 5)
+    D.encode(path, tmp_path / "e.npz", tmp_path / "split.tsv", "seq", "score", False, split, 5)
     table = pd.read_csv(tmp_path / "split.tsv", sep="\t")
     assert table["id"].tolist() == list(range(1, len(seqs) + 1))
     table["seq"], table["gene"] = seqs, genes
@@ -103,22 +106,22 @@ def test_repeated_guides_and_genes_stay_on_one_side(tmp_path):
     assert table.groupby("gene")["split"].nunique().max() == 1
     assert set(table["split"]) == {"train", "validation", "test"}
     assert abs((table["split"] == "test").mean() - 0.2) < 0.05
-    data = S.load_encoded(tmp_path / "e.npz")
+    data = D.load_encoded(tmp_path / "e.npz")
     counts = dict(zip(data["count_names"].tolist(), data["count_values"].tolist()))
     assert counts["n_duplicate_items"] == 480 and counts["n_groups"] == 60 and counts["n_linked_components"] == 60
     assert counts["n_test"] == (table["split"] == "test").sum()
     # without the gene column, identical sequences still stay together (a row split would leak them)
-    S.encode(path, tmp_path / "e2.npz", tmp_path / "split2.tsv", "seq", "score", False, SPLIT, 5)
+    D.encode(path, tmp_path / "e2.npz", tmp_path / "split2.tsv", "seq", "score", False, SPLIT, 5)
     rows = pd.read_csv(tmp_path / "split2.tsv", sep="\t").assign(seq=seqs)
     assert rows.groupby("seq")["split"].nunique().max() == 1
 
 
 def test_npz_same_arrays_same_bytes(tmp_path):
     arrays = dict(x=np.arange(12, dtype=np.uint8).reshape(3, 4), y=np.linspace(0, 1, 3))
-    S.write_npz(tmp_path / "a.npz", **arrays)
-    S.write_npz(tmp_path / "b.npz", **arrays)
+    D.write_npz(tmp_path / "a.npz", **arrays)
+    D.write_npz(tmp_path / "b.npz", **arrays)
     assert digest(tmp_path / "a.npz") == digest(tmp_path / "b.npz")
-    loaded = S.load_encoded(tmp_path / "a.npz")
+    loaded = D.load_encoded(tmp_path / "a.npz")
     assert all(np.array_equal(loaded[k], v) for k, v in arrays.items())
 
 
@@ -129,14 +132,14 @@ def test_simulation_layout_and_truth_is_representable():
     no noise, each unclipped outcome is the mean plus the sum of the true centred effects of its
     bases, so the truth is exactly what the network can represent."""
     sec = section(simulate={"guides": 500, "noise_sd": 0.0})
-    seqs, y, effects, positions, clipped = S.simulate_guides(sec, seed=4)
+    seqs, y, effects, positions, clipped = D.simulate_guides(sec, seed=4)
     assert len(seqs) == 500 and {len(s) for s in seqs} == {43}
     assert {s[10] for s in seqs} == {"G"} and {s[31:33] for s in seqs} == {"GG"}
     assert len({s[30] for s in seqs}) == 4  # the PAM's N varies
     assert positions.tolist() == [p for p in range(1, 44) if p not in (11, 32, 33)]
     assert effects.shape == (4, 40) and np.abs(effects.sum(axis=0)).max() < 1e-12
     assert y.min() >= 0 and y.max() <= 1 and clipped < 0.01
-    onehot = S.encode_onehot(seqs)[:, :, positions - 1].astype(np.float64)
+    onehot = D.encode_onehot(seqs)[:, :, positions - 1].astype(np.float64)
     expected = 0.5 + np.einsum("nbp,bp->n", onehot, effects)
     inside = (y > 0) & (y < 1)
     np.testing.assert_allclose(y[inside], expected[inside], atol=1e-12)
@@ -144,14 +147,14 @@ def test_simulation_layout_and_truth_is_representable():
     # maps the last 5 guide positions beat the upstream flank
     near, flank = [], []
     for seed in range(5):
-        size = np.abs(S.simulate_guides(sec, seed=seed)[2]).sum(axis=0)
+        size = np.abs(D.simulate_guides(sec, seed=seed)[2]).sum(axis=0)
         near.append(size[[positions.tolist().index(p) for p in range(26, 31)]].mean())
         flank.append(size[:10].mean())
     assert np.mean(near) > 2 * np.mean(flank)
 
 
 def test_simulation_is_seeded():
-    a, b, c = (S.simulate_guides(section(simulate={"guides": 50}), seed=s) for s in (1, 1, 2))
+    a, b, c = (D.simulate_guides(section(simulate={"guides": 50}), seed=s) for s in (1, 1, 2))
     assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[0] != c[0]
 
 
@@ -162,13 +165,13 @@ def test_sgd_step_equals_autograd(batch):
     gen = torch.Generator().manual_seed(0)
     x = torch.nn.functional.one_hot(torch.randint(4, (batch, 7), generator=gen), 4).float().transpose(1, 2)
     y = torch.randn(batch, generator=gen)
-    model = S.PositionNetwork(7, init=0.3)
+    model = M.PositionNetwork(7, init=0.3)
     with torch.no_grad():
         model.weight += 0.5 * torch.randn(7, 4, generator=gen)  # some negative: inactive through the ReLU
     reference = copy.deepcopy(model)
     loss = ((reference(x) - y) ** 2).mean()
     loss.backward()
-    returned = S.sgd_step(model, x, y, lr=0.1)
+    returned = T.sgd_step(model, x, y, lr=0.1)
     assert float(returned) == pytest.approx(float(loss.detach()), rel=1e-6)
     for name, p in reference.named_parameters():
         # float32 sums of a few terms of size ~1: agreement to a few ulps
@@ -177,7 +180,7 @@ def test_sgd_step_equals_autograd(batch):
 
 def test_effects_pass_through_the_relu():
     """``beta_i relu(w_ib)``, centred: a negative weight contributes 0 (not beta * w)."""
-    model = S.PositionNetwork(2)
+    model = M.PositionNetwork(2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.0], [0.5, 0.5, 0.5, 0.5]]))
         model.beta.copy_(torch.tensor([2.0, -1.0]))
@@ -189,73 +192,73 @@ def test_effects_pass_through_the_relu():
 def test_initial_prediction_is_zero_and_fast_mse_agrees():
     gen = torch.Generator().manual_seed(1)
     x = torch.nn.functional.one_hot(torch.randint(4, (30, 9), generator=gen), 4).float().transpose(1, 2)
-    model = S.PositionNetwork(9, init=0.4)
+    model = M.PositionNetwork(9, init=0.4)
     assert float(model(x).detach().abs().max()) < 1e-6
     y = torch.randn(30, generator=gen)
     with torch.no_grad():
         model.weight += torch.randn(9, 4, generator=gen)
-    fast = S.mse_position_major(model, x.permute(2, 0, 1).contiguous(), y)
-    assert fast == pytest.approx(S.mse(model, x, y), rel=1e-5)
+    fast = T.mse_position_major(model, x.permute(2, 0, 1).contiguous(), y)
+    assert fast == pytest.approx(T.mse(model, x, y), rel=1e-5)
 
 
 def test_training_recovers_simulated_effects():
     """Small simulation (500 guides, 3,000 steps of one guide): the learned map correlates with the
     truth and the test MSE beats predicting the training mean."""
-    seqs, y, effects, positions, _ = S.simulate_guides(section(simulate={"guides": 500}), seed=2)
-    x = S.encode_onehot(seqs)[:, :, positions - 1]
-    test = S.split_guides(seqs, 0.2, 0.0001, 2)[0] == "test"
-    model, scaling, curve, facts = S.train_network(x[~test], y[~test], x[test], y[test], steps=3000, eps=0.05,
+    seqs, y, effects, positions, _ = D.simulate_guides(section(simulate={"guides": 500}), seed=2)
+    x = D.encode_onehot(seqs)[:, :, positions - 1]
+    test = D.split_guides(seqs, 0.2, 0.0001, 2)[0] == "test"
+    model, scaling, curve, facts = T.train_network(x[~test], y[~test], x[test], y[test], steps=3000, eps=0.05,
                                                    batch_size=1, record_every=100, target_sd=2.0, seed=2)
     assert [c[0] for c in curve] == list(range(0, 3001, 100)) and facts["steps_done"] == 3000
     assert facts["best_step"] == min(curve, key=lambda c: c[2])[0]
     learned = model.effects() * scaling["sd"] / scaling["target_sd"]
-    assert S.effect_correlation(learned, effects) > 0.9
-    pred = S.predict(model, scaling, x[test])
+    assert E.effect_correlation(learned, effects) > 0.9
+    pred = M.predict(model, scaling, x[test])
     assert np.mean((pred - y[test]) ** 2) == pytest.approx(min(c[2] for c in curve), rel=1e-4)
     assert curve[-1][2] < 0.5 * np.mean((y[test] - y[~test].mean()) ** 2)
 
 
 def test_minibatch_option_and_correlation_helpers():
-    seqs, y, effects, positions, _ = S.simulate_guides(section(simulate={"guides": 300}), seed=3)
-    x = S.encode_onehot(seqs)[:, :, positions - 1]
-    test = S.split_guides(seqs, 0.2, 0.0001, 3)[0] == "test"
-    model, scaling, curve, _ = S.train_network(x[~test], y[~test], x[test], y[test], steps=500, eps=0.05,
+    seqs, y, effects, positions, _ = D.simulate_guides(section(simulate={"guides": 300}), seed=3)
+    x = D.encode_onehot(seqs)[:, :, positions - 1]
+    test = D.split_guides(seqs, 0.2, 0.0001, 3)[0] == "test"
+    model, scaling, curve, _ = T.train_network(x[~test], y[~test], x[test], y[test], steps=500, eps=0.05,
                                                batch_size=16, record_every=1000, target_sd=2.0, seed=3)
     assert [c[0] for c in curve] == [0, 500] and curve[1][1] < curve[0][1]
     shifted = effects + np.arange(effects.shape[1])[None, :]  # a per-position constant is not identifiable
-    assert S.effect_correlation(shifted, effects) == pytest.approx(1.0)
-    assert np.isnan(S.effect_correlation(np.ones((4, 3)), effects[:, :3]))
+    assert E.effect_correlation(shifted, effects) == pytest.approx(1.0)
+    assert np.isnan(E.effect_correlation(np.ones((4, 3)), effects[:, :3]))
     masked = effects.copy()
     masked[0, 0] = np.nan  # left out of both, the rest re-centred
-    assert S.effect_correlation(masked, shifted) == pytest.approx(1.0)
+    assert E.effect_correlation(masked, shifted) == pytest.approx(1.0)
     seen = np.ones((4, 2), dtype=bool)
     seen[3, 1] = False
-    centred = S.centre_effects(np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [6.0, 9.0]]), seen)
+    centred = M.centre_effects(np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [6.0, 9.0]]), seen)
     np.testing.assert_allclose(centred[:, 0], [-2, -1, 0, 3])
     np.testing.assert_allclose(centred[:3, 1], [-1, 0, 1])
     assert np.isnan(centred[3, 1])
-    assert S.correlations([1, 2, 3], [2, 4, 7])[1] == pytest.approx(1.0)
+    assert E.correlations([1, 2, 3], [2, 4, 7])[1] == pytest.approx(1.0)
 
 
 def test_divergence_and_absent_cuda_are_one_line_errors(tmp_path):
-    seqs, y, _, positions, _ = S.simulate_guides(section(simulate={"guides": 100}), seed=1)
-    x = S.encode_onehot(seqs)[:, :, positions - 1]
+    seqs, y, _, positions, _ = D.simulate_guides(section(simulate={"guides": 100}), seed=1)
+    x = D.encode_onehot(seqs)[:, :, positions - 1]
     with pytest.raises(InputError, match=r"sgrna.train.lr=50.0: SGD diverged \(non-finite loss by step"):
-        S.train_network(x[:80], y[:80], x[80:], y[80:], steps=200, eps=50.0, batch_size=1, record_every=10,
+        T.train_network(x[:80], y[:80], x[80:], y[80:], steps=200, eps=50.0, batch_size=1, record_every=10,
                         target_sd=2.0, seed=1)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="config: sgrna.device='cuda': CUDA is not available"):
-            S.train(tmp_path / "absent.npz", tmp_path / "m.pt", tmp_path / "c.tsv", tmp_path / "c.png", 10, 0.05, 1,
+            T.train(tmp_path / "absent.npz", tmp_path / "m.pt", tmp_path / "c.tsv", tmp_path / "c.png", 10, 0.05, 1,
                     5, 2.0, 1, device="cuda")
 
 
 def test_ridge_on_the_same_onehot():
-    seqs, y, effects, positions, _ = S.simulate_guides(section(simulate={"guides": 800}), seed=5)
-    x = S.encode_onehot(seqs)[:, :, positions - 1]
-    ridge, coef, loss = S.fit_ridge(x[:600], y[:600], x[600:], y[600:], [0.1, 1.0, 10.0])
+    seqs, y, effects, positions, _ = D.simulate_guides(section(simulate={"guides": 800}), seed=5)
+    x = D.encode_onehot(seqs)[:, :, positions - 1]
+    ridge, coef, loss = E.fit_ridge(x[:600], y[:600], x[600:], y[600:], [0.1, 1.0, 10.0])
     assert coef.shape == (4, 40) and ridge.alpha in (0.1, 1.0, 10.0)
     assert loss == pytest.approx(np.mean((ridge.predict(x[600:].reshape(200, -1).astype(float)) - y[600:]) ** 2))
-    assert S.effect_correlation(coef, effects) > 0.95
+    assert E.effect_correlation(coef, effects) > 0.95
 
 
 def test_stages_twice_same_bytes(tmp_path):
@@ -263,11 +266,11 @@ def test_stages_twice_same_bytes(tmp_path):
     sec = section(simulate={"guides": 200})
     for run in ("a", "b"):
         d = tmp_path / run
-        S.simulate(sec, 7, d / "guides.tsv", d / "true.tsv")
-        S.encode(d / "guides.tsv", d / "encoded.npz", d / "split.tsv", "seq", "mixture_probs", False, SPLIT, 7)
-        S.train(d / "encoded.npz", d / "model.pt", d / "curve.tsv", d / "curve.png", 400, 0.05, 1, 20, 2.0, 7,
+        D.simulate(sec, 7, d / "guides.tsv", d / "true.tsv")
+        D.encode(d / "guides.tsv", d / "encoded.npz", d / "split.tsv", "seq", "mixture_probs", False, SPLIT, 7)
+        T.train(d / "encoded.npz", d / "model.pt", d / "curve.tsv", d / "curve.png", 400, 0.05, 1, 20, 2.0, 7,
                 patience=5)
-        S.evaluate(d / "encoded.npz", d / "model.pt", d / "metrics.json", d / "effects.tsv", d / "ridge.tsv",
+        E.evaluate(d / "encoded.npz", d / "model.pt", d / "metrics.json", d / "effects.tsv", d / "ridge.tsv",
                    d / "pred.tsv", d / "map.png", sec, d / "true.tsv")
     for name in ("guides.tsv", "true.tsv", "encoded.npz", "split.tsv", "model.pt", "curve.tsv", "metrics.json",
                  "effects.tsv", "ridge.tsv", "pred.tsv"):
@@ -297,7 +300,7 @@ def test_bad_guides(tmp_path, header, rows, fragments):
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     out = tmp_path / "encoded.npz"
     with pytest.raises(InputError) as err:
-        S.encode(path, out, tmp_path / "split.tsv", "seq", "mixture_probs", False, SPLIT, 1)
+        D.encode(path, out, tmp_path / "split.tsv", "seq", "mixture_probs", False, SPLIT, 1)
     message = str(err.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     for fragment in fragments:
@@ -308,7 +311,7 @@ def test_bad_guides(tmp_path, header, rows, fragments):
 def test_empty_file(tmp_path):
     (tmp_path / "g.tsv").write_text("")
     with pytest.raises(InputError, match="empty file"):
-        S.read_guides(tmp_path / "g.tsv", "seq", "mixture_probs")
+        D.read_guides(tmp_path / "g.tsv", "seq", "mixture_probs")
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -322,7 +325,7 @@ def test_empty_file(tmp_path):
 ])
 def test_check_config(extra, fragment):
     with pytest.raises(InputError) as err:
-        S.check_config(section(**extra))
+        D.check_config(section(**extra))
     assert str(err.value) == f"config: {fragment}" or str(err.value).startswith(f"config: {fragment}")
 
 
@@ -404,8 +407,8 @@ def test_users_tsv_with_other_columns_and_length(tmp_path):
     truth = true.T.copy()  # [4, L], rows A, C, G, T
     truth[3, 7] = np.nan
     keep = [p - 1 for p in range(1, 31) if p != 5]
-    assert S.effect_correlation(effects.to_numpy(), truth[:, keep]) > 0.9
-    assert S.effect_correlation(ridge.to_numpy(), truth[:, keep]) > 0.9
+    assert E.effect_correlation(effects.to_numpy(), truth[:, keep]) > 0.9
+    assert E.effect_correlation(ridge.to_numpy(), truth[:, keep]) > 0.9
     assert metrics["network_test_mse"] < metrics["baseline_mean_test_mse"] and metrics["n_groups"] == 100
     split = pd.read_csv(out / "split.tsv", sep="\t").assign(gene=frame["gene"])
     assert split.groupby("gene")["split"].nunique().max() == 1

@@ -198,7 +198,8 @@ def test_source_settings_run():
     whole budget (no early stop), on a small case each."""
     from seqmux.tracks import circuitsnp as cs
     from seqmux.tracks import gc_hmm as g
-    from seqmux.tracks import sgrna as s
+    from seqmux.tracks.sgrna import data as sd
+    from seqmux.tracks.sgrna import train as st
     from seqmux.tracks.scrna import train as sc
 
     rng = np.random.default_rng(0)
@@ -225,8 +226,8 @@ def test_source_settings_run():
     assert len(losses) == 5
     # sgRNA: 20,000 steps of one guide, the outcome at its own scale, patience 0
     seqs = ["".join(rng.choice(list("ACGT"), 12)) for _ in range(300)]
-    onehot = s.encode_onehot(seqs).astype(np.float32)
+    onehot = sd.encode_onehot(seqs).astype(np.float32)
     out = rng.normal(0.5, 0.15, 300)
-    _, _, curve, facts = s.train_network(onehot[:240], out[:240], onehot[240:], out[240:], 20000, 0.05, 1, 100,
+    _, _, curve, facts = st.train_network(onehot[:240], out[:240], onehot[240:], out[240:], 20000, 0.05, 1, 100,
                                          float(np.std(out[:240])), 1, patience=0)
     assert facts["steps_done"] == curve[-1][0] == 20000

@@ -96,7 +96,7 @@ def benchmark_path(rule, wildcards=""):
     return f"results/benchmarks/{rule}{wildcards}.tsv"
 
 
-# --- tracks (../shared/design.md, "Tracks") -------------------------------------------------------
+# --- tracks (docs/tracks.md) ---------------------------------------------------------------------
 # Each rules/<track>.smk sets TRACK_FILES["<track>"] to its final files and defines a target rule
 # named <track>; `rule all` builds those of the tracks listed in config["tracks"].
 TRACK_FILES = {}

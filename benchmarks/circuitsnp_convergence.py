@@ -17,7 +17,8 @@ import yaml
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from seqmux.tracks import circuitsnp as cs
+from seqmux.tracks.circuitsnp import model as cm
+from seqmux.tracks.circuitsnp import train as ct
 
 
 def source_case(seed=0, n=12000, features=300, active=40, open_fraction=1 / 12):
@@ -44,15 +45,15 @@ def main(seed=0):
     x, y, _ = source_case(seed)
     n = len(y)
     tr, va, te = slice(0, n * 2 // 3), slice(n * 2 // 3, n * 5 // 6), slice(n * 5 // 6, n)
-    logistic = cs.fit_logistic(x[tr], y[tr], train["logistic_c"])
-    auc_lr = roc_auc_score(y[te], cs.logistic_probability(logistic, x[te]))
+    logistic = cm.fit_logistic(x[tr], y[tr], train["logistic_c"])
+    auc_lr = roc_auc_score(y[te], cm.logistic_probability(logistic, x[te]))
     schedules = {"default": (train["lr"], train["max_epochs"], train["patience"], train["min_improvement"]),
                  "source": (1e-4, 5000, 0, 0.0)}
     for name, (lr, epochs, patience, min_improvement) in schedules.items():
         start = time.time()
-        net, _, facts = cs.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], lr, epochs, seed, patience=patience,
+        net, _, facts = ct.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], lr, epochs, seed, patience=patience,
                                        min_improvement=min_improvement)
-        auc = roc_auc_score(y[te], expit(cs.network_logit(net, x[te])))
+        auc = roc_auc_score(y[te], expit(cm.network_logit(net, x[te])))
         print(f"{name}: lr {lr:g}, patience {patience}: network test AUROC {auc:.4f}, logistic {auc_lr:.4f}, "
               f"difference {auc - auc_lr:+.4f}; kept epoch {facts['best_epoch']} of {facts['epochs_done']}, "
               f"converged {facts['converged']} ({time.time() - start:.0f} s)", flush=True)

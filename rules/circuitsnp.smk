@@ -1,7 +1,7 @@
 # circuitSNP track: open / closed chromatin from motif presence, an honest evaluation, SNP
 # scoring. Features from sequence (default: the demo genome) or from the user's feather files.
 
-from seqmux.tracks.circuitsnp import check_config as circuitsnp_check_config
+from seqmux.tracks.circuitsnp.data import check_config as circuitsnp_check_config
 
 CSNP = config["circuitsnp"]
 CSNP_DIR = "results/circuitsnp"

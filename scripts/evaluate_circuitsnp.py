@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.circuitsnp import evaluate
+from seqmux.tracks.circuitsnp.evaluate import evaluate
 
 inp, out = snakemake.input, snakemake.output
 run_stage(snakemake.log[0], evaluate, inp.model, inp.logistic,

@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.circuitsnp import train
+from seqmux.tracks.circuitsnp.train import train
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 device = snakemake.config["circuitsnp"]["device"]  # execution setting: not a param

@@ -196,7 +196,7 @@ def test_outputs_and_metrics_follow_the_contract(contract_runs, track):
 def test_source_settings_run():
     """Every track's training with the values that restore its source document's behaviour runs its
     whole budget (no early stop), on a small case each."""
-    from seqmux.tracks import circuitsnp as cs
+    from seqmux.tracks.circuitsnp import train as ct
     from seqmux.tracks import gc_hmm as g
     from seqmux.tracks.sgrna import data as sd
     from seqmux.tracks.sgrna import train as st
@@ -206,7 +206,7 @@ def test_source_settings_run():
     # circuitSNP: Adam 1e-4, 5,000 full-batch epochs, patience 0
     x = (rng.random((300, 8)) < 0.3).astype(np.float32)
     y = (x[:, 0] + x[:, 1] + rng.random(300) > 1.2).astype(np.int64)
-    _, history, facts = cs.fit_network(x[:200], y[:200], x[200:], y[200:], [5, 5], 1e-4, 5000, 1, patience=0)
+    _, history, facts = ct.fit_network(x[:200], y[:200], x[200:], y[200:], [5, 5], 1e-4, 5000, 1, patience=0)
     assert facts["epochs_done"] == len(history) == 5000
     # single-cell: Adam 1e-4, 10 epochs, no penalty
     xs = torch.randn(80, 6, generator=torch.Generator().manual_seed(0))

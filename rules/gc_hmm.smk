@@ -5,7 +5,7 @@
 
 import re
 
-from seqmux.tracks.gc_hmm import (
+from seqmux.tracks.gc_hmm.data import (
     DATA as GC_HMM_DATA,
     built_presets as gc_hmm_built_presets,
     check_config as gc_hmm_check_config,

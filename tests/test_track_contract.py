@@ -197,7 +197,8 @@ def test_source_settings_run():
     """Every track's training with the values that restore its source document's behaviour runs its
     whole budget (no early stop), on a small case each."""
     from seqmux.tracks.circuitsnp import train as ct
-    from seqmux.tracks import gc_hmm as g
+    from seqmux.tracks.gc_hmm import data as gd
+    from seqmux.tracks.gc_hmm import train as gt
     from seqmux.tracks.sgrna import data as sd
     from seqmux.tracks.sgrna import train as st
     from seqmux.tracks.scrna import train as sc
@@ -216,13 +217,13 @@ def test_source_settings_run():
                               lr=1e-4, epochs=10, c=0.0, patience=0)
     assert facts["epochs_done"] == 10
     # GC-HMM: hidden 10, batch 1, 5 epochs, constant rate, 50 whole training rows
-    hmm = g.parse_hmm({"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.5, 0.5], [0.4, 0.6]],
+    hmm = gd.parse_hmm({"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.5, 0.5], [0.4, 0.6]],
                        "emission": {"H": {"A": 0.2, "C": 0.3, "G": 0.3, "T": 0.2},
                                     "L": {"A": 0.3, "C": 0.2, "G": 0.2, "T": 0.3}}})
-    train, _ = g.simulate_sets(hmm, 50, 5, 60, rng)
+    train, _ = gd.simulate_sets(hmm, 50, 5, 60, rng)
     sizes = {"embedding": 4, "hidden": 10, "layers": 1, "lr": 0.02, "schedule": "constant", "epochs": 5,
              "batch_size": 1}
-    _, losses = g.train_model(*g.encode_rows(train, hmm.states), 2, sizes, False, (1, "toy"), "cpu", "source")
+    _, losses = gt.train_model(*gd.encode_rows(train, hmm.states), 2, sizes, False, (1, "toy"), "cpu", "source")
     assert len(losses) == 5
     # sgRNA: 20,000 steps of one guide, the outcome at its own scale, patience 0
     seqs = ["".join(rng.choice(list("ACGT"), 12)) for _ in range(300)]

@@ -1,7 +1,7 @@
-# circuitSNP track (issue 8): open / closed chromatin from motif presence, an honest evaluation, SNP
+# circuitSNP track: open / closed chromatin from motif presence, an honest evaluation, SNP
 # scoring. Features from sequence (default: the demo genome) or from the user's feather files.
 
-from seqmux.tracks.circuitsnp import check_config as circuitsnp_check_config
+from seqmux.tracks.circuitsnp.data import check_config as circuitsnp_check_config
 
 CSNP = config["circuitsnp"]
 CSNP_DIR = "results/circuitsnp"
@@ -114,7 +114,7 @@ rule train_circuitsnp:
     resources:
         gpu=track_gpu("circuitsnp"),
     params:
-        hidden=CSNP["network"]["hidden"],
+        model=CSNP["model"],
         train=CSNP["train"],
         seed=config["seed"],
     script:
@@ -215,6 +215,12 @@ rule evaluate_circuitsnp:
             category=CSNP_CATEGORY,
             subcategory="Evaluation",
         ),
+        split=report(
+            f"{CSNP_DIR}/split.tsv",
+            caption="../report/circuitsnp/split.rst",
+            category=CSNP_CATEGORY,
+            subcategory="Evaluation",
+        ),
     log:
         log_path("evaluate_circuitsnp"),
     benchmark:
@@ -231,6 +237,8 @@ TRACK_FILES["circuitsnp"] = [
     rules.evaluate_circuitsnp.output.predictions,
     rules.evaluate_circuitsnp.output.roc,
     rules.evaluate_circuitsnp.output.pr,
+    rules.evaluate_circuitsnp.output.split,
+    rules.train_circuitsnp.output.history,
     rules.train_circuitsnp.output.loss_plot,
     rules.train_circuitsnp.output.model,
     CSNP_FEATURES.output.table,

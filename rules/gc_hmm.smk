@@ -1,11 +1,11 @@
-# GC-HMM track (issue 10): a GRU that learns a hidden Markov model, measured against the best
+# GC-HMM track: a GRU that learns a hidden Markov model, measured against the best
 # possible answer (forward filtering, posterior decoding, Viterbi). One run per preset
 # (gc_hmm.presets, and `data` when gc_hmm.data names a user's TSV): simulate (or split the user's
 # TSV) -> train the GRU and the biGRU -> evaluate on the test rows; a summary over presets.
 
 import re
 
-from seqmux.tracks.gc_hmm import (
+from seqmux.tracks.gc_hmm.data import (
     DATA as GC_HMM_DATA,
     built_presets as gc_hmm_built_presets,
     check_config as gc_hmm_check_config,

@@ -1,5 +1,5 @@
-# Single-cell track (issue 9): a two-cell-type classifier on AnnData. scanpy preprocessing and a
-# stratified held-out split, the source's three torch models, scikit-learn's LogisticRegression on
+# Single-cell track: a two-cell-type classifier on AnnData. scanpy preprocessing and a stratified
+# (or donor-grouped) train / validation / test split, the source's three torch models, scikit-learn's LogisticRegression on
 # the same split as the reference. Input: the user's h5ad (scrna.h5ad), or scanpy's bundled
 # pbmc68k_reduced (no download). `snakemake scrna --cores 2` builds the track alone.
 # params: what changes the outputs; the execution setting scrna.device is read by the scripts.
@@ -34,7 +34,7 @@ rule preprocess_scrna:
         classes=SCRNA["classes"],
         counts=SCRNA["counts"],
         min_counts=SCRNA["min_counts"],
-        test_fraction=SCRNA["test_fraction"],
+        split=SCRNA["split"],
         seed=config["seed"],
     script:
         "../scripts/preprocess_scrna.py"
@@ -44,22 +44,22 @@ rule train_scrna:
     input:
         cells=rules.preprocess_scrna.output.cells,
     output:
-        models=f"{SCRNA_DIR}/models.pt",
+        models=f"{SCRNA_DIR}/model.pt",
         curves=report(
-            f"{SCRNA_DIR}/training_curves.tsv",
-            caption="../report/scrna/training_curves.rst",
+            f"{SCRNA_DIR}/training_log.tsv",
+            caption="../report/scrna/training_log.rst",
             category=SCRNA_CATEGORY,
             subcategory="Training",
         ),
         loss_plot=report(
-            f"{SCRNA_DIR}/loss_curves.png",
-            caption="../report/scrna/loss_curves.rst",
+            f"{SCRNA_DIR}/loss_curve.png",
+            caption="../report/scrna/loss_curve.rst",
             category=SCRNA_CATEGORY,
             subcategory="Training",
         ),
         accuracy_plot=report(
-            f"{SCRNA_DIR}/accuracy_curves.png",
-            caption="../report/scrna/accuracy_curves.rst",
+            f"{SCRNA_DIR}/accuracy_curve.png",
+            caption="../report/scrna/accuracy_curve.rst",
             category=SCRNA_CATEGORY,
             subcategory="Training",
         ),
@@ -73,10 +73,8 @@ rule train_scrna:
     resources:
         gpu=track_gpu("scrna"),
     params:
-        hidden=SCRNA["hidden"],
-        lr=SCRNA["lr"],
-        epochs=SCRNA["epochs"],
-        c=SCRNA["c"],
+        model=SCRNA["model"],
+        train=SCRNA["train"],
         seed=config["seed"],
     script:
         "../scripts/train_scrna.py"
@@ -117,6 +115,12 @@ rule evaluate_scrna:
             category=SCRNA_CATEGORY,
             subcategory="Genes",
         ),
+        predictions=report(
+            f"{SCRNA_DIR}/test_predictions.tsv",
+            caption="../report/scrna/test_predictions.rst",
+            category=SCRNA_CATEGORY,
+            subcategory="Evaluation",
+        ),
     log:
         log_path("evaluate_scrna"),
     benchmark:
@@ -125,11 +129,9 @@ rule evaluate_scrna:
         "../envs/seqmux.yaml"
     threads: 1
     params:  # the trained models run on the CPU here (no gpu resource)
-        c=SCRNA["c"],
+        model=SCRNA["model"],
+        train=SCRNA["train"],
         top_genes=SCRNA["top_genes"],
-        hidden=SCRNA["hidden"],
-        lr=SCRNA["lr"],
-        epochs=SCRNA["epochs"],
     script:
         "../scripts/evaluate_scrna.py"
 
@@ -139,10 +141,11 @@ TRACK_FILES["scrna"] = [
     for name in (
         "cells.h5ad",
         "split.tsv",
-        "models.pt",
-        "training_curves.tsv",
-        "loss_curves.png",
-        "accuracy_curves.png",
+        "model.pt",
+        "training_log.tsv",
+        "loss_curve.png",
+        "accuracy_curve.png",
+        "test_predictions.tsv",
         "metrics.json",
         "metrics.tsv",
         "test_accuracy.png",

@@ -1,9 +1,10 @@
-# sgRNA track (issue 11): a per-position ReLU network for guide activity, with a base-effect map.
+# sgRNA track: a per-position ReLU network for guide activity, with a base-effect map.
 # simulate (default data, when sgrna.data is empty) -> encode (checks, one-hot, constant positions
-# dropped, 80/20 split) -> train (SGD, one guide a step) -> evaluate (metrics, ridge baseline,
-# base effects, heatmap). The user's TSV goes through the same encode / train / evaluate rules.
+# dropped, train / validation / test split keeping sequences and groups whole) -> train (SGD, one
+# guide a step, early stopping on validation) -> evaluate (test metrics, ridge baseline, base
+# effects, heatmap). The user's TSV goes through the same encode / train / evaluate rules.
 
-from seqmux.tracks.sgrna import check_config as sgrna_check_config
+from seqmux.tracks.sgrna.data import check_config as sgrna_check_config
 
 SGRNA = config["sgrna"]
 check_at_start(sgrna_check_config, SGRNA)
@@ -17,10 +18,11 @@ TRACK_FILES["sgrna"] = [
         "metrics.json",
         "base_effects.tsv",
         "ridge_effects.tsv",
-        "predictions.tsv",
+        "test_predictions.tsv",
+        "split.tsv",
         "base_effects.png",
-        "training_curve.tsv",
-        "mse_curve.png",
+        "training_log.tsv",
+        "loss_curve.png",
     )
 ] + ([f"{SGRNA_DIR}/true_effects.tsv"] if SGRNA_SIMULATED else [])
 
@@ -58,6 +60,12 @@ rule encode_sgrna:
         data=rules.simulate_sgrna.output.guides if SGRNA_SIMULATED else SGRNA["data"],
     output:
         encoded=f"{SGRNA_DIR}/encoded.npz",
+        split=report(
+            f"{SGRNA_DIR}/split.tsv",
+            caption="../report/sgrna/split.rst",
+            category=SGRNA_CATEGORY,
+            subcategory="Evaluation",
+        ),
     log:
         log_path("encode_sgrna"),
     benchmark:
@@ -69,7 +77,7 @@ rule encode_sgrna:
         sequence_column=SGRNA["sequence_column"],
         outcome_column=SGRNA["outcome_column"],
         allow_n=SGRNA["allow_n"],
-        test_fraction=SGRNA["test_fraction"],
+        split=SGRNA["split"],
         seed=config["seed"],
     script:
         "../scripts/encode_sgrna.py"
@@ -80,15 +88,15 @@ rule train_sgrna:
         encoded=rules.encode_sgrna.output.encoded,
     output:
         model=f"{SGRNA_DIR}/model.pt",
-        curve=report(
-            f"{SGRNA_DIR}/training_curve.tsv",
-            caption="../report/sgrna/training_curve.rst",
+        log=report(
+            f"{SGRNA_DIR}/training_log.tsv",
+            caption="../report/sgrna/training_log.rst",
             category=SGRNA_CATEGORY,
             subcategory="Training",
         ),
         plot=report(
-            f"{SGRNA_DIR}/mse_curve.png",
-            caption="../report/sgrna/mse_curve.rst",
+            f"{SGRNA_DIR}/loss_curve.png",
+            caption="../report/sgrna/loss_curve.rst",
             category=SGRNA_CATEGORY,
             subcategory="Training",
         ),
@@ -133,8 +141,8 @@ rule evaluate_sgrna:
             subcategory="Base effects",
         ),
         predictions=report(
-            f"{SGRNA_DIR}/predictions.tsv",
-            caption="../report/sgrna/predictions.rst",
+            f"{SGRNA_DIR}/test_predictions.tsv",
+            caption="../report/sgrna/test_predictions.rst",
             category=SGRNA_CATEGORY,
             subcategory="Evaluation",
         ),

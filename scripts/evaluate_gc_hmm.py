@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.gc_hmm import evaluate
+from seqmux.tracks.gc_hmm.evaluate import evaluate
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 run_stage(snakemake.log[0], evaluate, inp.test, inp.hmm, {"gru": inp.gru, "bigru": inp.bigru}, out.metrics,

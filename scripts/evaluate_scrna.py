@@ -3,5 +3,5 @@ from seqmux.tracks.scrna.evaluate import evaluate_scrna
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 run_stage(snakemake.log[0], evaluate_scrna, inp.cells, inp.models, out.metrics, out.table, out.top_genes,
-          out.top_plot, out.accuracy_plot, c=p.c, top_k=p.top_genes, hidden=p.hidden, lr=p.lr, epochs=p.epochs,
-          threads=snakemake.threads)
+          out.top_plot, out.accuracy_plot, out.predictions, c=p.model["c"], top_k=p.top_genes,
+          hidden=p.model["hidden"], lr=p.train["lr"], epochs=p.train["max_epochs"], threads=snakemake.threads)

@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.sgrna import evaluate
+from seqmux.tracks.sgrna.evaluate import evaluate
 
 inp, out = snakemake.input, snakemake.output
 run_stage(snakemake.log[0], evaluate, inp.encoded, inp.model, out.metrics, out.effects, out.ridge_effects,

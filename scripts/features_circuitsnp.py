@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.circuitsnp import features_from_sequence
+from seqmux.tracks.circuitsnp.data import features_from_sequence
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 w = p.windows

@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.circuitsnp import import_features
+from seqmux.tracks.circuitsnp.data import import_features
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 run_stage(snakemake.log[0], import_features, {"train": inp.train, "validation": inp.validation, "test": inp.test},

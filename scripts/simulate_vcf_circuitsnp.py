@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.circuitsnp import simulate_vcf
+from seqmux.tracks.circuitsnp.evaluate import simulate_vcf
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 s = p.simulate

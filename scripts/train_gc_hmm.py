@@ -1,5 +1,5 @@
 from seqmux.logs import run_stage
-from seqmux.tracks.gc_hmm import train
+from seqmux.tracks.gc_hmm.train import train
 
 inp, out, p = snakemake.input, snakemake.output, snakemake.params
 run_stage(snakemake.log[0], train, inp.train, inp.hmm, {"gru": out.gru, "bigru": out.bigru}, out.log_tsv,

@@ -53,17 +53,7 @@ class Job:
 
 # --- inputs -----------------------------------------------------------------------------------
 
-def check_window(chrom, pos, lengths, length, source, chrom_field="chromosome", pos_field="position"):
-    """InputError unless ``chrom`` is in the genome and the window centred on ``pos`` fits in it."""
-    if chrom not in lengths:
-        known = ", ".join(list(lengths)[:5]) + (", ..." if len(lengths) > 5 else "")
-        raise InputError(source, chrom_field, chrom, f"chromosome not in the genome (it has {known})")
-    start, end = window_bounds(pos, length)
-    if pos < 1 or start < 0 or end > lengths[chrom]:
-        lower = (length - 1) // 2
-        raise InputError(source, pos_field, pos,
-                         f"the {length} bp window around it leaves {chrom} (window centres must lie in "
-                         f"{lower + 1}..{lengths[chrom] - (length - 1 - lower)} of 1..{lengths[chrom]})")
+from seqmux.windows import check_window  # noqa: E402  (moved to the spine's windows module)
 
 
 def position_jobs(lengths, length, chromosome=None, position=None, inputs_file=None):

@@ -38,6 +38,19 @@ def window_bounds(pos, length):
     return pos - 1 - lower, pos + (length - 1 - lower)
 
 
+def check_window(chrom, pos, lengths, length, source, chrom_field="chromosome", pos_field="position"):
+    """InputError unless ``chrom`` is in the genome and the window centred on ``pos`` fits in it."""
+    if chrom not in lengths:
+        known = ", ".join(list(lengths)[:5]) + (", ..." if len(lengths) > 5 else "")
+        raise InputError(source, chrom_field, chrom, f"chromosome not in the genome (it has {known})")
+    start, end = window_bounds(pos, length)
+    if pos < 1 or start < 0 or end > lengths[chrom]:
+        lower = (length - 1) // 2
+        raise InputError(source, pos_field, pos,
+                         f"the {length} bp window around it leaves {chrom} (window centres must lie in "
+                         f"{lower + 1}..{lengths[chrom] - (length - 1 - lower)} of 1..{lengths[chrom]})")
+
+
 def split_of(chrom, validation_chroms, test_chroms):
     """The split a chromosome belongs to."""
     if chrom in test_chroms:

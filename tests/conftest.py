@@ -22,6 +22,16 @@ TINY = {
 }
 
 
+def track_section(track):
+    """The workflow's ``config[track]`` as the workflow sees it: config/config.yaml with the
+    schema's defaults filled in (the schema is the only source of defaults)."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    validate(config, schema=str(REPO / "schemas/config.schema.yaml"))
+    return config[track]
+
+
 def deep_update(base, extra):
     out = dict(base)
     for key, value in extra.items():

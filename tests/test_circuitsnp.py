@@ -9,16 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, deep_update, finished_run, run_workflow
+from conftest import TINY, deep_update, finished_run, run_workflow, track_section
 from seqmux.encoding import one_hot, tokenize
 from seqmux.errors import InputError
 from seqmux.motifs import (Motif, max_score, motif_filters, motif_presence, quantized_log_odds, reverse_complement,
                            scan_best)
-from seqmux.tracks import circuitsnp as cs
+from seqmux.tracks.circuitsnp import data as cd
+from seqmux.tracks.circuitsnp import evaluate as ce
+from seqmux.tracks.circuitsnp import model as cm
+from seqmux.tracks.circuitsnp import train as ct
 
 # the track on the tiny genome (9 x 40 kb): enough windows to learn the 5-motif true model
 SMALL = {"windows": {"count": {"train": 1500, "validation": 500, "test": 800}}, "motifs": 24,
-         "train": {"lr": 0.003, "epochs": 1500}, "simulate_vcf": {"destroying": 12, "background": 12}}
+         "train": {"lr": 0.003, "max_epochs": 1500}, "simulate_vcf": {"destroying": 12, "background": 12}}
 TRACK_CONFIG = deep_update(TINY, {"circuitsnp": SMALL})
 MAIN_OUTPUTS = ["train.feather", "validation.feather", "test.feather", "features.tsv", "true_model.json",
                 "model.pt", "logistic_regression.json", "training_log.tsv", "simulated.vcf", "snp_scores.tsv",
@@ -83,7 +86,7 @@ def test_destroying_snv_lowers_the_site_below_threshold():
     motif = random_motif(rng, 10)
     q = quantized_log_odds(motif.counts)
     site = q.argmax(axis=0).astype(np.uint8)
-    j, alt = cs.destroying_snv(site, q)
+    j, alt = ce.destroying_snv(site, q)
     drops = q[site, np.arange(10)] - q.min(axis=0)
     assert j == int(np.argmax(drops)) and alt == int(np.argmin(q[:, j])) and alt != site[j]
     mutated = site.copy()
@@ -97,12 +100,12 @@ def test_tune_intercept_hits_the_open_fraction():
     rng = np.random.default_rng(3)
     presence = (rng.random((2000, 8)) < 0.2).astype(np.uint8)
     w = np.array([3.0, 2.0, -2.0, 0, 0, 0, 0, 0])
-    b = cs.tune_intercept(presence, w, 1 / 12)
-    assert cs.true_probability(presence, w, b).mean() == pytest.approx(1 / 12, abs=1e-9)
+    b = cd.tune_intercept(presence, w, 1 / 12)
+    assert cd.true_probability(presence, w, b).mean() == pytest.approx(1 / 12, abs=1e-9)
 
 
 def test_snp_score_sign_and_clipping():
-    p_ref, p_alt, score = cs.snp_score([0.0, 0.0, 50.0, -3.0], [1.0, -2.0, 60.0, -3.0])
+    p_ref, p_alt, score = ce.snp_score([0.0, 0.0, 50.0, -3.0], [1.0, -2.0, 60.0, -3.0])
     assert score[0] == 1.0 and score[1] == -2.0 and score[3] == 0.0
     assert p_ref[0] == 0.5 and p_alt[1] == pytest.approx(1 / (1 + np.exp(2)))
     # both beyond 1 - 1e-6: clipped to the same value, score 0
@@ -115,10 +118,10 @@ def test_bce_and_scores_against_sklearn():
     rng = np.random.default_rng(4)
     y = (rng.random(300) < 0.1).astype(int)
     p = rng.random(300)
-    assert cs.bce(y, p) == pytest.approx(log_loss(y, p), rel=1e-12)
+    assert cm.bce(y, p) == pytest.approx(log_loss(y, p), rel=1e-12)
     # the no-skill BCE at 11:1 is the entropy of 1/12, the ~0.287 of the issue
     frac = 1 / 12
-    assert cs.bce([1] + [0] * 11, np.full(12, frac)) == pytest.approx(0.2868, abs=1e-4)
+    assert cm.bce([1] + [0] * 11, np.full(12, frac)) == pytest.approx(0.2868, abs=1e-4)
 
 
 # --- the user's feather files --------------------------------------------------------------------
@@ -138,7 +141,7 @@ def source_frames(rng, n_features=12, rows=(400, 150, 200), as_strings=True):
         frame.insert(3, "other", "x")  # a column the pattern does not match
         frame["Y"], frame["Y_alt"] = y, 1 - y
         frames.append(frame)
-    return dict(zip(cs.SPLITS, frames))
+    return dict(zip(cd.SPLITS, frames))
 
 
 def write_frames(frames, folder):
@@ -153,7 +156,7 @@ def write_frames(frames, folder):
 def test_feather_strings_are_read_as_numbers(tmp_path):
     frames = source_frames(np.random.default_rng(5))
     paths = write_frames(frames, tmp_path)
-    splits = cs.read_user_splits(paths, r"^M\d{5}$", ["Y", "Y_alt"])
+    splits = cd.read_user_splits(paths, r"^M\d{5}$", ["Y", "Y_alt"])
     x, y, names = splits["train"]
     assert names == [f"M{i:05d}" for i in range(1, 13)]
     assert np.array_equal(x, frames["train"][names].astype(int).to_numpy())
@@ -164,7 +167,7 @@ def test_feature_columns_in_another_order_are_aligned(tmp_path):
     frames = source_frames(np.random.default_rng(6))
     expected = frames["test"].copy()
     frames["test"] = frames["test"][list(frames["test"].columns[::-1])]
-    splits = cs.read_user_splits(write_frames(frames, tmp_path), r"^M\d{5}$", ["Y", "Y_alt"])
+    splits = cd.read_user_splits(write_frames(frames, tmp_path), r"^M\d{5}$", ["Y", "Y_alt"])
     names = splits["train"][2]
     assert splits["test"][2] == names
     assert np.array_equal(splits["test"][0], expected[names].astype(int).to_numpy())
@@ -174,7 +177,7 @@ def bad_input(tmp_path, edit, pattern=r"^M\d{5}$", labels=("Y", "Y_alt")):
     frames = source_frames(np.random.default_rng(7))
     edit(frames)
     with pytest.raises(InputError) as err:
-        cs.read_user_splits(write_frames(frames, tmp_path), pattern, list(labels))
+        cd.read_user_splits(write_frames(frames, tmp_path), pattern, list(labels))
     return str(err.value)
 
 
@@ -228,15 +231,15 @@ def test_config_checks():
     section = {"features": {"train": "a.feather", "validation": "", "test": ""}, "feature_columns": "^M",
                "label_columns": ["Y", "Y_alt"], "true_model": {"weights": [1.0]}, "motifs": 60}
     with pytest.raises(InputError, match=r"^config: circuitsnp.features.validation='': set all three"):
-        cs.check_config(section)
+        cd.check_config(section)
     section["features"] = {"train": "", "validation": "", "test": ""}
     section["true_model"]["weights"] = [-1.0, -2.0]
     with pytest.raises(InputError, match=r"circuitsnp.true_model.weights=\[-1.0, -2.0\]: needs at least one positive"):
-        cs.check_config(section, planted=12)
+        cd.check_config(section, planted=12)
     section["true_model"]["weights"] = [1.0]
     section["label_columns"] = ["Y", "Y"]
     with pytest.raises(InputError, match="two distinct column names"):
-        cs.check_config(section)
+        cd.check_config(section)
 
 
 def test_cuda_asked_for_without_cuda_is_a_config_error(tmp_path):
@@ -245,7 +248,7 @@ def test_cuda_asked_for_without_cuda_is_a_config_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(InputError, match=r"^config: circuitsnp.device='cuda': CUDA is not available"):
-        cs.train(tmp_path / "a.feather", tmp_path / "b.feather", *(tmp_path / n for n in "cdef"), [5, 5], 1e-3, 2,
+        ct.train(tmp_path / "a.feather", tmp_path / "b.feather", *(tmp_path / n for n in "cdef"), [5, 5], 1e-3, 2,
                  1.0, 1, device="cuda")
 
 
@@ -257,9 +260,9 @@ def test_sampler_errors_name_this_tracks_keys(demo_dir, tmp_path):
     fasta.write_text("".join(f">chr{i}\n" + ("N" * 2000 if i == 7 else "".join(rng.choice(list("ACGT"), 2000))) + "\n"
                              for i in range(1, 10)))
     out = tmp_path / "out"
-    outs = {s: out / f"{s}.feather" for s in cs.SPLITS}
+    outs = {s: out / f"{s}.feather" for s in cd.SPLITS}
     with pytest.raises(InputError, match=r"user.fa: circuitsnp.windows.max_n=10: chromosome chr7 yielded no window"):
-        cs.features_from_sequence(fasta, demo_dir / "motifs.json", outs, *(out / n for n in "abcd"), 200, 10,
+        cd.features_from_sequence(fasta, demo_dir / "motifs.json", outs, *(out / n for n in "abcd"), 200, 10,
                                   {"train": 5, "validation": 5, "test": 5}, ["chr7"], ["chr8", "chr9"], 1, 12, 9.0,
                                   0.75, [1.0], 11.0)
     assert not out.exists() or not list(out.iterdir())
@@ -276,10 +279,13 @@ def test_track_learns_and_beats_no_skill(track_run):
     out = track_run / "results/circuitsnp"
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_train"] == 1500 and m["n_validation"] == 500 and m["n_test"] == 800 and m["n_features"] == 24
-    assert m["noskill_auroc"] == 0.5 and m["noskill_ap"] == pytest.approx(m["open_fraction_test"])
+    assert m["baseline_noskill_auroc"] == 0.5
+    assert m["baseline_noskill_ap"] == pytest.approx(m["open_fraction_test"])
+    assert m["converged"] is True and m["best_epoch"] < m["epochs_done"] <= 1500
+    assert m["selected_model"] == min(("network", "logistic"), key=lambda k: m[f"{k}_validation_bce"])
     assert m["true_auroc"] > 0.75
     assert m["network_auroc"] > m["true_auroc"] - 0.06
-    assert m["network_bce"] < m["noskill_bce"] - 0.03
+    assert m["network_bce"] < m["baseline_noskill_bce"] - 0.03
     assert m["logistic_auroc"] > 0.7
     for split in ("train", "validation", "test"):
         assert 4 < m[f"closed_per_open_{split}"] < 25
@@ -292,8 +298,13 @@ def test_track_learns_and_beats_no_skill(track_run):
     assert (table["true_weight"] != 0).sum() == 5 and table.loc[table["true_weight"] != 0, "planted"].all()
     # one prediction per test row, in the file's order
     pred = pd.read_csv(out / "test_predictions.tsv", sep="\t")
-    assert list(pred["row"]) == list(range(len(test))) and np.array_equal(pred["label"], test["Y"])
-    assert pred["p_open"].between(0, 1).all()
+    assert list(pred.columns) == ["id", "label", "network", "logistic", "true"]
+    assert list(pred["id"]) == list(range(1, len(test) + 1)) and np.array_equal(pred["label"], test["Y"])
+    assert pred["network"].between(0, 1).all()
+    split = pd.read_csv(out / "split.tsv", sep="\t")
+    assert split["split"].value_counts().to_dict() == {"train": 1500, "test": 800, "validation": 500}
+    log = pd.read_csv(out / "training_log.tsv", sep="\t")
+    assert log["validation_loss"].idxmin() + 1 == m["best_epoch"] and len(log) == m["epochs_done"]
     for name in ("loss_curve.png", "roc_curve.png", "pr_curve.png"):
         assert (out / name).stat().st_size > 10000
     for rule in ("features_circuitsnp", "train_circuitsnp", "evaluate_circuitsnp", "score_snps_circuitsnp"):
@@ -316,7 +327,9 @@ def test_destroying_snvs_score_negative_background_zero(track_run):
         assert r.motif in r.motifs_lost.split(",") and r.motif in positive
     # the network learned that: clearly negative scores, as the true model's
     assert (destroy["score"] < -0.3).mean() >= 0.9 and destroy["score"].mean() < -1.0
-    assert (destroy["true_score"] < 0).all()
+    # the true model's score is negative unless the SNV also creates a site of another positive motif
+    # (seen at seed 3: 2 of the 12 score 0, and some -1.0: a loss partly offset by a gain)
+    assert (destroy["true_score"] <= 0).all() and (destroy["true_score"] < 0).mean() >= 0.8
     background = merged[merged["kind"] == "background"]
     unchanged = background[(background["motifs_lost"] == "") & (background["motifs_gained"] == "")]
     assert len(unchanged) >= 8 and (unchanged["score"] == 0).all() and (unchanged["p_ref"] == unchanged["p_alt"]).all()
@@ -341,7 +354,7 @@ def test_user_vcf_ref_mismatch_is_skipped(track_run, tmp_path):
     vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
                    f"chr8\t20000\t.\t{base}\t{alt}\t.\t.\t.\nchr8\t20000\t.\t{wrong}\tT,G\t.\t.\t.\n"
                    "chr8\t21000\t.\tAC\tA\t.\t.\t.\n")
-    table = cs.score_snps(vcf, track_run / "resources/demo/genome.fa", out / "model.pt", out / "motifs.json", "",
+    table = ce.score_snps(vcf, track_run / "resources/demo/genome.fa", out / "model.pt", out / "motifs.json", "",
                           tmp_path / "scores.tsv", tmp_path / "skipped.tsv", 200, 0.75)
     assert len(table) == 1 and table.loc[0, "pos"] == 20000 and table.loc[0, "alt"] == alt
     skipped = pd.read_csv(tmp_path / "skipped.tsv", sep="\t")
@@ -350,7 +363,7 @@ def test_user_vcf_ref_mismatch_is_skipped(track_run, tmp_path):
     vcf.write_text("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"  # a VCF needs its header line
                    "chr8\t50\t.\tA\tC\t.\t.\t.\n")  # checked before the REF (here an N)
     with pytest.raises(InputError, match=r"calls.vcf:2: POS=50: the 200 bp window around it leaves chr8"):
-        cs.score_snps(vcf, track_run / "resources/demo/genome.fa", out / "model.pt", out / "motifs.json", "",
+        ce.score_snps(vcf, track_run / "resources/demo/genome.fa", out / "model.pt", out / "motifs.json", "",
                       tmp_path / "s2.tsv", tmp_path / "k2.tsv", 200, 0.75)
     assert not (tmp_path / "s2.tsv").exists()
 
@@ -374,7 +387,7 @@ def test_track_on_user_feather_files(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_train"] == 1200 and m["n_test"] == 600 and m["n_features"] == 12
     assert m["true_auroc"] is None and "snp_scored" not in m
-    assert m["logistic_auroc"] > 0.75 and m["network_bce"] < m["noskill_bce"]
+    assert m["logistic_auroc"] > 0.75 and m["network_bce"] < m["baseline_noskill_bce"]
     assert not (tmp_path / "run/resources/demo/genome.fa").exists() and not (out / "snp_scores.tsv").exists()
     assert list(pd.read_feather(out / "train.feather").columns) == [f"M{i:05d}" for i in range(1, 13)] + ["Y", "Y_alt"]
     assert "no SNP scoring" in (tmp_path / "run/logs/evaluate_circuitsnp.log").read_text()
@@ -415,3 +428,33 @@ def test_dag_on_a_user_genome(tmp_path, demo_dir):
     result = run_workflow(tmp_path, config, "circuitsnp", extra_args=["-n"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "score_snps_circuitsnp" in result.stdout and "simulate_vcf_circuitsnp" not in result.stdout
+
+
+# --- convergence on a source-format case ----------------------------------------------------------
+
+def test_default_schedule_converges_to_the_logistic_regression():
+    """A source-format case (binary presence of 100 motifs, 4,500 windows, labels from a sparse
+    logistic model): with the default schedule the network stops on its own (converged) at its best
+    validation epoch, and its test AUROC is within 0.06 of scikit-learn's logistic regression on the
+    same split (measured: 0.770 against 0.818; the source's 5-unit network overfits before it
+    matches the regularised linear model); with training disabled it sits at chance.
+    benchmarks/circuitsnp_convergence.py measures the 12,000 x 300 case."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from circuitsnp_convergence import source_case
+    from scipy.special import expit
+    from sklearn.metrics import roc_auc_score
+
+    train = track_section("circuitsnp")["train"]
+    x, y, _ = source_case(seed=3, n=4500, features=100, active=15, open_fraction=0.2)
+    tr, va, te = slice(0, 3000), slice(3000, 3750), slice(3750, 4500)
+    net, history, facts = ct.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], train["lr"], train["max_epochs"], 1,
+                                         patience=train["patience"], min_improvement=train["min_improvement"])
+    assert facts["converged"] and facts["epochs_done"] < train["max_epochs"]
+    assert facts["best_epoch"] == int(history["validation_loss"].idxmin()) + 1
+    logistic = cm.fit_logistic(x[tr], y[tr], train["logistic_c"])
+    auc_lr = roc_auc_score(y[te], cm.logistic_probability(logistic, x[te]))
+    auc_net = roc_auc_score(y[te], expit(cm.network_logit(net, x[te])))
+    assert auc_lr > 0.8 and auc_net >= auc_lr - 0.06, (auc_net, auc_lr)
+

@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, deep_update, finished_run, run_workflow
+from conftest import TINY, deep_update, finished_run, run_workflow, track_section
 from seqmux.errors import InputError
 from seqmux.genome import GC_POOR, GC_RICH, hmm_sequence
 from seqmux.hmm import sample_hmm, sample_states
-from seqmux.tracks import gc_hmm as g
+from seqmux.tracks.gc_hmm import data as gd
+from seqmux.tracks.gc_hmm import evaluate as ge
+from seqmux.tracks.gc_hmm import inference as gi
+from seqmux.tracks.gc_hmm import model as gm
+from seqmux.tracks.gc_hmm import train as gt
 
 EMISSION = {"H": {"A": 0.2, "C": 0.3, "G": 0.3, "T": 0.2}, "L": {"A": 0.3, "C": 0.2, "G": 0.2, "T": 0.3}}
 TOY = {"states": ["H", "L"], "start": [0.5, 0.5], "transition": [[0.5, 0.5], [0.4, 0.6]], "emission": EMISSION}
@@ -49,7 +53,7 @@ def test_demo_genome_sampler_is_unchanged(stay):
 
 
 def test_sampler_follows_transition_start_and_emission():
-    hmm = g.parse_hmm(THREE)
+    hmm = gd.parse_hmm(THREE)
     states, symbols = sample_hmm(4000, 50, np.random.default_rng(0), hmm.transition, hmm.emission, hmm.start)
     assert states.shape == symbols.shape == (4000, 50)
     # start: 4000 draws, SE of a frequency <= 0.008; 0.04 is 5 SE
@@ -74,10 +78,10 @@ def test_sampler_handles_absorbing_and_never_staying_states():
 # --- HMM checks ------------------------------------------------------------------------------------
 
 def test_parse_hmm_orders_symbols_agct():
-    hmm = g.parse_hmm(TOY)
-    assert g.SYMBOLS == "AGCT"
+    hmm = gd.parse_hmm(TOY)
+    assert gd.SYMBOLS == "AGCT"
     assert np.allclose(hmm.emission[0], [0.2, 0.3, 0.3, 0.2]) and np.allclose(hmm.emission[1], [0.3, 0.2, 0.2, 0.3])
-    assert g.parse_hmm(hmm.to_config()).emission.tolist() == hmm.emission.tolist()
+    assert gd.parse_hmm(hmm.to_config()).emission.tolist() == hmm.emission.tolist()
 
 
 @pytest.mark.parametrize("change, field, words", [
@@ -92,18 +96,18 @@ def test_parse_hmm_orders_symbols_agct():
 ])
 def test_bad_hmm_is_one_line_naming_the_field(change, field, words):
     with pytest.raises(InputError) as err:
-        g.parse_hmm({**TOY, **change}, "config", "gc_hmm.presets.x")
+        gd.parse_hmm({**TOY, **change}, "config", "gc_hmm.presets.x")
     assert err.value.field == field and words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_check_config_names():
     section = {"presets": {"toy": TOY}, "build": [], "data": "", "data_states": ["H", "L"]}
-    g.check_config(section)
+    gd.check_config(section)
     with pytest.raises(InputError, match="reserved"):
-        g.check_config({**section, "presets": {"data": TOY}})
+        gd.check_config({**section, "presets": {"data": TOY}})
     with pytest.raises(InputError, match="gc_hmm.build='nope'"):
-        g.check_config({**section, "build": ["nope"]})
-    assert g.built_presets({**section, "data": "x.tsv"}) == ["toy", "data"]
+        gd.check_config({**section, "build": ["nope"]})
+    assert gd.built_presets({**section, "data": "x.tsv"}) == ["toy", "data"]
 
 
 # --- exact inference -------------------------------------------------------------------------------
@@ -111,29 +115,29 @@ def test_check_config_names():
 @pytest.fixture(scope="module")
 def ragged():
     """60 sticky sequences of 80 bp, the last 20 cut to 35 bp (padding exercised)."""
-    hmm = g.parse_hmm(STICKY)
-    train, _ = g.simulate_sets(hmm, 60, 1, 80, np.random.default_rng(4))
+    hmm = gd.parse_hmm(STICKY)
+    train, _ = gd.simulate_sets(hmm, 60, 1, 80, np.random.default_rng(4))
     train.loc[40:, "dna"] = train["dna"][40:].str[:35]
     train.loc[40:, "hidden_state"] = train["hidden_state"][40:].str[:35]
-    return hmm, *g.encode_rows(train, hmm.states)
+    return hmm, *gd.encode_rows(train, hmm.states)
 
 
 def test_forward_filter_loglik_equals_hmmlearn_score(ragged):
     for spec in (STICKY, TOY):
-        hmm, tokens, _, lengths = g.parse_hmm(spec), *ragged[1:]
-        filtered, loglik = g.forward_filter(tokens, lengths, hmm)
+        hmm, tokens, _, lengths = gd.parse_hmm(spec), *ragged[1:]
+        filtered, loglik = gi.forward_filter(tokens, lengths, hmm)
         assert lengths.min() == 35 and lengths.max() == 80
         # a sum of ~4,000 float64 logs: agreement to 1e-9 relative is far above rounding (~1e-13)
-        assert loglik.sum() == pytest.approx(g.hmmlearn_loglik(tokens, lengths, hmm), rel=1e-9)
+        assert loglik.sum() == pytest.approx(gi.hmmlearn_loglik(tokens, lengths, hmm), rel=1e-9)
         assert np.allclose(filtered.sum(-1), 1.0, atol=1e-12)
 
 
 def test_smoothing_and_filtering_agree_with_hmmlearn_posterior(ragged):
     hmm, tokens, labels, lengths = ragged
-    filtered, _ = g.forward_filter(tokens, lengths, hmm)
-    posterior, viterbi = g.hmmlearn_decode(tokens, lengths, hmm)
+    filtered, _ = gi.forward_filter(tokens, lengths, hmm)
+    posterior, viterbi = gi.hmmlearn_decode(tokens, lengths, hmm)
     mask = labels >= 0
-    assert np.abs(g.backward_smooth(tokens, lengths, hmm, filtered)[mask] - posterior[mask]).max() < 1e-10
+    assert np.abs(gi.backward_smooth(tokens, lengths, hmm, filtered)[mask] - posterior[mask]).max() < 1e-10
     last = lengths - 1  # at the last base, filtering sees everything
     rows = np.arange(len(tokens))
     assert np.abs(filtered[rows, last] - posterior[rows, last]).max() < 1e-10
@@ -142,7 +146,7 @@ def test_smoothing_and_filtering_agree_with_hmmlearn_posterior(ragged):
 
 def test_estimate_hmm_counts():
     frame = pd.DataFrame({"dna": ["ACGT", "AAGG"], "hidden_state": ["HHLL", "LHHH"]})
-    hmm = g.estimate_hmm(frame, ["H", "L"])
+    hmm = gd.estimate_hmm(frame, ["H", "L"])
     assert hmm.start.tolist() == [0.5, 0.5]
     # pairs: HH HL LL | LH HH HH  -> from H: HH x3, HL x1; from L: LL x1, LH x1
     assert hmm.transition.tolist() == [[0.75, 0.25], [0.5, 0.5]]
@@ -152,38 +156,38 @@ def test_estimate_hmm_counts():
 
 def test_random_match_and_calibration():
     labels = np.zeros((10, 100), dtype=np.int64)
-    mean, p = g.random_match(labels, 2, 0, 200, np.random.default_rng(0))
+    mean, p = ge.random_match(labels, 2, 0, 200, np.random.default_rng(0))
     assert p == 1.0 and abs(mean - 0.5) < 0.005  # 200 x 1000 draws: SE 0.0011
-    assert g.random_match(labels, 2, 1001, 200, np.random.default_rng(0))[1] == 0.0
+    assert ge.random_match(labels, 2, 1001, 200, np.random.default_rng(0))[1] == 0.0
     # constant 0.7 for state 0 that is right 100% of the time: |0.7 - 1| and |0.3 - 0| -> ECE 0.3
     prob = np.stack([np.full((10, 100), 0.7), np.full((10, 100), 0.3)], -1)
-    assert g.calibration(prob, labels)[3] == pytest.approx(0.3)
+    assert ge.calibration(prob, labels)[3] == pytest.approx(0.3)
 
 
 # --- sets, user TSV --------------------------------------------------------------------------------
 
 def test_simulated_sets_are_disjoint_even_when_short():
-    hmm = g.parse_hmm(TOY)
-    train, test = g.simulate_sets(hmm, 100, 50, 6, np.random.default_rng(0))  # 4^6 = 4096 strings
+    hmm = gd.parse_hmm(TOY)
+    train, test = gd.simulate_sets(hmm, 100, 50, 6, np.random.default_rng(0))  # 4^6 = 4096 strings
     assert len(set(train["dna"]) | set(test["dna"])) == 150
     assert not set(train["dna"]) & set(test["dna"])
     with pytest.raises(InputError, match="too short"):
-        g.simulate_sets(hmm, 20, 10, 2, np.random.default_rng(0))  # only 16 strings of 2 bp
+        gd.simulate_sets(hmm, 20, 10, 2, np.random.default_rng(0))  # only 16 strings of 2 bp
 
 
 def _write_user_tsv(path, hmm, n, length, seed, repeat_first=0):
-    train, _ = g.simulate_sets(hmm, n, 1, length, np.random.default_rng(seed))
+    train, _ = gd.simulate_sets(hmm, n, 1, length, np.random.default_rng(seed))
     frame = pd.concat([train, train.iloc[:repeat_first]]).assign(note="x")
     frame[["note", "dna", "hidden_state"]].to_csv(path, sep="\t", index=False)
     return frame
 
 
 def test_user_tsv_is_split_by_distinct_sequence(tmp_path):
-    hmm = g.parse_hmm(STICKY)
+    hmm = gd.parse_hmm(STICKY)
     _write_user_tsv(tmp_path / "user.tsv", hmm, 30, 40, 1, repeat_first=10)
-    frame = g.read_table(tmp_path / "user.tsv", ["H", "L"])
+    frame = gd.read_table(tmp_path / "user.tsv", ["H", "L"])
     assert len(frame) == 40 and list(frame.columns) == ["dna", "hidden_state"]
-    train, test = g.split_table(frame, 0.3, np.random.default_rng(0))
+    train, test = gd.split_table(frame, 0.3, np.random.default_rng(0))
     assert len(train) + len(test) == 40 and not set(train["dna"]) & set(test["dna"])
     assert test["dna"].nunique() == 9  # round(0.3 * 30 distinct)
 
@@ -197,7 +201,7 @@ def test_bad_user_tsv_is_one_line_naming_the_row(tmp_path, row, field, value):
     path = tmp_path / "bad.tsv"
     pd.DataFrame([{"dna": "acgt", "hidden_state": "HHLL"}, row]).to_csv(path, sep="\t", index=False)
     with pytest.raises(InputError) as err:
-        g.read_table(path, ["H", "L"])
+        gd.read_table(path, ["H", "L"])
     assert err.value.field == field and err.value.value == value and str(path) in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -208,9 +212,9 @@ def test_stages_repeat_byte_for_byte(tmp_path):
     for run in ("a", "b"):
         d = tmp_path / run
         models = {"gru": d / "gru.pt", "bigru": d / "bigru.pt"}
-        g.simulate(d / "train.tsv", d / "test.tsv", d / "hmm.json", "sticky", STICKY, 24, 8, 60, seed=1)
-        g.train(d / "train.tsv", d / "hmm.json", models, d / "log.tsv", d / "loss.png", "sticky", sizes, seed=1)
-        g.evaluate(d / "test.tsv", d / "hmm.json", models, d / "metrics.json", d / "pred.tsv", d / "cal.png",
+        gd.simulate(d / "train.tsv", d / "test.tsv", d / "hmm.json", "sticky", STICKY, 24, 8, 60, seed=1)
+        gt.train(d / "train.tsv", d / "hmm.json", models, d / "log.tsv", d / "loss.png", "sticky", sizes, seed=1)
+        ge.evaluate(d / "test.tsv", d / "hmm.json", models, d / "metrics.json", d / "pred.tsv", d / "cal.png",
                    d / "acc.png", "sticky", seed=1, random_draws=20, train_tsv=d / "train.tsv")
         digests.append({f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in
                         ("train.tsv", "test.tsv", "hmm.json", "gru.pt", "bigru.pt", "log.tsv", "metrics.json",
@@ -230,7 +234,7 @@ def track_run(tmp_path_factory):
     TSV (drawn from the sticky HMM) as the preset `data` (`build` leaves out `toy`)."""
     workdir = tmp_path_factory.mktemp("gc_hmm_run")
     user = workdir / "user.tsv"
-    _write_user_tsv(user, g.parse_hmm(STICKY), 60, 100, 9)
+    _write_user_tsv(user, gd.parse_hmm(STICKY), 60, 100, 9)
     config = deep_update(TINY, deep_update(SMALL, {"gc_hmm": {"data": str(user), "presets": {"three": THREE},
                                                               "build": ["sticky", "three", "data"]}}))
     return finished_run(workdir, config, "gc_hmm")
@@ -300,3 +304,24 @@ def test_bad_user_tsv_stops_in_one_line_without_outputs(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {user}: hidden_state (line 3)='Q': not a state of gc_hmm.data_states ['H', 'L']"]
     assert not list((tmp_path / "results" / "gc_hmm").glob("data/*"))
+
+
+# --- a trained network ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bidirectional, ceiling", [(False, "filtering"), (True, "posterior")])
+def test_trained_networks_reach_the_hmm_ceilings(bidirectional, ceiling):
+    """The default sizes and schedule on a tiny case (the sticky HMM, 150 training rows of 200 bp):
+    the GRU reaches at least 0.95 of the filtering accuracy and the biGRU of the posterior's on 100
+    test rows (20,000 bases: the ratio's sampling SE is ~0.01). A network that does not learn sits
+    at chance (0.5 / ~0.8 = ~0.6)."""
+    hmm = gd.parse_hmm(STICKY)
+    train, test = gd.simulate_sets(hmm, 150, 100, 200, np.random.default_rng(0))
+    sizes = track_section("gc_hmm")["model"]
+    pieces = gt.chunk_rows(*gd.encode_rows(train, hmm.states), int(sizes["chunk"]))
+    model, losses = gt.train_model(*pieces, 2, sizes, bidirectional, (1, "sticky"), "cpu", "test")
+    tokens, labels, lengths = gd.encode_rows(test, hmm.states)
+    filtered, _ = gi.forward_filter(tokens, lengths, hmm)
+    best = filtered if ceiling == "filtering" else gi.backward_smooth(tokens, lengths, hmm, filtered)
+    net = ge.accuracy(gm.predict(model, tokens, lengths, "cpu").argmax(-1), labels)
+    assert net >= 0.95 * ge.accuracy(best.argmax(-1), labels), (net, ge.accuracy(best.argmax(-1), labels))
+    assert losses[-1] < losses[0]

@@ -1,8 +1,9 @@
 """The trained models against scikit-learn's LogisticRegression on the same split and features.
 
-Metrics of every model on both splits (accuracy at probability 0.5, BCE, AUROC), the no-skill
+Metrics of every model on the three splits (accuracy at probability 0.5, BCE, AUROC), the no-skill
 baselines (the training majority class; the training prevalence as a constant probability), the
-genes with the largest logistic weights, and the figures.
+torch model that validation selects, the genes with the largest logistic weights, and the figures.
+The test cells are read here only.
 """
 
 import logging
@@ -15,6 +16,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from ...errors import InputError
 from ...outputs import write_json, write_tsv
 from ...plots import SERIES_COLOURS, plot_bars, plt, save_figure
 from .train import MODELS, TITLES, load_models
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 REFERENCE = "sklearn"
 REFERENCE_TITLE = "scikit-learn LogisticRegression"
 LOG_FLOOR = -100.0  # torch's BCELoss clamps each log at -100; the same here for every model
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 
 def split_arrays(cells):
@@ -69,13 +71,15 @@ def baselines(y_train, y_test):
     class, BCE of always answering the training prevalence."""
     prevalence = float(np.mean(y_train))
     majority = 1 if prevalence >= 0.5 else 0
-    return {"majority_test_accuracy": float(np.mean(y_test == majority)),
-            "prevalence_test_bce": binary_cross_entropy(np.full(len(y_test), prevalence), y_test)}
+    return {"baseline_majority_test_accuracy": float(np.mean(y_test == majority)),
+            "baseline_prevalence_test_bce": binary_cross_entropy(np.full(len(y_test), prevalence), y_test)}
 
 
-def best_torch_model(results):
-    """The torch model with the highest test accuracy (ties: higher test AUROC, then ``MODELS`` order)."""
-    return max(MODELS, key=lambda m: (results[m]["test"]["accuracy"], results[m]["test"]["auroc"], -MODELS.index(m)))
+def selected_torch_model(results):
+    """The torch model validation selects: the highest validation accuracy (ties: the lower
+    validation BCE, then ``MODELS`` order). The test figures play no part."""
+    return max(MODELS, key=lambda m: (results[m]["validation"]["accuracy"], -results[m]["validation"]["bce"],
+                                      -MODELS.index(m)))
 
 
 def class_means(cells, is_train):
@@ -142,36 +146,37 @@ def metrics_table(results, hidden, base):
             row.update({f"{part}_{k}": v for k, v in by_split[part].items()})
         rows.append(row)
     rows.append({"model": "baseline", "description": "training majority class / prevalence",
-                 "test_accuracy": base["majority_test_accuracy"], "test_bce": base["prevalence_test_bce"],
+                 "test_accuracy": base["baseline_majority_test_accuracy"],
+                 "test_bce": base["baseline_prevalence_test_bce"],
                  "test_auroc": 0.5})
     return pd.DataFrame(rows)
 
 
 def closing_note(metrics, classes):
-    """The lines the log ends with: every model's figures, the best torch model against the reference."""
-    lines = [f"{classes[0]!r} (positive) vs {classes[1]!r}: {metrics['train_cells']} train / "
-             f"{metrics['test_cells']} test cells, {metrics['n_genes']} genes"]
+    """The lines the log ends with: every model's figures, the selected torch model against the reference."""
+    lines = [f"{classes[0]!r} (positive) vs {classes[1]!r}: {metrics['n_train']} train / "
+             f"{metrics['n_validation']} validation / {metrics['n_test']} test cells, {metrics['n_genes']} genes"]
     for name in (*MODELS, REFERENCE):
-        lines.append(f"{name:>10}: accuracy train {metrics[f'{name}_train_accuracy']:.4f} test "
-                     f"{metrics[f'{name}_test_accuracy']:.4f}; AUROC train {metrics[f'{name}_train_auroc']:.4f} "
-                     f"test {metrics[f'{name}_test_auroc']:.4f}; test BCE {metrics[f'{name}_test_bce']:.4f}")
-    lines.append(f"best torch model {metrics['best_torch_model']}: test accuracy "
-                 f"{metrics['best_torch_test_accuracy']:.4f}, scikit-learn {metrics['sklearn_test_accuracy']:.4f} "
-                 f"(difference {metrics['best_torch_minus_sklearn_test_accuracy']:+.4f}); majority class "
-                 f"{metrics['majority_test_accuracy']:.4f}")
+        lines.append(f"{name:>10}: accuracy train {metrics[f'{name}_train_accuracy']:.4f} validation "
+                     f"{metrics[f'{name}_validation_accuracy']:.4f} test {metrics[f'{name}_test_accuracy']:.4f}; "
+                     f"test AUROC {metrics[f'{name}_test_auroc']:.4f}; test BCE {metrics[f'{name}_test_bce']:.4f}")
+    lines.append(f"validation selected {metrics['selected_model']}: test accuracy "
+                 f"{metrics['selected_test_accuracy']:.4f}, scikit-learn {metrics['sklearn_test_accuracy']:.4f} "
+                 f"(difference {metrics['selected_minus_sklearn_test_accuracy']:+.4f}); majority class "
+                 f"{metrics['baseline_majority_test_accuracy']:.4f}")
     return lines
 
 
 def evaluate_scrna(cells_h5ad, models_pt, out_metrics, out_table, out_top_genes, out_top_plot, out_accuracy_plot,
-                   c, top_k, hidden, lr, epochs):
-    """Stage ``evaluate_scrna``: metrics (json and table), top genes (table and plot), the bars of
-    every model's test accuracy."""
+                   out_predictions, c, top_k, hidden, lr, epochs):
+    """Stage ``evaluate_scrna``: metrics (json and table), test predictions, top genes (table and
+    plot), the bars of every model's test accuracy."""
     cells = anndata.read_h5ad(cells_h5ad)
     models, state = load_models(models_pt)
     if list(state["genes"]) != list(cells.var_names):
-        raise ValueError(f"{models_pt} was trained on other genes than {cells_h5ad}")
+        raise InputError(models_pt, "scrna model", str(models_pt), f"trained on other genes than {cells_h5ad}")
     data = split_arrays(cells)
-    (x_train, y_train), (_, y_test) = data["train"], data["test"]
+    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
     classes = [str(k) for k in cells.obs["label"].cat.categories]
     results = {}
     for name in MODELS:
@@ -181,7 +186,8 @@ def evaluate_scrna(cells_h5ad, models_pt, out_metrics, out_table, out_top_genes,
     results[REFERENCE] = {part: scores(reference.predict_proba(x)[:, 1], y) for part, (x, y) in data.items()}
 
     uns = cells.uns["scrna"]
-    best = best_torch_model(results)
+    best = selected_torch_model(results)
+    training = state.get("training", {})
     base = baselines(y_train, y_test)
     logistic_w = models["logistic"][0].weight.detach().double().numpy().reshape(-1)
     reference_w = reference.coef_.reshape(-1)
@@ -193,26 +199,36 @@ def evaluate_scrna(cells_h5ad, models_pt, out_metrics, out_table, out_top_genes,
         "n_cells_input": int(uns["n_cells_input"]), "n_genes_input": int(uns["n_genes_input"]),
         "n_cells": int(cells.n_obs), "n_genes": int(cells.n_vars),
         "n_genes_constant_in_train": int(cells.var["train_constant"].sum()),
-        "train_cells": int(len(y_train)), "test_cells": int(len(y_test)),
+        "n_train": int(len(y_train)), "n_validation": int(len(data["validation"][1])), "n_test": int(len(y_test)),
+        "group_column": str(uns.get("group_column", "")),
         "train_positive": int(y_train.sum()), "train_negative": int(len(y_train) - y_train.sum()),
         "test_positive": int(y_test.sum()), "test_negative": int(len(y_test) - y_test.sum()),
-        "epochs": int(epochs), "lr": float(lr), "c": float(c), "hidden": int(hidden),
+        "max_epochs": int(epochs), "lr": float(lr), "c": float(c), "hidden": int(hidden),
         **base,
-        "best_torch_model": best, "best_torch_test_accuracy": results[best]["test"]["accuracy"],
-        "best_torch_minus_sklearn_test_accuracy": results[best]["test"]["accuracy"]
+        "selected_model": best, "selected_test_accuracy": results[best]["test"]["accuracy"],
+        "selected_minus_sklearn_test_accuracy": results[best]["test"]["accuracy"]
         - results[REFERENCE]["test"]["accuracy"],
+        "converged": all(bool(training.get(m, {}).get("converged", True)) for m in MODELS),
+        **{f"{m}_best_epoch": training.get(m, {}).get("best_epoch") for m in MODELS},
         "logistic_sklearn_weight_pearson": float(np.corrcoef(logistic_w, reference_w)[0, 1]),
     }
     metrics = flat_metrics(results, info)
     mean_pos, mean_neg = class_means(cells, is_train)
     genes = top_genes(logistic_w, reference_w, cells.var_names, classes, mean_pos, mean_neg, top_k)
     write_tsv(metrics_table(results, hidden, base), out_table)
+    is_test = cells.obs["split"].astype(str).to_numpy() == "test"
+    predictions = pd.DataFrame({"id": cells.obs_names[is_test].to_numpy(),
+                                "label": cells.obs["label"].astype(str).to_numpy()[is_test], "target": y_test})
+    for name in MODELS:
+        predictions[name] = predict(models[name], x_test)
+    predictions[REFERENCE] = reference.predict_proba(x_test)[:, 1]
+    write_tsv(predictions, out_predictions)
     write_tsv(genes, out_top_genes)
     plot_top_genes(genes, classes, out_top_plot)
     names = [*MODELS, REFERENCE]
     plot_bars(names, [results[n]["test"]["accuracy"] for n in names], out_accuracy_plot, "test accuracy",
               title=f"{classes[0]} vs {classes[1]}: {len(y_test)} test cells",
-              reference=(base["majority_test_accuracy"], "majority class"))
+              reference=(base["baseline_majority_test_accuracy"], "majority class"))
     write_json(metrics, out_metrics)
     for line in closing_note(metrics, classes):
         log.info("%s", line)

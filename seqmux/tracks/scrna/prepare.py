@@ -1,16 +1,18 @@
 """Counts in, a scaled, split AnnData out: the scrna track's preprocessing, with scanpy.
 
-Steps (issue 9, "What to build" 1-2): load integer counts (a user's h5ad, ``X`` or a layer; or
-the bundled pbmc68k_reduced with its counts recovered from ``.raw``), keep the cells of the two
-classes, check the counts are non-negative integers, ``sc.pp.filter_genes(min_counts)``,
-``sc.pp.normalize_total(target_sum=1e6)`` + ``sc.pp.log1p`` (log CPM), a stratified seeded
-train/test split (scikit-learn), and per-gene scaling to mean 0 and standard deviation 1 fitted on
+Steps: load integer counts (a user's h5ad: ``X``, ``.raw.X`` as CELLxGENE files keep them, or a
+layer; or the bundled pbmc68k_reduced with its counts recovered from ``.raw``), keep the cells of
+the two classes, check the counts are non-negative integers (normalised values are refused with a
+hint where the counts may be), ``sc.pp.filter_genes(min_counts)``,
+``sc.pp.normalize_total(target_sum=1e6)`` + ``sc.pp.log1p`` (log CPM), a seeded train / validation /
+test split (stratified by class with scikit-learn; with a group column, such as the donor, whole
+groups), and per-gene scaling to mean 0 and standard deviation 1 fitted on
 the training cells only (scanpy's ``sc.pp.scale`` on them) and applied to every cell; a gene
 constant in the training cells is 0 everywhere.
 
 The result, ``cells.h5ad``: ``X`` the scaled log CPM (cells x genes, float32), ``layers["counts"]``
 and ``layers["log_cpm"]`` (sparse), ``obs`` the input's columns plus ``label`` (class name),
-``target`` (1: first class) and ``split`` (train | test), ``var`` the input's columns plus
+``target`` (1: first class) and ``split`` (train | validation | test), ``var`` the input's columns plus
 ``n_counts`` (from filter_genes) and the training statistics ``train_mean``, ``train_std``
 (scanpy's, with ``ddof=1``) and ``train_constant``; ``uns["scrna"]`` what was done.
 """
@@ -25,9 +27,11 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.model_selection import train_test_split
 
+from ... import seeding
 from ...errors import InputError
 from ...outputs import atomic_path, write_tsv
-from . import DEFAULT_SOURCE, MIN_CELLS_PER_SPLIT, STREAM_SPLIT, TRACK_SEED
+from ..splitting import SPLITS, deal_components, linked_components
+from . import DEFAULT_SOURCE, MIN_CELLS_PER_SPLIT, STREAM_SPLIT, TRACK
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +104,33 @@ def read_h5ad(path):
 
 
 def counts_matrix(adata, counts, source):
-    """The matrix ``counts`` names: ``X`` or ``layers[counts]``. InputError when absent."""
+    """``(matrix, var)``: the matrix ``counts`` names (``X``, ``raw``: ``.raw.X`` with ``.raw.var``,
+    or ``layers[counts]``) and its genes' table. InputError when absent."""
     if counts == "X":
         if adata.X is None:
             raise InputError(source, "scrna.counts", counts, "the file has no X matrix")
-        return adata.X
+        return adata.X, adata.var
+    if counts == "raw":
+        if adata.raw is None:
+            raise InputError(source, "scrna.counts", counts, f"the file has no .raw ({count_places(adata)})")
+        return adata.raw.X, adata.raw.var
     if counts not in adata.layers:
-        have = ", ".join(map(repr, adata.layers.keys())) or "none"
-        raise InputError(source, "scrna.counts", counts, f"no such layer (layers: {have}; or X)")
-    return adata.layers[counts]
+        raise InputError(source, "scrna.counts", counts, f"no such layer ({count_places(adata)})")
+    return adata.layers[counts], adata.var
 
 
-def check_counts(matrix, source, counts, obs_names, var_names):
+def count_places(adata):
+    """Where counts may be, for a message: ``layers: 'a', 'b'; or X, raw``."""
+    have = ", ".join(map(repr, adata.layers.keys())) or "none"
+    return f"layers: {have}; or X" + (", raw" if adata.raw is not None else "")
+
+
+def check_counts(matrix, source, counts, obs_names, var_names, places=""):
     """InputError unless ``matrix`` (cells x genes, sparse or dense) holds non-negative integers.
 
-    The message names the first offending cell and gene, its value and how many values are bad.
-    Returns the counts as a float32 CSR matrix.
+    The message names the first offending cell and gene, its value and how many values are bad;
+    when the values are not integers it says the matrix looks normalised and names ``places``
+    (where else counts may be). Returns the counts as a float32 CSR matrix.
     """
     if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
         matrix = np.asarray(matrix)
@@ -135,10 +150,14 @@ def check_counts(matrix, source, counts, obs_names, var_names):
         row = int(np.searchsorted(csr.indptr, k, side="right") - 1)
         col = int(csr.indices[k])
         kind = "negative" if bad_negative[k] else "not an integer"
+        hint = ""
+        if not bad_negative[k] and np.isfinite(values[k]):
+            hint = f"; the matrix looks normalised: set scrna.counts to where the integer counts are ({places})" \
+                if places else "; the matrix looks normalised"
         raise InputError(source, "scrna.counts", counts,
                          f"not counts: value {values[k].item()!r} at cell {obs_names[row]!r}, gene "
                          f"{var_names[col]!r} is {kind} ({int(bad.sum())} such values; counts must be "
-                         f"non-negative integers)")
+                         f"non-negative integers{hint})")
     return csr.astype(np.float32)
 
 
@@ -164,19 +183,20 @@ def select_classes(labels, classes, key, source):
     return np.isin(labels, list(classes))
 
 
-def cells_needed(test_fraction, per_split=MIN_CELLS_PER_SPLIT):
-    """Fewest cells of a class for ``per_split`` of them in each split at ``test_fraction``."""
-    return math.ceil(per_split / min(test_fraction, 1 - test_fraction) - 1e-9)
+def cells_needed(test_fraction, validation_fraction, per_split=MIN_CELLS_PER_SPLIT):
+    """Fewest cells of a class for ``per_split`` of them in each split at these fractions."""
+    smallest = min(test_fraction, validation_fraction, 1 - test_fraction - validation_fraction)
+    return math.ceil(per_split / smallest - 1e-9)
 
 
-def check_class_sizes(sizes, test_fraction, source):
+def check_class_sizes(sizes, test_fraction, validation_fraction, source):
     """InputError when a class (``{name: cells}``) is too small for the split."""
-    need = cells_needed(test_fraction)
+    need = cells_needed(test_fraction, validation_fraction)
     for name, n in sizes.items():
         if n < need:
             raise InputError(source, "scrna.classes", name,
-                             f"{n} cells: test_fraction={test_fraction} needs at least {need} to put "
-                             f"{MIN_CELLS_PER_SPLIT} in each split")
+                             f"{n} cells: test_fraction={test_fraction}, validation_fraction={validation_fraction} "
+                             f"needs at least {need} to put {MIN_CELLS_PER_SPLIT} in each split")
 
 
 # --- scanpy preprocessing ------------------------------------------------------------------------
@@ -200,17 +220,29 @@ def filter_and_normalise(adata, min_counts, source):
 
 def split_seed(seed):
     """The split's random_state (an int), from the config seed."""
-    return int(np.random.default_rng([seed, TRACK_SEED, STREAM_SPLIT]).integers(2**31 - 1))
+    return seeding.int_seed(seed, TRACK, STREAM_SPLIT, bits=31)
 
 
-def stratified_split(target, test_fraction, seed):
-    """``"train"`` / ``"test"`` per cell (``[cells]``, the input's order): scikit-learn's
-    stratified ``train_test_split`` of ``test_fraction`` of the cells."""
+def stratified_split(target, test_fraction, seed, validation_fraction=0.0):
+    """``"train"`` / ``"validation"`` / ``"test"`` per cell (``[cells]``, the input's order):
+    scikit-learn's stratified ``train_test_split`` takes ``ceil(test_fraction * cells)`` test cells,
+    then ``round(validation_fraction * cells)`` validation cells of the rest."""
     index = np.arange(len(target))
-    _, test = train_test_split(index, test_size=test_fraction, stratify=target, random_state=split_seed(seed))
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=target, random_state=split_seed(seed))
     split = np.full(len(target), "train", dtype=object)
     split[test] = "test"
+    n_validation = int(round(validation_fraction * len(target)))
+    if n_validation:
+        _, validation = train_test_split(rest, test_size=n_validation, stratify=np.asarray(target)[rest],
+                                         random_state=split_seed(seed))
+        split[validation] = "validation"
     return split
+
+
+def grouped_split(groups, test_fraction, validation_fraction, seed):
+    """The split with every group (a donor, a batch) whole on one side (``seqmux.tracks.splitting``)."""
+    components = linked_components(list(groups))
+    return deal_components(components, test_fraction, validation_fraction, seeding.rng(seed, TRACK, STREAM_SPLIT))
 
 
 def fit_scaling(log_cpm_train):
@@ -243,13 +275,14 @@ def load_counts(h5ad, counts):
         adata, info = load_default()
         return adata, DEFAULT_SOURCE, info
     adata = read_h5ad(h5ad)
-    info = {"counts_source": "X" if counts == "X" else f"layers[{counts}]", "recovery_max_deviation": None}
+    info = {"counts_source": counts if counts in ("X", "raw") else f"layers[{counts}]", "recovery_max_deviation": None}
     log.info("%s: %d cells x %d genes", h5ad, adata.n_obs, adata.n_vars)
     return adata, str(h5ad), info
 
 
-def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, seed):
-    """The processed AnnData of the two classes (see the module's docstring) and ``info``."""
+def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, seed, validation_fraction=0.15,
+               group_column=""):
+    """The processed AnnData of the two classes (see the module's docstring)."""
     quiet_scanpy()
     adata, source, info = load_counts(h5ad, counts)
     if not adata.obs_names.is_unique:
@@ -257,13 +290,16 @@ def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, 
         raise InputError(source, "obs_names", dup, "cell names must be unique (split.tsv names cells by them)")
     labels = class_labels(adata, cell_type_key, source)
     keep = select_classes(labels, classes, cell_type_key, source)
-    matrix = counts_matrix(adata, "X" if not h5ad else counts, source)
+    if group_column and group_column not in adata.obs.columns:
+        have = ", ".join(map(repr, list(adata.obs.columns)[:12])) or "none"
+        raise InputError(source, "scrna.split.group_column", group_column, f"no such obs column (columns: {have})")
+    matrix, var = counts_matrix(adata, "X" if not h5ad else counts, source)
     matrix = matrix[np.flatnonzero(keep)]
-    obs_names, var_names = adata.obs_names[keep], adata.var_names
-    matrix = check_counts(matrix, source, counts if h5ad else "X", obs_names, var_names)
+    obs_names, var_names = adata.obs_names[keep], var.index
+    matrix = check_counts(matrix, source, counts if h5ad else "X", obs_names, var_names, count_places(adata))
     sizes = {name: int((labels[keep] == name).sum()) for name in classes}
-    check_class_sizes(sizes, test_fraction, source)
-    cells = anndata.AnnData(X=matrix, obs=adata.obs.loc[keep].copy(), var=adata.var.copy())
+    check_class_sizes(sizes, test_fraction, validation_fraction, source)
+    cells = anndata.AnnData(X=matrix, obs=adata.obs.loc[keep].copy(), var=var.copy())
     if not cells.var_names.is_unique:
         log.warning("gene names are not unique: made unique by scanpy's var_names_make_unique")
         cells.var_names_make_unique()
@@ -274,13 +310,17 @@ def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, 
     filter_and_normalise(cells, min_counts, source)
     label = labels[keep]
     target = (label == classes[0]).astype(np.int8)
-    split = stratified_split(target, test_fraction, seed)
+    if group_column:
+        split = grouped_split(cells.obs[group_column].astype(str).to_numpy(), test_fraction, validation_fraction, seed)
+    else:
+        split = stratified_split(target, test_fraction, seed, validation_fraction)
     for name in classes:
-        for part in ("train", "test"):
+        for part in SPLITS:
             n = int(((label == name) & (split == part)).sum())
             if n < MIN_CELLS_PER_SPLIT:  # cells_needed makes this rare; the split's rounding decides
+                more = "more cells or groups" if group_column else "more cells"
                 raise InputError(source, "scrna.classes", name, f"only {n} cells in the {part} split; give "
-                                                               f"more cells or another test_fraction")
+                                                               f"{more} or other fractions")
     is_train = split == "train"
     mean, std, constant = fit_scaling(cells.layers["log_cpm"][np.flatnonzero(is_train)])
     cells.X = apply_scaling(cells.layers["log_cpm"], mean, std, constant)
@@ -289,26 +329,29 @@ def preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, 
         log.warning("obs columns %s of the input are replaced by the track's own", ", ".join(map(repr, replaced)))
     cells.obs["label"] = pd.Categorical(label, categories=list(classes))
     cells.obs["target"] = target
-    cells.obs["split"] = pd.Categorical(split, categories=["train", "test"])
+    cells.obs["split"] = pd.Categorical(split, categories=list(SPLITS))
     cells.var["train_mean"] = mean
     cells.var["train_std"] = std
     cells.var["train_constant"] = constant
     cells.uns["scrna"] = {
         "source": source, "cell_type_key": cell_type_key, "classes": list(classes), "positive_class": classes[0],
         "counts": info["counts_source"], "min_counts": int(min_counts), "test_fraction": float(test_fraction),
-        "seed": int(seed), "n_cells_input": info["n_cells_input"], "n_genes_input": info["n_genes_input"],
+        "validation_fraction": float(validation_fraction), "group_column": str(group_column), "seed": int(seed),
+        "n_cells_input": info["n_cells_input"], "n_genes_input": info["n_genes_input"],
     }
     if info["recovery_max_deviation"] is not None:  # the default's counts, recovered from .raw
         cells.uns["scrna"]["recovery_max_deviation"] = info["recovery_max_deviation"]
-    log.info("split: %d train, %d test cells (test_fraction %g); %d genes constant in the training cells set to 0",
-             int(is_train.sum()), int((~is_train).sum()), test_fraction, int(constant.sum()))
+    log.info("split: %d train, %d validation, %d test cells%s; %d genes constant in the training cells set to 0",
+             int(is_train.sum()), int((split == "validation").sum()), int((split == "test").sum()),
+             f" (whole groups of obs[{group_column!r}])" if group_column else " (stratified by class)",
+             int(constant.sum()))
     return cells
 
 
 def split_table(cells):
-    """One row per kept cell: ``obs_name``, ``split``, ``label`` (class name), ``target`` (1: first
-    class)."""
-    return pd.DataFrame({"obs_name": cells.obs_names.to_numpy(), "split": cells.obs["split"].astype(str).to_numpy(),
+    """One row per kept cell: ``id`` (the obs name), ``split``, ``label`` (class name), ``target``
+    (1: first class)."""
+    return pd.DataFrame({"id": cells.obs_names.to_numpy(), "split": cells.obs["split"].astype(str).to_numpy(),
                          "label": cells.obs["label"].astype(str).to_numpy(),
                          "target": cells.obs["target"].to_numpy()})
 
@@ -319,10 +362,12 @@ def write_cells(cells, out):
         cells.write_h5ad(tmp)
 
 
-def preprocess_scrna(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, seed, out_cells, out_split):
-    """Stage ``preprocess_scrna``: the processed AnnData (``out_cells``) and ``split.tsv``."""
+def preprocess_scrna(h5ad, cell_type_key, classes, counts, min_counts, split, seed, out_cells, out_split):
+    """Stage ``preprocess_scrna``: the processed AnnData (``out_cells``) and ``split.tsv``; ``split``
+    the config's ``scrna.split`` section."""
     classes = [str(c) for c in classes]
-    cells = preprocess(h5ad, cell_type_key, classes, counts, min_counts, test_fraction, seed)
+    cells = preprocess(h5ad, cell_type_key, classes, counts, min_counts, split["test_fraction"], seed,
+                       split["validation_fraction"], split["group_column"])
     write_tsv(split_table(cells), out_split)
     write_cells(cells, out_cells)
     log.info("wrote %s (%d cells x %d genes) and %s", out_cells, cells.n_obs, cells.n_vars, out_split)

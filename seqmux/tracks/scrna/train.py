@@ -14,7 +14,9 @@ Objective: mean BCE over the training cells plus, when ``c > 0``, the L2 penalty
 scikit-learn's LogisticRegression objective (``sum of losses + ||w||^2 / (2C)``) divided by the
 number of training cells, so the torch logistic model and the reference fit the same function.
 The curves record the BCE alone (what a user compares), after each epoch's step (epoch 0: the
-initial weights).
+initial weights), on the training and the validation cells. Early stopping: each model keeps the
+weights of its lowest validation BCE, and stops after ``patience`` epochs without a lower one (the
+test cells are never read here).
 """
 
 import logging
@@ -25,17 +27,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...outputs import atomic_path, write_tsv
+from ... import checkpoint, seeding
+from ...errors import InputError
+from ...outputs import write_tsv
 from ...plots import plot_curves
 from ...runtime import choose_device, progress
-from . import STREAM_LOGISTIC, STREAM_MLP, TRACK_SEED
+from ..stopping import EarlyStopping
+from . import STREAM_LOGISTIC, STREAM_MLP, TRACK
 
 log = logging.getLogger(__name__)
 
 MODELS = ("logistic", "mlp", "layer_list")
 TITLES = {"logistic": "logistic (Linear + Sigmoid)", "mlp": "{hidden} sigmoid hidden units",
           "layer_list": "{hidden} hidden units as a layer list"}
-HISTORY = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+HISTORY = ("train_loss", "validation_loss", "train_accuracy", "validation_accuracy")
 
 
 class LayerList(nn.Module):
@@ -60,19 +65,12 @@ def build_model(name, n_genes, hidden):
         return nn.Sequential(nn.Linear(n_genes, hidden), nn.Sigmoid(), nn.Linear(hidden, 1), nn.Sigmoid())
     if name == "layer_list":
         return LayerList(n_genes, hidden)
-    raise ValueError(f"unknown model {name!r}")
-
-
-def init_seed(seed, name):
-    """The torch seed of model ``name``'s initial weights (``mlp`` and ``layer_list`` share one)."""
-    stream = STREAM_LOGISTIC if name == "logistic" else STREAM_MLP
-    return int(np.random.default_rng([seed, TRACK_SEED, stream]).integers(2**63 - 1))
+    raise InputError("model.pt", "scrna model", name, f"unknown model (known: {', '.join(MODELS)})")
 
 
 def make_model(name, n_genes, hidden, seed):
     """Model ``name`` with its seeded initial weights (torch's global RNG state is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed(seed, name))
+    with seeding.torch_seeded(seed, TRACK, STREAM_LOGISTIC if name == "logistic" else STREAM_MLP):
         return build_model(name, n_genes, hidden)
 
 
@@ -99,43 +97,56 @@ def bce(prob, target):
 
 
 def cell_tensors(cells, device="cpu"):
-    """``{split: (x [cells, genes] float32, y [cells, 1] float32)}`` from a processed AnnData."""
+    """``{split: (x [cells, genes] float32, y [cells, 1] float32)}`` of the training and validation
+    cells of a processed AnnData."""
     split = cells.obs["split"].astype(str).to_numpy()
     x = np.asarray(cells.X, dtype=np.float32)
     y = cells.obs["target"].to_numpy(np.float32)[:, None]
     return {part: (torch.from_numpy(np.ascontiguousarray(x[split == part])).to(device),
-                   torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device)) for part in ("train", "test")}
+                   torch.from_numpy(np.ascontiguousarray(y[split == part])).to(device))
+            for part in ("train", "validation")}
 
 
-def train_model(model, data, lr, epochs, c, desc="train"):
-    """Full-batch Adam on mean BCE (+ the L2 penalty, see the module docstring) for ``epochs``.
+def train_model(model, data, lr, epochs, c, desc="train", patience=0, min_improvement=0.0):
+    """Full-batch Adam on mean BCE (+ the L2 penalty, see the module docstring) for at most
+    ``epochs``, keeping the weights of the lowest validation BCE; stops after ``patience`` epochs
+    without one lower by more than the fraction ``min_improvement`` (0: never;
+    ``seqmux.tracks.stopping``).
 
-    ``data``: ``{"train": (x, y), "test": (x, y)}`` on the model's device. Returns the history
-    ``{key: [epochs + 1] float64}`` for ``HISTORY`` keys, measured after each epoch's step
-    (index 0: the initial weights), and the model trained in place.
+    ``data``: ``{"train": (x, y), "validation": (x, y)}`` on the model's device. Returns
+    ``(history, facts)``: ``{key: [epochs run + 1] float64}`` for ``HISTORY`` keys, measured after
+    each epoch's step (index 0: the initial weights), and ``{"best_epoch", "epochs_done",
+    "converged"}`` (False when the best epoch is the last: still improving). The model ends with
+    its best weights.
     """
-    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
+    (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     history = torch.zeros(epochs + 1, len(HISTORY), dtype=torch.float64, device=x_train.device)
+    stopper = EarlyStopping(patience, min_improvement)
 
     def record(epoch):
         with torch.no_grad():
-            p_train, p_test = model(x_train), model(x_test)
-            history[epoch] = torch.stack([bce(p_train, y_train), bce(p_test, y_test), accuracy(p_train, y_train),
-                                          accuracy(p_test, y_test)]).double()
+            p_train, p_val = model(x_train), model(x_val)
+            history[epoch] = torch.stack([bce(p_train, y_train), bce(p_val, y_val), accuracy(p_train, y_train),
+                                          accuracy(p_val, y_val)]).double()
+        return stopper.update(epoch, float(history[epoch, 1]), model)
 
     record(0)
     bar = progress(total=epochs, desc=desc)
+    done = epochs
     for epoch in range(1, epochs + 1):
         optimiser.zero_grad(set_to_none=True)
         loss = bce(model(x_train), y_train) + l2_penalty(model, c, len(x_train))
         loss.backward()
         optimiser.step()
-        record(epoch)
         bar.update()
+        if record(epoch):
+            done = epoch
+            break
     bar.close()
-    values = history.cpu().numpy()
-    return {key: values[:, i] for i, key in enumerate(HISTORY)}
+    stopper.restore(model)
+    values = history[:done + 1].cpu().numpy()
+    return {key: values[:, i] for i, key in enumerate(HISTORY)}, stopper.facts("epoch")
 
 
 def curves_table(histories):
@@ -150,51 +161,64 @@ def curves_table(histories):
 
 
 def plot_training(histories, hidden, out_loss, out_accuracy):
-    """Loss and accuracy curves, one panel per model, train and test lines."""
-    epochs = np.arange(len(next(iter(histories.values()))["train_loss"]))
+    """Loss and accuracy curves, one panel per model, train and validation lines (the models may
+    stop at different epochs: the shorter curves end early)."""
+    longest = max(len(h["train_loss"]) for h in histories.values())
+    epochs = np.arange(longest)
+
+    def padded(values):
+        return np.concatenate([values, np.full(longest - len(values), np.nan)])
+
     for what, out, label in (("loss", out_loss, "binary cross-entropy"), ("accuracy", out_accuracy, "accuracy")):
-        panels = {TITLES[name].format(hidden=hidden): {"train": h[f"train_{what}"], "test": h[f"test_{what}"]}
+        panels = {TITLES[name].format(hidden=hidden): {"train": padded(h[f"train_{what}"]),
+                                                       "validation": padded(h[f"validation_{what}"])}
                   for name, h in histories.items()}
         plot_curves(epochs, {}, out, "epoch", label, panels=panels, logy=what == "loss")
 
 
-def save_models(models, genes, classes, hidden, out):
-    """The trained models' state dicts (CPU tensors) with the gene and class names, one file."""
-    state = {"genes": list(genes), "classes": list(classes), "hidden": int(hidden),
-             "models": {name: {k: v.detach().cpu() for k, v in m.state_dict().items()} for name, m in models.items()}}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+def save_models(models, genes, classes, hidden, out, training=None):
+    """The trained models (``seqmux.checkpoint``, kind ``scrna``: ``{name: state_dict}``) with the
+    gene and class names, the hidden size and each model's training facts."""
+    checkpoint.save(out, TRACK, dict(models), genes=[str(g) for g in genes], classes=[str(c) for c in classes],
+                    hidden=int(hidden), training=dict(training or {}))
 
 
 def load_models(path):
-    """``(models, state)``: the models of :func:`save_models` rebuilt in eval mode on the CPU."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    models = {}
-    for name, weights in state["models"].items():
-        model = build_model(name, len(state["genes"]), state["hidden"])
-        model.load_state_dict(weights)
-        models[name] = model.eval()
-    return models, state
+    """``(models, meta)``: the models of :func:`save_models` rebuilt in eval mode on the CPU; an
+    InputError naming the file when it is not one."""
+    state, meta = checkpoint.load(path, TRACK, field="scrna model")
+    models = {name: checkpoint.load_into(build_model(name, len(meta["genes"]), meta["hidden"]), weights, path, TRACK,
+                                         "scrna model")
+              for name, weights in state.items()}
+    return models, meta
 
 
 def train_scrna(cells_h5ad, out_models, out_curves, out_loss_plot, out_accuracy_plot, hidden, lr, epochs, c,
-                seed, device="cpu"):
-    """Stage ``train_scrna``: the three models, their curves (table and plots) and weights."""
+                seed, device="cpu", patience=0, min_improvement=0.0):
+    """Stage ``train_scrna``: the three models (early stopping on the validation cells), their
+    curves (``training_log.tsv`` and plots) and weights (``model.pt``)."""
     device = choose_device(device, "config", "scrna.device")
     cells = anndata.read_h5ad(cells_h5ad)
     data = cell_tensors(cells, device)
     n_genes = cells.n_vars
-    log.info("training on %d cells, testing on %d, %d genes; Adam lr %g, %d full-batch epochs, C %g, device %s",
-             len(data["train"][0]), len(data["test"][0]), n_genes, lr, epochs, c, device)
-    models, histories = {}, {}
+    log.info("training on %d cells, validating on %d, %d genes; Adam lr %g, at most %d full-batch epochs, patience "
+             "%d, C %g, device %s", len(data["train"][0]), len(data["validation"][0]), n_genes, lr, epochs, patience,
+             c, device)
+    models, histories, facts = {}, {}, {}
     for name in MODELS:
         model = make_model(name, n_genes, hidden, seed).to(device)
-        histories[name] = train_model(model, data, lr, epochs, c, desc=f"train {name}")
+        histories[name], facts[name] = train_model(model, data, lr, epochs, c, desc=f"train {name}", patience=patience,
+                                                     min_improvement=min_improvement)
         models[name] = model.eval()
-        h = histories[name]
-        log.info("%s: train BCE %.4f accuracy %.4f; test BCE %.4f accuracy %.4f", name, h["train_loss"][-1],
-                 h["train_accuracy"][-1], h["test_loss"][-1], h["test_accuracy"][-1])
+        h, f = histories[name], facts[name]
+        best = f["best_epoch"]
+        log.info("%s: best validation BCE %.4f (accuracy %.4f) at epoch %d of %d; train BCE there %.4f", name,
+                 h["validation_loss"][best], h["validation_accuracy"][best], best, f["epochs_done"],
+                 h["train_loss"][best])
+        if not f["converged"]:
+            log.warning("%s had not converged: its validation BCE was still falling at the last epoch (%d); raise "
+                        "scrna.train.max_epochs", name, f["epochs_done"])
     classes = list(cells.obs["label"].cat.categories)
     write_tsv(curves_table(histories), out_curves)
     plot_training(histories, hidden, out_loss_plot, out_accuracy_plot)
-    save_models(models, cells.var_names, classes, hidden, out_models)
+    save_models(models, cells.var_names, classes, hidden, out_models, facts)

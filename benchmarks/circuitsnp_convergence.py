@@ -1,0 +1,63 @@
+"""circuitSNP on a source-format case of 12,000 windows x 300 motifs: the network under the
+default schedule (early stopping on validation) and under the source's (Adam 1e-4, 5,000
+full-batch epochs), against scikit-learn's logistic regression on the same split.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/circuitsnp_convergence.py [seed]
+
+Prints one line per schedule: test AUROC, the logistic regression's, the difference, the kept
+epoch, the epochs run and ``converged``.
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+import yaml
+from scipy.special import expit
+from sklearn.metrics import roc_auc_score
+
+from seqmux.tracks.circuitsnp import model as cm
+from seqmux.tracks.circuitsnp import train as ct
+
+
+def source_case(seed=0, n=12000, features=300, active=40, open_fraction=1 / 12):
+    """Binary motif presence (each motif present in 2-30 % of windows) and open / closed labels drawn
+    from a sparse logistic model (``active`` motifs with N(0, 1.2) weights, the intercept giving
+    ``open_fraction``): the shape of the source's feather files. Returns ``(x [n, F], y [n], p [n])``."""
+    from scipy.optimize import brentq
+
+    rng = np.random.default_rng(seed)
+    rate = rng.uniform(0.02, 0.3, size=features)
+    x = (rng.random((n, features)) < rate).astype(np.float32)
+    w = np.zeros(features)
+    w[rng.choice(features, active, replace=False)] = rng.normal(0, 1.2, size=active)
+    z = x @ w
+    b = brentq(lambda b: expit(z + b).mean() - open_fraction, -50, 50)
+    p = expit(z + b)
+    return x, (rng.random(n) < p).astype(np.int64), p
+
+
+def main(seed=0):
+    torch.set_num_threads(1)
+    schema = yaml.safe_load(open("schemas/config.schema.yaml"))["properties"]["circuitsnp"]["properties"]
+    train = {k: v["default"] for k, v in schema["train"]["properties"].items()}
+    x, y, _ = source_case(seed)
+    n = len(y)
+    tr, va, te = slice(0, n * 2 // 3), slice(n * 2 // 3, n * 5 // 6), slice(n * 5 // 6, n)
+    logistic = cm.fit_logistic(x[tr], y[tr], train["logistic_c"])
+    auc_lr = roc_auc_score(y[te], cm.logistic_probability(logistic, x[te]))
+    schedules = {"default": (train["lr"], train["max_epochs"], train["patience"], train["min_improvement"]),
+                 "source": (1e-4, 5000, 0, 0.0)}
+    for name, (lr, epochs, patience, min_improvement) in schedules.items():
+        start = time.time()
+        net, _, facts = ct.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], lr, epochs, seed, patience=patience,
+                                       min_improvement=min_improvement)
+        auc = roc_auc_score(y[te], expit(cm.network_logit(net, x[te])))
+        print(f"{name}: lr {lr:g}, patience {patience}: network test AUROC {auc:.4f}, logistic {auc_lr:.4f}, "
+              f"difference {auc - auc_lr:+.4f}; kept epoch {facts['best_epoch']} of {facts['epochs_done']}, "
+              f"converged {facts['converged']} ({time.time() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

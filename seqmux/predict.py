@@ -30,7 +30,7 @@ from .outputs import atomic_path
 from .runtime import choose_device, progress
 from .score.engine import exact_scorer, multiplexer_scorer
 from .variants import base_index, check_refs, read_vcf, substitutions, variant_labels
-from .windows import read_regions, window_bounds
+from .windows import check_window, read_regions, window_bounds
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ class Job:
 
 
 # --- inputs -----------------------------------------------------------------------------------
-
-from seqmux.windows import check_window  # noqa: E402  (moved to the spine's windows module)
-
 
 def position_jobs(lengths, length, chromosome=None, position=None, inputs_file=None):
     """Jobs of the position inputs (``--chromosome/--position`` and ``--inputs-file``), in input

@@ -148,8 +148,10 @@ def main():
     for r in rows:
         v, t = r["validation"], r.get("test", {})
         test = (f"{t['weighted_pearson']:>7.3f} {t['r2']:>7.3f} {t['top1pct_recall']:>9.3f}" if t else f"{'-':>25}")
-        speed = (f"{r['mux_ms_per_window']:>6.2f} {r['fast_ism_ms_per_window']:>10.2f} {r['speedup_vs_fast_ism']:>6.1f}x"
-                 if "mux_ms_per_window" in r else "")
+        speed = ""
+        if "mux_ms_per_window" in r:
+            speed = (f"{r['mux_ms_per_window']:>6.2f} {r['fast_ism_ms_per_window']:>10.2f} "
+                     f"{r['speedup_vs_fast_ism']:>6.1f}x")
         print(f"{r['recipe']:<12} {r['train_windows']:>7} {r['steps']:>5} {r['train_s']:>8.1f} | "
               f"{v['weighted_pearson']:>6.3f} {v['r2']:>6.3f} {v['top1pct_recall']:>8.3f} | {test} | {speed}")
 

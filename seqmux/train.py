@@ -197,8 +197,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     and splits). ``scale_targets``: the model's ``output_scale`` is the RMS of the training targets
     (``seqmux.splits.target_rms``), else 1. ``loss_weight`` (``a``, 0: the published plain MSE):
     the loss is the mean squared error weighted by ``1 + a |exact| / rms`` (``rms``: the RMS
-    of the training targets, see ``training_loss``), so that the few large effects are not drowned by the many near-zero ones;
-    the validation loss stays the plain MSE. Returns a dict of run facts.
+    of the training targets, see ``training_loss``), so that the few large effects are not
+    drowned by the many near-zero ones; the validation loss stays the plain MSE. Returns a dict of run facts.
     """
     from .plots import plot_loss_curve
 

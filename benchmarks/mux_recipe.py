@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--recipes", default="old,new", help="comma-separated recipes to run (old, new, or --recipe names)")
     ap.add_argument("--recipe", action="append", default=[], help="NAME:key=value,... (changes to the old recipe)")
     ap.add_argument("--old-windows", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=0, help="every recipe's steps, validate_every steps / 4 (0: its own)")
     ap.add_argument("--no-test", action="store_true", help="validation figures only (the recipe search)")
     ap.add_argument("--speed-windows", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
@@ -113,6 +114,9 @@ def main():
     for spec in args.recipe:
         name, changes = spec.split(":", 1)
         recipes[name] = with_changes(OLD, changes)
+    if args.steps:
+        for recipe in recipes.values():
+            recipe["train"].update(steps=args.steps, validate_every=max(args.steps // 4, 1))
     splits = args.run / "results/splits"
     base = build_base_model("demo", str(args.run / "resources/demo/base_model.pt"), "", "", None)
     rows = []

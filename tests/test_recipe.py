@@ -88,3 +88,18 @@ def test_training_with_each_option_learns(tmp_path, options):
         err_trained = float(((model(x).numpy() - y) ** 2).mean())
         err_start = float(((start(x).numpy() - y) ** 2).mean())
     assert err_trained < 0.5 * err_start
+
+
+def test_the_weight_reaches_the_training_loop(tmp_path):
+    torch.set_num_threads(1)
+    splits = tiny_splits(tmp_path)
+    args = dict(preset="demo", sizes=SIZES, lr=3e-3, batch_size=4, steps=4, validate_every=4, patience=0, seed=7,
+                amp=False, device="cpu")
+    states = []
+    for weight in (0.0, 1.0):
+        d = tmp_path / str(weight)
+        train_multiplexer(splits["train"], splits["validation"], d / "m.pt", d / "l.pt", d / "log.csv", d / "p.png",
+                          d / "ck", loss_weight=weight, **args)
+        states.append(torch.load(d / "l.pt", weights_only=True)["state_dict"])
+    # the same seed and batches: only the loss differs, and so do the weights it trained
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k.endswith("weight"))

@@ -138,14 +138,15 @@ def plot_strongest(pred, exact, out, title=""):
 
 def plot_by_distance(by_distance, out, title=""):
     """Weighted Pearson (mean over outputs) and r2 against distance from the window centre (bin
-    centres, bp)."""
+    centres, bp); r2 below -1 (near the ends, where the exact effects are close to 0) is drawn at -1."""
     from .plots import plot_curves
 
     centres = (np.array(by_distance["distance_from_bp"]) + np.array(by_distance["distance_to_bp"])) / 2
     plot_curves(centres, {}, out, "distance of the substitution from the window centre (bp, bin centre)",
                 ["weighted Pearson, mean over outputs", "r2"], title=title,
                 panels={"weighted Pearson": {"Multiplexer": by_distance["weighted_pearson_mean"]},
-                        "r2 (1 - MSE / MSE of predicting 0)": {"Multiplexer": by_distance["r2"]}})
+                        "r2 (1 - MSE / MSE of predicting 0; below -1 drawn at -1)":
+                            {"Multiplexer": np.maximum(by_distance["r2"], -1.0)}})
 
 
 def evaluate_multiplexer(model_path, train_path, validation_path, test_path, base_model, out_metrics, out_table,

@@ -13,6 +13,8 @@ MULTIPLEXER_FILES = expand(
         "predicted_vs_exact.png",
         "profile_correlations.png",
         "example_heatmap.png",
+        "strongest_effects.png",
+        "accuracy_by_distance.png",
     ],
 )
 
@@ -90,6 +92,18 @@ rule evaluate_multiplexer:
         heatmap=report(
             "results/multiplexer/example_heatmap.png",
             caption="../report/example_heatmap.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        strongest=report(
+            "results/multiplexer/strongest_effects.png",
+            caption="../report/strongest_effects.rst",
+            category="Multiplexer",
+            subcategory="Evaluation",
+        ),
+        distance=report(
+            "results/multiplexer/accuracy_by_distance.png",
+            caption="../report/accuracy_by_distance.rst",
             category="Multiplexer",
             subcategory="Evaluation",
         ),

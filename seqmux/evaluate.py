@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .metrics import Metrics, summary_table
+from .metrics import Metrics, r2_score, summary_table
 from .multiplexer import load_multiplexer
 from .outputs import write_json, write_tsv
 from .runtime import choose_device
@@ -117,11 +117,44 @@ def pick_example(ds, rows):
     return rows[int(np.argmax(per_window[:, profile]))], profile
 
 
+def plot_strongest(pred, exact, out, title=""):
+    """Predicted against exact effects of the strongest substitutions (flat arrays), one dot each,
+    with the line ``y = x``."""
+    from .plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if len(exact):
+        lo, hi = float(min(exact.min(), pred.min(), 0)), float(max(exact.max(), pred.max(), 0))
+        ax.scatter(exact, pred, s=4, alpha=0.35, color="#08519c", linewidths=0)
+        ax.plot([lo, hi], [lo, hi], color="#d62728", lw=0.8, ls="--", label="y = x")
+        ax.axhline(0, color="#969696", lw=0.6)
+        ax.axvline(0, color="#969696", lw=0.6)
+        ax.legend(fontsize=8)
+    ax.set_xlabel("exact ISM effect")
+    ax.set_ylabel("Multiplexer prediction")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, out)
+
+
+def plot_by_distance(by_distance, out, title=""):
+    """Weighted Pearson (mean over outputs) and r2 against distance from the window centre (bin
+    centres, bp); r2 below -1 (near the ends, where the exact effects are close to 0) is drawn at -1."""
+    from .plots import plot_curves
+
+    centres = (np.array(by_distance["distance_from_bp"]) + np.array(by_distance["distance_to_bp"])) / 2
+    plot_curves(centres, {}, out, "distance of the substitution from the window centre (bp, bin centre)",
+                ["weighted Pearson, mean over outputs", "r2"], title=title,
+                panels={"weighted Pearson": {"Multiplexer": by_distance["weighted_pearson_mean"]},
+                        "r2 (1 - MSE / MSE of predicting 0; below -1 drawn at -1)":
+                            {"Multiplexer": np.maximum(by_distance["r2"], -1.0)}})
+
+
 def evaluate_multiplexer(model_path, train_path, validation_path, test_path, base_model, out_metrics, out_table,
-                         out_hexbin, out_histogram, out_heatmap, batch_size=16, speed_windows=10, ism_batch_size=512,
-                         device="auto", seed=1):
-    """Stage: metrics.json, its summary table (TSV, for the report) and the three evaluation plots
-    of a trained Multiplexer.
+                         out_hexbin, out_histogram, out_heatmap, out_strongest=None, out_distance=None, batch_size=16,
+                         speed_windows=10, ism_batch_size=512, device="auto", seed=1, distance_bins=10):
+    """Stage: metrics.json, its summary table (TSV, for the report) and the evaluation plots of a
+    trained Multiplexer (``out_strongest``: the top-1% effects, ``out_distance``: accuracy by
+    distance from the window centre, each written when given).
 
     ``base_model``: the config's base_model section with resolved paths (for the speed run).
     """
@@ -142,7 +175,8 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
              dev)
 
     mean_map = training_mean(train_ds).astype(np.float32)
-    metrics = {name: Metrics(n_out, seed=seed) for name in ("multiplexer", "zero", "train_mean")}
+    metrics = {name: Metrics(n_out, seed=seed, distance_bins=distance_bins)
+               for name in ("multiplexer", "zero", "train_mean")}
     rows = list(range(len(ds)))
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -177,9 +211,10 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
         log.info("speed on %d windows: multiplexer %.3f s, exact ISM naive %.3f s (%.1fx), fast %.3f s (%.1fx)", n,
                  t["multiplexer"], t["naive"], t["naive"] / mux_s, t["fast"], t["fast"] / mux_s)
 
-    out = {k: v for k, v in results["multiplexer"].items() if k != "per_profile"}
+    out = {k: v for k, v in results["multiplexer"].items() if k not in ("per_profile", "by_distance")}
     out.update(split=split, windows=len(ds), n_outputs=n_out, length=length, mode=info["mode"],
-               baselines={name: {k: v for k, v in results[name].items() if k != "per_profile"}
+               accuracy_by_distance=results["multiplexer"]["by_distance"],
+               baselines={name: {k: v for k, v in results[name].items() if k not in ("per_profile", "by_distance")}
                           for name in ("zero", "train_mean")},
                per_profile=dict(zip(info["output_names"], results["multiplexer"]["per_profile"])),
                speed=speed, model=str(model_path), preset=minfo["preset"])
@@ -188,6 +223,10 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     log.info("weighted Pearson mean %.4f (median %.4f, p10 %.4f); baselines: zero %.4f, train mean %.4f",
              out["weighted_pearson_mean"], out["weighted_pearson_median"], out["weighted_pearson_p10"],
              out["baselines"]["zero"]["weighted_pearson_mean"], out["baselines"]["train_mean"]["weighted_pearson_mean"])
+    log.info("r2 %.4f, top1pct_recall %.4f; weighted Pearson by distance from the centre: %s", out["r2"],
+             out["top1pct_recall"], ", ".join(f"{a:g}-{b:g} bp {r:.3f}" for a, b, r in zip(
+                 *(out["accuracy_by_distance"][k] for k in ("distance_from_bp", "distance_to_bp",
+                                                            "weighted_pearson_mean")))))
 
     sample_pred, sample_exact = (np.concatenate(s) for s in mux.samples)
     plot_hexbin(sample_pred, sample_exact, out_hexbin,
@@ -196,6 +235,15 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     plot_profile_histogram(np.array(results["multiplexer"]["per_profile"]), out_histogram,
                            baselines={"training mean": np.array(results["train_mean"]["per_profile"]),
                                       "predict 0": np.array(results["zero"]["per_profile"])})
+    if out_strongest:
+        top_pred, top_exact, _ = mux.strongest(0.01)
+        plot_strongest(top_pred, top_exact, out_strongest,
+                       title=f"the top 1% |exact effect| of each output ({len(top_exact):,} substitutions, {split} "
+                             f"split): top1pct_recall {out['top1pct_recall']:.3f}, r2 of these "
+                             f"{r2_score(np.sum((top_pred - top_exact) ** 2.0), np.sum(top_exact ** 2.0)):.3f}")
+    if out_distance:
+        plot_by_distance(out["accuracy_by_distance"], out_distance,
+                         title=f"{split} split, {len(ds)} windows of {length} bp")
     row, profile = pick_example(ds, rows)
     pred = predict(model, ds, [row], dev, 1)[0, profile]
     window = table.select(["window_id", "chrom", "start", "end"]).slice(row, 1).to_pylist()[0]

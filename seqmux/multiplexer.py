@@ -27,6 +27,18 @@ Architecture (a generalisation of the published BelugaMultiplexer to any ``L`` a
   and target mode (log-fold changes of ~0.1, ``diff`` values of ~1e-3): Adam's steps are of a fixed
   size in parameter space, hence in the output's units without it.
 
+Two options of the demo preset, off in the published layout, each adding parameters but (almost) no
+multiply-adds:
+
+- ``position_embedding``: a learned ``[widths[0], L]`` map (``state_dict`` key
+  ``position_embedding``) added to the first block's output: each position gets its own bias, as
+  the base model's dense layer gives each position its own weights (the ramp alone tells only
+  the distance from the centre).
+- ``global_context``: the head's input gets ``Linear(mean over positions of the last block)``
+  added at every position (``model_context``: ``width x width`` multiply-adds a window): the
+  effect of a substitution depends on the whole window through the base model's saturating
+  outputs, which a stack of local convolutions sees only near its receptive field's limit.
+
 ``PRESETS["beluga"]`` with ``n_outputs = 2002`` has exactly the published ``state_dict`` keys and
 shapes (202,273,376 parameters), so the published weights load with ``load_published``; the
 published dilations are not recorded in the state dict, ours are ``1, 1, 2, 4, 8, 16``.
@@ -50,7 +62,8 @@ PRESETS = {
     "beluga": dict(widths=[640, 1280, 1280, 1280, 1280, 1280], dilations=[1, 1, 2, 4, 8, 16], kernel=8,
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
-    "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256),
+    "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256,
+                 position_embedding=False, global_context=False),
 }
 
 
@@ -98,7 +111,7 @@ class Multiplexer(nn.Module):
     """One forward pass: one-hot ``[B, 4, L]`` -> substitution effects ``[B, F, 4, L]``."""
 
     def __init__(self, length, n_outputs, widths, dilations=None, kernel=8, head_hidden=0, ramp="tent",
-                 mask_reference=True, output_scale=1.0):
+                 mask_reference=True, output_scale=1.0, position_embedding=False, global_context=False):
         super().__init__()
         widths = [int(w) for w in widths]
         dilations = [int(d) for d in (dilations or [1] * len(widths))]
@@ -107,7 +120,8 @@ class Multiplexer(nn.Module):
         self.length, self.n_outputs = int(length), int(n_outputs)
         head_hidden = int(head_hidden) or 4 * self.n_outputs
         self.sizes = dict(widths=widths, dilations=dilations, kernel=int(kernel), head_hidden=head_hidden,
-                          ramp=ramp, mask_reference=bool(mask_reference), output_scale=float(output_scale))
+                          ramp=ramp, mask_reference=bool(mask_reference), output_scale=float(output_scale),
+                          position_embedding=bool(position_embedding), global_context=bool(global_context))
         self.register_buffer("ramp", positional_ramp(self.length, ramp), persistent=False)
         c_in = 5
         self.residual = []
@@ -122,6 +136,14 @@ class Multiplexer(nn.Module):
             nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
             nn.Conv1d(head_hidden, 4 * self.n_outputs, 1),
         )
+        # zero at the start (and made after every published layer, so that the random start of
+        # those is the same with and without them): the untrained network is the published one
+        if position_embedding:
+            self.position_embedding = nn.Parameter(torch.zeros(2, c_in, self.length))
+        if global_context:
+            self.model_context = nn.Linear(c_in, 2 * c_in)
+            nn.init.zeros_(self.model_context.weight)
+            nn.init.zeros_(self.model_context.bias)
 
     def config(self):
         """Constructor arguments (``Multiplexer(**m.config())`` rebuilds the architecture)."""
@@ -135,6 +157,12 @@ class Multiplexer(nn.Module):
         for name, residual in zip(self.block_names, self.residual):
             out = getattr(self, name)(h)
             h = out + h if residual else out
+        if self.sizes["position_embedding"]:  # a gain and a bias per channel and position
+            gain, bias = self.position_embedding.to(h.dtype)
+            h = h * (1 + gain) + bias
+        if self.sizes["global_context"]:  # a gain and a bias per channel from the window's mean
+            gain, bias = self.model_context(h.mean(dim=2)).to(h.dtype).unsqueeze(2).chunk(2, dim=1)
+            h = h * (1 + gain) + bias
         y = self.model_final(h).view(batch, self.n_outputs, 4, self.length)
         if self.sizes["output_scale"] != 1.0:
             y = y * self.sizes["output_scale"]

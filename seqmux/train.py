@@ -118,6 +118,17 @@ def make_scheduler(opt, kind, steps, lr):
     raise InputError("config", "multiplexer.train.lr_schedule", kind, "expected constant, onecycle or cosine")
 
 
+def training_loss(pred, exact, loss_weight=0.0, rms=None):
+    """Weighted mean of ``(pred - exact)^2``, ``sum(w err) / sum(w)`` with ``w = 1 + loss_weight
+    |exact| / rms`` (plain MSE when ``loss_weight`` is 0): the large effects count more, the
+    loss keeps the plain MSE's scale (so the same learning rate)."""
+    err = (pred - exact) ** 2
+    if not loss_weight:
+        return err.mean()
+    w = 1 + (loss_weight / max(float(rms), 1e-30)) * exact.abs()
+    return (w * err).sum() / w.sum()
+
+
 @torch.no_grad()
 def validation_loss(model, loader, device, autocast):
     """Mean squared error over every entry of the validation split (eval mode)."""
@@ -178,13 +189,16 @@ class _Stop:
 def train_multiplexer(train_path, validation_path, model_out, last_out, log_out, plot_out, checkpoint_dir,
                       preset="demo", sizes=None, mask_reference=True, lr=1e-3, batch_size=16, steps=1000,
                       validate_every=100, patience=5, lr_schedule="constant", device="auto", amp=True,
-                      num_workers=0, seed=1, scale_targets=True):
+                      num_workers=0, seed=1, scale_targets=True, loss_weight=0.0):
     """Stage: train a Multiplexer, write the best weights (``model_out``), the last weights
     (``last_out``), the per-step CSV log (``log_out``) and the loss-curve plot (``plot_out``).
 
     Resumes from ``checkpoint_dir/last.pt`` when it belongs to the same run (same hash of config
     and splits). ``scale_targets``: the model's ``output_scale`` is the RMS of the training targets
-    (``seqmux.splits.target_rms``), else 1. Returns a dict of run facts.
+    (``seqmux.splits.target_rms``), else 1. ``loss_weight`` (``a``, 0: the published plain MSE):
+    the loss is the mean squared error weighted by ``1 + a |exact| / rms`` (``rms``: the RMS
+    of the training targets, see ``training_loss``), so that the few large effects are not
+    drowned by the many near-zero ones; the validation loss stays the plain MSE. Returns a dict of run facts.
     """
     from .plots import plot_loss_curve
 
@@ -194,6 +208,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     hparams = dict(preset=preset, sizes=sizes, mask_reference=mask_reference, lr=lr, batch_size=batch_size,
                    steps=steps, validate_every=validate_every, patience=patience, lr_schedule=lr_schedule,
                    seed=seed, amp=amp, scale_targets=scale_targets)
+    if loss_weight:  # absent when 0, so that a run of the published recipe keeps its checkpoint hash
+        hparams["loss_weight"] = loss_weight
     key = run_hash(dict(hparams, train=split_fingerprint(train, tinfo), validation=split_fingerprint(val, vinfo)))
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +217,12 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     dev = choose_device(device, "config", "multiplexer.train.device")
     torch.manual_seed(seed)
-    scale = 1.0
+    scale, rms = 1.0, None
+    if scale_targets or loss_weight:
+        rms = target_rms(train)
+        log.info("target RMS on the training split: %.6g", rms)
     if scale_targets:
-        scale = target_rms(train)
-        log.info("target RMS on the training split: %.6g (the network's output scale)", scale)
+        scale = rms
     model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = make_scheduler(opt, lr_schedule, steps, lr)
@@ -263,7 +281,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with autocast():
                 pred = model(x)
-            loss = torch.nn.functional.mse_loss(pred.float(), y)
+            loss = training_loss(pred.float(), y, loss_weight, rms)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss at step {state['step'] + 1}")

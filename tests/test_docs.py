@@ -87,3 +87,15 @@ def test_readme_is_an_overview():
     links = set(relative_links(REPO / "README.md"))
     for page in (REPO / "docs").glob("*.md"):
         assert any(t.split("#")[0] == f"docs/{page.name}" for t in links), f"README.md does not link docs/{page.name}"
+
+
+def test_no_residue_of_how_the_project_was_built():
+    """No tracked file names a work item or a working session by number, or reads or cites a folder
+    outside the repository (the pattern is assembled so that this file does not match itself)."""
+    import subprocess
+
+    pattern = "|".join(["iss" + "ue [0-9]", "sess" + "ion [0-9]", r"\.\./sha" + "red"])
+    found = subprocess.run(["git", "grep", "-nE", pattern], cwd=REPO, capture_output=True, text=True)
+    if found.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert found.stdout == "", found.stdout[:2000]

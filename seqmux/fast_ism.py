@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .capture import CaptureError, capture
+from .capture import CaptureError, capture, model_name
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +286,10 @@ class _Analyser:
     def __init__(self, model, length):
         self.model, self.length = model, length
         try:
-            self.graph, self.values = capture(model, length, _leaf_types())
+            captured = capture(model, length, _leaf_types())
         except CaptureError as err:
             raise Unsupported(f"its forward cannot be captured ({err})")
+        self.graph, self.values = captured.graph, captured.values
         self.modules = dict(model.named_modules())
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
         self.depends = set()                    # nodes that depend on the input
@@ -1172,4 +1173,4 @@ def _report(model, reason):
     """Log once per model that fast ISM falls back to naive ISM."""
     if _REPORTED.get(model) != reason:
         _REPORTED[model] = reason
-        log.info("fast ISM cannot analyse %s (%s): using naive ISM", type(model).__name__, reason)
+        log.info("fast ISM cannot analyse %s (%s): using naive ISM", model_name(model), reason)

@@ -85,11 +85,18 @@ class _ShapedTracer(fx.Tracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         node = proxy.node
-        a, kw = fx.node.map_arg((node.args, node.kwargs), lambda n: self.values[n])
+        a, kw = fx.node.map_arg((node.args, node.kwargs), self._value_of)
         with _untraced():
             value = self._evaluate(kind, target, a, kw)
         self.values[node] = value
         return proxy
+
+    def _value_of(self, n):
+        """A node's value; a ``get_attr`` the tracer made without a proxy (a tensor constant of
+        the forward, e.g. an extra argument) is read from the root."""
+        if n not in self.values and n.op == "get_attr":
+            self.values[n] = self._evaluate("get_attr", n.target, (), {})
+        return self.values[n]
 
     def _evaluate(self, kind, target, a, kw):
         if kind == "placeholder":

@@ -261,7 +261,17 @@ class Bound(nn.Module):
         self.ism_name = model_name(model)
 
     def forward(self, x):
-        raw = self.model(x, *self.extra_args, **self.extra_kwargs)
+        args, kwargs = self.extra_args, self.extra_kwargs
+        if isinstance(x, fx.Proxy):      # traced: tensor arguments become constants the trace can follow
+            def node(name, value):
+                if not isinstance(value, torch.Tensor):
+                    return value
+                setattr(self, name, value)
+                return x.tracer.create_proxy("get_attr", name, (), {})
+
+            args = tuple(node(f"ism_arg{i}", a) for i, a in enumerate(args))
+            kwargs = {k: node(f"ism_kwarg_{k}", v) for k, v in kwargs.items()}
+        raw = self.model(x, *args, **kwargs)
         if self.key is _UNRESOLVED:
             self.key = output_key(raw, self.output)
         return raw if self.key is None else raw[self.key]

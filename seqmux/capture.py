@@ -99,8 +99,8 @@ class _ShapedTracer(fx.Tracer):
         return self.values[n]
 
     def _evaluate(self, kind, target, a, kw):
-        if kind == "placeholder":
-            value = self.example
+        if kind == "placeholder":        # the window; a parameter with a default: the default
+            value = a[0] if a else self.example
         elif kind == "get_attr":
             value = self.root
             for part in target.split("."):
@@ -119,8 +119,11 @@ class _ShapedTracer(fx.Tracer):
 @contextlib.contextmanager
 def preserved(model):
     """Every module of ``model`` left with the attributes (parameters, buffers, submodules and
-    plain attributes, as objects) it had before the block."""
+    plain attributes, as objects) it had before the block; its lists, dicts and sets (one level
+    deep) keep their contents."""
     saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    containers = [(v, list(v) if isinstance(v, list) else v.copy()) for _, attrs, *_ in saved
+                  for k, v in attrs.items() if isinstance(v, (list, dict, set)) and not k.startswith("_")]
     try:
         yield
     finally:
@@ -128,6 +131,12 @@ def preserved(model):
             m.__dict__.clear()
             m.__dict__.update(attrs)
             for now, before in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
+                now.clear()
+                now.update(before)
+        for now, before in containers:     # a list the forward appends to, ...
+            if isinstance(now, list):
+                now[:] = before
+            else:
                 now.clear()
                 now.update(before)
 

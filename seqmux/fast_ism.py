@@ -240,6 +240,10 @@ def _params_signature(model):
     return tuple(sig)
 
 
+def _describe(value):
+    return f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
 def _node_inputs(node):
     """The fx Nodes among a node's args and kwargs."""
     found = []
@@ -308,7 +312,9 @@ class _Analyser:
         nodes = list(self.graph.nodes)
         placeholders = [n for n in nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
-            raise Unsupported("forward takes more than one input")
+            names = ", ".join(n.target for n in placeholders[1:])
+            raise Unsupported(f"forward takes more than the window ({names}): call it through "
+                              "seqmux.ism.predict_substitutions, which binds args= and kwargs=")
         for m in self.model.modules():
             if isinstance(m, _DROPOUTS + _NORMS) and m.training:
                 raise Unsupported(f"{type(m).__name__} in training mode")
@@ -332,8 +338,8 @@ class _Analyser:
         if output is None or not isinstance(output.args[0], fx.Node):
             raise Unsupported("forward does not return one tensor")
         value = self.values[output.args[0]]
-        if not isinstance(value, torch.Tensor) or value.dim() != 2:
-            raise Unsupported("forward does not return one [batch, outputs] tensor")
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != 1:
+            raise Unsupported(f"forward returns {_describe(value)}, not one [batch, ...] tensor")
         self.output = output.args[0]
         # a local activation read by a layer run in full is the frontier of the local part
         if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense:
@@ -1146,7 +1152,7 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         _report(model, reason)
         return None
     m = offsets.shape[0]
-    out = reference.new_empty(m, reference.shape[0])
+    out = reference.new_empty((m,) + tuple(reference.shape))
     if m == 0:
         return out
     offsets, alts = offsets.long(), alts.long()

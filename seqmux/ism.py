@@ -14,6 +14,7 @@ float32 rounding (at most 6.2e-6 between fast and naive ISM on the embedded defa
 """
 
 import contextlib
+import inspect
 import logging
 import weakref
 
@@ -290,11 +291,22 @@ def _signature(value):
         return ("object", id(value))
 
 
+def _one_parameter(model):
+    """Whether ``model.forward`` takes the window alone (a trace makes every other parameter,
+    defaults and ``*args`` included, an input of its own)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+
+
 def bind(model, args=(), kwargs=None, key=None):
-    """``model`` itself when nothing is bound, else a (cached) ``Bound`` of it, so that fast ISM
-    keeps its plan between calls with the same arguments."""
+    """``model`` itself when its forward takes the window alone and nothing is bound, else a
+    (cached) ``Bound`` of it, so that fast ISM keeps its plan between calls with the same
+    arguments."""
     kwargs = kwargs or {}
-    if not args and not kwargs and key is None:
+    if not args and not kwargs and key is None and _one_parameter(model):
         return model
     sig = (tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())),
            _signature(key))
@@ -307,13 +319,14 @@ def bind(model, args=(), kwargs=None, key=None):
 
 
 def model_dtype_device(model, fallback=None):
-    """``(dtype, device)`` of a model's first floating-point parameter or buffer (float32 and the
-    device of ``fallback``, or the CPU, for a model without one)."""
+    """``(dtype, device)`` of a model's first floating-point parameter or buffer; for a model
+    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU)."""
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():
             return t.dtype, t.device
-    device = fallback.device if isinstance(fallback, torch.Tensor) else torch.device("cpu")
-    return torch.float32, device
+    if isinstance(fallback, torch.Tensor):
+        return (fallback.dtype if fallback.is_floating_point() else torch.float32), fallback.device
+    return torch.float32, torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -349,11 +362,20 @@ def checked_substitutions(offsets, alts, length, device):
     return off, alt
 
 
+def _on_model(value, dtype, device):
+    """A tensor argument on the model's device, in its dtype if floating-point (integer ones, such
+    as indices, keep theirs); anything else unchanged."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+
+
 @contextlib.contextmanager
 def prepared(model, onehot, args=(), kwargs=None, output=None):
     """Inside the block, ``(net, x, ref)``: the model in eval mode narrowed to one input and one
-    output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device, and the
-    model's output ``[F]`` on it. Restores the model's mode afterwards."""
+    output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device (so are
+    the tensors among ``args`` / ``kwargs``, ``_on_model``), and the model's output ``[F]`` (or
+    any shape) on it. Restores the model's mode afterwards."""
     onehot = torch.as_tensor(onehot)
     if onehot.dim() != 2 or onehot.shape[0] != 4:
         raise ValueError(f"onehot must be [4, L], got shape {list(onehot.shape)}")
@@ -361,6 +383,8 @@ def prepared(model, onehot, args=(), kwargs=None, output=None):
     with eval_mode(model), torch.no_grad():
         dtype, device = model_dtype_device(model, onehot)
         x = onehot.to(device, dtype)
+        args = tuple(_on_model(a, dtype, device) for a in args)
+        kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}
         raw = model(x.unsqueeze(0), *args, **kwargs)
         key = output_key(raw, output)
         ref = (raw if key is None else raw[key])[0]
@@ -408,7 +432,7 @@ def _predict(net, x, offsets, alts, ref, method, batch_size):
 
         alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size)
     if alt is None:  # naive, or not analysable (logged once): naive ISM gives the same values
-        alt = ref.new_empty(offsets.shape[0], ref.shape[0])
+        alt = ref.new_empty((offsets.shape[0],) + tuple(ref.shape))
         todo = torch.nonzero(~identity).flatten()
         if todo.numel():
             alt[todo] = naive_substitution_predictions(net, x, offsets[todo], alts[todo], batch_size).to(alt.dtype)

@@ -122,7 +122,7 @@ class _Local:
     ``rel[j][p]`` positions into the source's window, ``w_in`` wide.
     """
     id: int
-    op: str                      # input | conv | pool | pointwise | shift | binary | crop
+    op: str                      # input | alias | conv | pool | pointwise | shift | binary | crop | cat | channels
     name: str
     c: int
     length: int
@@ -139,6 +139,7 @@ class _Local:
     delta: bool = False          # conv of stride 1 done as a transposed convolution of the change
     relu: bool = False
     flat: bool = False
+    hw: bool = False             # viewed as [1, 1, C, l] (the window unsqueezed for a Conv2d(1, C', (C, k)))
     st: np.ndarray = None
     width: int = 1
     lo: np.ndarray = None
@@ -197,7 +198,7 @@ class Plan:
         for loc in self.locals:
             if loc.op in ("conv", "pool"):
                 parts.append(f"{loc.kind}{'(delta)' if loc.delta else ''}[{loc.width}]")
-            elif loc.op in ("binary", "crop"):
+            elif loc.op in ("binary", "crop", "cat"):
                 parts.append(f"{loc.kind or loc.op}[{loc.width}]")
         for d in self.dense:
             s = self.locals[d.src]
@@ -315,11 +316,11 @@ class _Analyser:
             names = ", ".join(n.target for n in placeholders[1:])
             raise Unsupported(f"forward takes more than the window ({names}): call it through "
                               "seqmux.ism.predict_substitutions, which binds args= and kwargs=")
-        for m in self.model.modules():
+        for name, m in self.model.named_modules():
             if isinstance(m, _DROPOUTS + _NORMS) and m.training:
-                raise Unsupported(f"{type(m).__name__} in training mode")
+                raise Unsupported(f"layer {name} ({type(m).__name__}) is in training mode")
             if isinstance(m, _NORMS) and m.running_mean is None:
-                raise Unsupported(f"{type(m).__name__} without running statistics")
+                raise Unsupported(f"layer {name} ({type(m).__name__}) has no running statistics")
         output = None
         for n in nodes:
             if n.op == "output":
@@ -365,6 +366,8 @@ class _Analyser:
         src = self.loc(loc_ins[0])
         four_d = len(src.shape) == 4 and not src.flat
         shape_in = src.shape
+        if src.hw and not (n.op == "call_module" and isinstance(self.modules[n.target], nn.Conv2d)):
+            return False                      # [B, 1, C, l]: a Conv2d over the channels reads it, else in full
         if n.op == "call_module":
             m = self.modules[n.target]
             if len(loc_ins) != 1 or len(n.args) != 1 or n.kwargs:
@@ -418,10 +421,16 @@ class _Analyser:
                 (n.op == "call_function" and target in (torch.unsqueeze, torch.squeeze)):
             rest = [a for a in n.args if a is not loc_ins[0]]
             dim = rest[0] if rest else n.kwargs.get("dim")
+            if target in ("unsqueeze", torch.unsqueeze) and dim in (1, -3) and len(shape_in) == 3 \
+                    and not src.flat and len(loc_ins) == 1:
+                self.view(n, src).hw = True   # [B, 1, C, l], for a Conv2d whose kernel spans the C rows
+                return True
             ok = not src.flat and (target in ("unsqueeze", torch.unsqueeze) and len(shape_in) == 3
                                    or target in ("squeeze", torch.squeeze) and len(shape_in) == 4) \
                 and dim in (2, -2) and len(loc_ins) == 1
             return ok and self.view(n, src)
+        if n.op == "call_function" and target is torch.cat:
+            return self.cat(n, loc_ins)
         if n.op == "call_function" and target is operator.getitem and len(loc_ins) == 1:
             return not src.flat and self.crop(n, src)
         if n.op == "call_function" and target is F.dropout:
@@ -447,8 +456,25 @@ class _Analyser:
         return _bind(fn, args, kwargs, four_d)
 
     def view(self, n, src):
-        """``unsqueeze(2)`` / ``squeeze(2)``: the same activation with another shape."""
-        self.new_local(n, "alias", [src.id], src.c, src.length)
+        """``unsqueeze(2)`` / ``squeeze(2)`` (``unsqueeze(1)``): the same activation with another shape."""
+        return self.new_local(n, "alias", [src.id], src.c, src.length)
+
+    def cat(self, n, loc_ins):
+        """``torch.cat`` of local activations along the channels: each source's change is read
+        over the union of their windows (as a residual addition's), then they are stacked."""
+        parts = n.args[0] if n.args else n.kwargs.get("tensors")
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(parts, (list, tuple)) or any(p not in self.node_local for p in parts):
+            return False
+        srcs = [self.loc(p) for p in parts]
+        shape = srcs[0].shape
+        if any(s.flat or s.hw or len(s.shape) != len(shape) or s.shape[2:] != shape[2:] for s in srcs) \
+                or len(shape) not in (3, 4) or dim not in (1, 1 - len(shape)):
+            return False
+        c = sum(s.c for s in srcs)
+        if tuple(self.values[n].shape) != (shape[0], c) + tuple(shape[2:]):
+            return False
+        self.new_local(n, "cat", [s.id for s in srcs], c, srcs[0].length, kind="cat")
         return True
 
     def flatten(self, n, src):
@@ -465,6 +491,8 @@ class _Analyser:
 
     def conv(self, n, src, m):
         shape = src.shape
+        if src.hw:
+            return self.conv_over_bases(n, src, m)
         if isinstance(m, nn.Conv2d):
             if len(shape) != 4:
                 return False
@@ -491,6 +519,25 @@ class _Analyser:
         out = self.values[n]
         self.new_local(n, "conv", [src.id], out.shape[1], out.shape[-1], fn=weight, kind="conv", k=k, s=s, d=d,
                        pl=pl, groups=m.groups, delta=s == 1)
+        return True
+
+    def conv_over_bases(self, n, src, m):
+        """A ``Conv2d(1, C', (C, k))`` on ``[B, 1, C, l]``: a ``Conv1d(C, C', k)``, output
+        ``[B, C', 1, l']``."""
+        kh, k = m.kernel_size
+        sh, s = m.stride
+        dh, d = m.dilation
+        out = self.values[n]
+        if isinstance(m.padding, str):
+            pl = 0 if m.padding == "valid" else d * (k - 1) // 2
+        else:
+            pl = m.padding[1]
+        if m.in_channels != 1 or kh != src.c or dh != 1 or m.groups != 1 or m.padding_mode != "zeros" \
+                or out.dim() != 4 or out.shape[2] != 1 or (not isinstance(m.padding, str) and m.padding[0]):
+            return False
+        weight = lambda: m.weight[:, 0]  # noqa: E731
+        self.new_local(n, "conv", [src.id], out.shape[1], out.shape[-1], fn=weight, kind="conv", k=k, s=s, d=d,
+                       pl=pl, groups=1, delta=s == 1)
         return True
 
     def pool(self, n, src, m):
@@ -528,8 +575,16 @@ class _Analyser:
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + [slice(None)] * (len(src.shape) - len(index) + 1) + index[at + 1:]
+        index += [slice(None)] * (len(src.shape) - len(index))
         if len(index) != len(src.shape) or any(not isinstance(i, slice) for i in index):
             return False
+        if index[0] == slice(None) and all(i == slice(None) for i in index[2:]) and index[1] != slice(None) \
+                and (len(src.shape) == 3 or index[2] == slice(None)):
+            c0, c1, step = index[1].indices(src.c)             # a range of channels
+            if step != 1 or c1 <= c0:
+                return False
+            self.new_local(n, "channels", [src.id], c1 - c0, src.length, kind="channels", k=c0)
+            return True
         if any(i != slice(None) for i in index[:-1]):
             return False
         start, stop, step = index[-1].indices(src.length)
@@ -640,7 +695,7 @@ def _geometry(loc, locs, L):
         return
     src = [locs[s] for s in loc.src]
     s0 = src[0]
-    if loc.op in ("alias", "pointwise", "shift"):
+    if loc.op in ("alias", "pointwise", "shift", "channels"):
         loc.st, loc.width, loc.lo, loc.hi = s0.st, s0.width, s0.lo, s0.hi
         return
     if loc.op in ("conv", "pool"):
@@ -673,19 +728,19 @@ def _geometry(loc, locs, L):
         loc.w_in = loc.width
         loc.rel = [loc.st + shift - s0.st]
         return
-    if loc.op == "binary":
-        a, b = src
-        lo = np.where(a.hi > a.lo, a.lo, b.lo)
-        lo = np.where(b.hi > b.lo, np.minimum(lo, b.lo), lo)
-        hi = np.maximum(np.where(a.hi > a.lo, a.hi, 0), np.where(b.hi > b.lo, b.hi, 0))
+    if loc.op in ("binary", "cat"):
+        some = [s.hi > s.lo for s in src]
+        big = np.iinfo(np.int64).max
+        lo = np.min([np.where(k, s.lo, big) for s, k in zip(src, some)], axis=0)
+        hi = np.max([np.where(k, s.hi, 0) for s, k in zip(src, some)], axis=0)
         empty = hi <= lo
         loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
-        st = np.minimum(a.st, b.st)
-        width = int((np.maximum(a.st + a.width, b.st + b.width) - st).max())
+        st = np.min([s.st for s in src], axis=0)
+        width = int((np.max([s.st + s.width for s in src], axis=0) - st).max())
         if width >= loc.length:
             st, width = np.zeros(L, dtype=np.int64), loc.length
         loc.st, loc.width, loc.w_in = st, width, width
-        loc.rel = [st - a.st, st - b.st]
+        loc.rel = [st - s.st for s in src]
         return
     raise AssertionError(loc.op)
 
@@ -901,7 +956,7 @@ def _run_locals(plan, padded, onehot, pos, pos_np, alts):
     Changes are position-major, ``[N, W, C]``: a layer's GEMM reads them without a copy."""
     changes = [None] * len(plan.locals)
     for loc, tab in zip(plan.locals, plan.tables):
-        if loc.op in ("conv", "pool", "crop", "binary", "shift"):
+        if loc.op in ("conv", "pool", "crop", "binary", "shift", "cat", "channels"):
             _free(plan, changes, loc)
         changes[loc.id] = _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts)
         for s in loc.src:
@@ -923,6 +978,8 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         return src
     if op == "shift":
         return _Change(src.get())
+    if op == "channels":
+        return _Change(src.get()[:, :, loc.k:loc.k + loc.c].contiguous())
     if op == "pointwise":
         if loc.pair_in:
             ref, new = (src.ref, src.new) if loc.in_place else (src.ref.clone(), src.new.clone())
@@ -947,6 +1004,8 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
             delta = _unfold(ref + shifted, loc).amax(-1) - _unfold(ref, loc).amax(-1)
     elif op == "crop":
         delta = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+    elif op == "cat":
+        delta = torch.cat([_rel_shift(loc, j, changes[s].get(), tab, pos, pos_np) for j, s in enumerate(loc.src)], 2)
     elif op == "binary":
         delta = _added_in_place(plan, loc, changes, pos_np) if loc.kind == "add" else None
         if delta is None:

@@ -182,6 +182,7 @@ class Plan:
     weights: dict = field(default_factory=dict)  # local id -> convolution weight as a GEMM operand
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
+    full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -215,6 +216,22 @@ class Plan:
         """The window widths of the convolution and pooling layers, in forward order."""
         return [loc.width for loc in self.locals if loc.op in ("conv", "pool")]
 
+    def ops_per_chunk(self):
+        """Torch operations one chunk of mutants runs besides its dense-layer GEMMs (a count for
+        the cost model: on small models each costs more than its arithmetic)."""
+        ops = {"input": 3, "alias": 0, "pool": 9, "pointwise": 2, "shift": 1, "binary": 5, "crop": 4,
+               "channels": 1}
+        total = 0
+        for loc in self.locals:
+            if loc.op == "conv":
+                total += loc.k + 4 if loc.delta and loc.groups == 1 else 6
+            elif loc.op == "cat":
+                total += 3 * len(loc.src) + 1
+            else:
+                total += ops[loc.op]
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
+        return total + len(self.replay) + 5 * len(frontier) + 6
+
     def macs_per_mutant(self):
         """Multiply-adds of one mutant's incremental computation (local convolutions, the first
         dense layers and the dense layers run in full)."""
@@ -231,6 +248,35 @@ class Plan:
             if isinstance(m, nn.Linear):
                 total += m.in_features * m.out_features
         return total
+
+
+def _full_macs(graph, modules, values):
+    """Multiply-adds of one full forward pass on batch 1: its convolutions and linear layers."""
+    total = 0
+    for n in graph.nodes:
+        m = modules.get(n.target) if n.op == "call_module" else None
+        out = values.get(n)
+        if isinstance(m, _CONVS) and isinstance(out, torch.Tensor):
+            total += out.numel() * m.weight[0].numel()
+        elif isinstance(m, nn.Linear) and isinstance(out, torch.Tensor):
+            total += out.numel() * m.in_features
+    return total
+
+
+# the cost model that picks naive ISM where fast ISM would be slower (deterministic: a function of
+# the plan and the substitutions): seconds per multiply-add and per torch operation of each kind
+# of device, measured on this project's CPU and GPU machines
+COST = {"cpu": {"mac": 1 / 2e10, "op": 1e-5}, "cuda": {"mac": 1 / 2e13, "op": 1.5e-5}}
+
+
+def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
+    """``(incremental, naive)`` seconds the cost model expects for ``n_mutants`` of one window."""
+    cost = COST.get(torch.device(device).type, COST["cuda"])
+    fast_ops = n_chunks * plan.ops_per_chunk() + 2 * n_dense_groups + len(list(plan.graph.nodes)) + 20
+    fast = n_mutants * plan.macs_per_mutant() * cost["mac"] + fast_ops * cost["op"]
+    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (len(list(plan.graph.nodes)) + 4)
+    naive = n_mutants * plan.full_macs * cost["mac"] + naive_ops * cost["op"]
+    return fast, naive
 
 
 def _params_signature(model):
@@ -269,6 +315,35 @@ def _bind(fn, args, kwargs, four_d):
     return _channel_major(call, four_d)
 
 
+def _mutates(n, modules):
+    """Whether a node may change a value in place (``x.add_(...)``, ``inplace=True``, ``x += y``)."""
+    if n.kwargs.get("inplace"):
+        return True
+    if n.op == "call_method":
+        return n.target.endswith("_") and not n.target.endswith("__")
+    if n.op == "call_function":
+        name = getattr(n.target, "__name__", "")
+        return name.startswith("i") and getattr(operator, name, None) is n.target or name.endswith("_")
+    return n.op == "call_module" and bool(getattr(modules.get(n.target), "inplace", False))
+
+
+def _prune(graph, modules):
+    """Drop the nodes the output does not need (a head a tuple's selection left unused), unless
+    one of them might change another value in place."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    needed, stack = set(), [output]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(_node_inputs(n))
+    dead = [n for n in graph.nodes if n not in needed and n.op != "placeholder"]
+    if any(_mutates(n, modules) for n in dead):
+        return
+    for n in reversed(dead):
+        graph.erase_node(n)
+
+
 def _is_flatten(n, shape_in):
     """Whether node ``n`` flattens its input ``[1, C, (1,) l]`` to ``[1, C * l]``."""
     if n.op == "call_function" and n.target is torch.flatten or n.op == "call_method" and n.target == "flatten":
@@ -295,6 +370,7 @@ class _Analyser:
         except CaptureError as err:
             raise Unsupported(f"its forward cannot be captured ({err})")
         self.graph, self.values = captured.graph, captured.values
+        _prune(self.graph, dict(model.named_modules()))
         self.modules = dict(model.named_modules())
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
         self.depends = set()                    # nodes that depend on the input
@@ -675,6 +751,7 @@ class _Analyser:
         plan = Plan(L, self.graph, self.modules, locs, self.node_local, self.dense, self.replay, self.static,
                     self.output, reads, live)
         plan.order_src = self.dense[0].src if self.dense else None
+        plan.full_macs = _full_macs(self.graph, self.modules, self.values)
         return plan
 
 
@@ -1186,9 +1263,11 @@ def _chunks(starts, batch_size):
 
 
 @torch.no_grad()
-def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256):
+def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
-    computation; ``None`` when the model cannot be analysed (the caller falls back to naive ISM).
+    computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
+    (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
+    runs naive ISM; the reason is logged once per model).
 
     ``reference``: the model's own output ``[F]`` on ``onehot`` (computed when not given); the
     plan's reference must match it, else the model counts as not analysable. Identity
@@ -1228,14 +1307,23 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     pos, alt_sorted = offsets[order], alts[order]
     pos_np = pos.cpu().numpy()
     starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    for a, b in _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device)):
+    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
+    if choose:
+        groups = sum(len(_dense_groups(starts[a:b])) for a, b in chunks) * len(plan.dense)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
+        if naive_s < fast_s:
+            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
+                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
+            return None
+    for a, b in chunks:
         out[order[a:b]] = _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
                                      alt_sorted[a:b]).to(out.dtype)
     return out
 
 
-def _report(model, reason):
-    """Log once per model that fast ISM falls back to naive ISM."""
-    if _REPORTED.get(model) != reason:
-        _REPORTED[model] = reason
-        log.info("fast ISM cannot analyse %s (%s): using naive ISM", model_name(model), reason)
+def _report(model, reason, what="cannot be analysed"):
+    """Log once per model (and reason) that fast ISM runs naive ISM instead."""
+    key = reason if what == "cannot be analysed" else what
+    if _REPORTED.get(model) != key:
+        _REPORTED[model] = key
+        log.info("fast ISM of %s %s (%s): using naive ISM", model_name(model), what, reason)

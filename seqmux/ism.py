@@ -247,6 +247,7 @@ def output_key(raw, output=None):
 
 
 _UNRESOLVED = object()
+METHODS = ("fast", "incremental", "naive")
 
 
 class Bound(nn.Module):
@@ -404,11 +405,12 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
     """Reference outputs ``[F]`` and substitution outputs ``[M, F]`` for ``onehot [4, L]``.
 
     ``offsets``/``alts``: ``[M]`` integers (0-based position in the window, base index in A,G,C,T
-    order); ``ValueError`` for any outside the window or the bases. ``method``: ``fast`` (exact
-    incremental ISM, ``seqmux.fast_ism``; models it cannot analyse, or that it would not make
-    faster, run naive ISM with one log line saying why) or ``naive`` (one full forward pass per
-    substitution, in batches of ``batch_size``; fast ISM processes chunks of at most
-    ``batch_size`` mutants).
+    order); ``ValueError`` for any outside the window or the bases. ``method``: ``fast`` (the
+    fastest exact path: incremental ISM, ``seqmux.fast_ism``, except on models it cannot analyse
+    or where its cost model expects naive ISM to be faster, which run naive ISM with one log line
+    saying why), ``incremental`` (incremental ISM whenever the model can be analysed) or
+    ``naive`` (one full forward pass per substitution, in batches of ``batch_size``; incremental
+    ISM processes chunks of at most ``batch_size`` mutants).
 
     Every forward call is ``model(x, *args, **kwargs)``; ``output`` selects the one output of a
     model returning a tuple or dict (``output_key``; ``OutputSelectionError`` naming the choices
@@ -423,14 +425,14 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
 
 def _predict(net, x, offsets, alts, ref, method, batch_size):
     """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model."""
-    if method not in ("fast", "naive"):
-        raise ValueError(f"unknown ISM method {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
     identity = identity_mask(x, offsets, alts)
     alt = None
-    if method == "fast":
+    if method in ("fast", "incremental"):
         from .fast_ism import fast_substitution_predictions
 
-        alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size)
+        alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast")
     if alt is None:  # naive, or not analysable (logged once): naive ISM gives the same values
         alt = ref.new_empty((offsets.shape[0],) + tuple(ref.shape))
         todo = torch.nonzero(~identity).flatten()

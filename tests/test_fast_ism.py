@@ -72,7 +72,7 @@ def ism_both(model, tokens, batch_size=97, device="cpu", offsets=None, alts=None
         offsets, alts = substitutions(tokens)
     off = torch.as_tensor(np.asarray(offsets, dtype=np.int64), device=device)
     alt = torch.as_tensor(np.asarray(alts, dtype=np.int64), device=device)
-    ref_f, fast = substitution_effects(model, x, off, alt, "logfold", "fast", batch_size)
+    ref_f, fast = substitution_effects(model, x, off, alt, "logfold", "incremental", batch_size)
     ref_n, naive = substitution_effects(model, x, off, alt, "logfold", "naive", naive_batch)
     assert torch.equal(ref_f, ref_n)
     return fast, naive

@@ -133,13 +133,13 @@ class Counting(nn.Module):
         return torch.sigmoid(self.lin(torch.relu(self.conv(x)).flatten(1)))
 
 
-@pytest.mark.parametrize("method", ["fast", "naive"])
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 @pytest.mark.parametrize("cls, output, head", [(TwoHeads, 0, 0), (TwoHeads, 1, 1), (TwoHeads, -1, 1),
                                                (DictHeads, "count", "count"), (DictHeads, 0, "profile")])
 def test_a_chosen_head_of_a_tuple_or_dict(cls, output, head, method, monkeypatch):
     model = seeded(cls(), 1)
     x, (off, alt) = window(1), every_substitution()
-    if method == "fast":
+    if method == "incremental":
         forbid_naive(monkeypatch)
     ref, out = predict_substitutions(model, x, off, alt, method, 37, output=output)
     expected = brute_force(lambda m: model(m)[head], x, off, alt)
@@ -152,13 +152,13 @@ def test_several_heads_and_none_chosen_is_an_error_naming_the_choices():
     x, (off, alt) = window(2), every_substitution()
     with pytest.raises(OutputSelectionError, match=r"a tuple of 2 outputs \(0: tensor \[1, 5\], 1: tensor \[1, 3\]\)"
                        r": choose one with output=<index>"):
-        predict_substitutions(seeded(TwoHeads(), 2), x, off, alt, "fast")
+        predict_substitutions(seeded(TwoHeads(), 2), x, off, alt, "incremental")
     with pytest.raises(OutputSelectionError, match="'profile': tensor .1, 5., 'count': tensor .1, 3."):
         predict_substitutions(seeded(DictHeads(), 2), x, off, alt, "naive")
     with pytest.raises(OutputSelectionError, match="output=2 is none of the model's outputs"):
-        predict_substitutions(seeded(TwoHeads(), 2), x, off, alt, "fast", output=2)
+        predict_substitutions(seeded(TwoHeads(), 2), x, off, alt, "incremental", output=2)
     with pytest.raises(OutputSelectionError, match="leave output unset"):
-        predict_substitutions(seeded(Counting(), 2), x, off, alt, "fast", output=0)
+        predict_substitutions(seeded(Counting(), 2), x, off, alt, "incremental", output=0)
 
 
 def test_effects_of_a_sigmoid_head_come_from_its_logits(monkeypatch):
@@ -166,25 +166,25 @@ def test_effects_of_a_sigmoid_head_come_from_its_logits(monkeypatch):
     model = seeded(TwoHeads(), 3)
     x, (off, alt) = window(3), every_substitution()
     forbid_naive(monkeypatch)
-    ref, eff = substitution_effects(model, x, off, alt, "diff", "fast", output=1)
+    ref, eff = substitution_effects(model, x, off, alt, "diff", "incremental", output=1)
     probs = brute_force(lambda m: model(m)[1], x, off, alt)
     assert torch.allclose(ref, model(x[None])[1][0], rtol=0, atol=1e-15)
     assert torch.allclose(eff, probs - ref, rtol=0, atol=1e-12)
     tokens = x.argmax(0).numpy().astype(np.uint8)
     tokens[3] = 4                                      # the N column
-    _, target = window_targets(model, tokens, off.numpy(), alt.numpy(), "diff", output=1)
+    _, target = window_targets(model, tokens, off.numpy(), alt.numpy(), "diff", "incremental", output=1)
     assert target.shape == (3, 4, L)
     assert np.allclose(target[:, alt.numpy(), off.numpy()], eff.T.float().numpy(), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["fast", "naive"])
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 def test_extra_arguments_reach_every_forward_call(method, monkeypatch):
     model = seeded(ExtraInputs(), 4)
     x, (off, alt) = window(4), every_substitution()
     gen = torch.Generator().manual_seed(4)
     shift = torch.randn(1, 6, 1, generator=gen, dtype=torch.float64)
     cell = torch.randn(1, 2, generator=gen, dtype=torch.float64)
-    if method == "fast":
+    if method == "incremental":
         forbid_naive(monkeypatch)
     ref, out = predict_substitutions(model, x, off, alt, method, 50, args=(shift, cell), kwargs={"scale": 1.7})
     expected = brute_force(lambda m: model(m, shift, cell, scale=1.7), x, off, alt)
@@ -202,12 +202,12 @@ def test_input_is_cast_to_the_models_dtype(dtype, monkeypatch):
     model = seeded(TwoHeads(), 5).float()
     x, (off, alt) = window(5), every_substitution()
     forbid_naive(monkeypatch)
-    ref32, out32 = predict_substitutions(model, x.float(), off, alt, "fast", output=0)
-    ref, out = predict_substitutions(model, x.to(dtype), off.int(), alt.short(), "fast", output=0)
+    ref32, out32 = predict_substitutions(model, x.float(), off, alt, "incremental", output=0)
+    ref, out = predict_substitutions(model, x.to(dtype), off.int(), alt.short(), "incremental", output=0)
     assert out.dtype == torch.float32 and torch.equal(out, out32) and torch.equal(ref, ref32)
 
 
-@pytest.mark.parametrize("method", ["fast", "naive"])
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 def test_train_mode_runs_as_eval_and_is_restored(method, monkeypatch):
     model = seeded(Noisy(), 6)
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_train_mode_runs_as_eval_and_is_restored(method, monkeypatch):
     expected = brute_force(model, x, off, alt)         # eval mode
     model.train()
     model.head[1].eval()                               # a mixed state, as it was
-    if method == "fast":
+    if method == "incremental":
         forbid_naive(monkeypatch)
     _, out = predict_substitutions(model, x, off, alt, method)
     assert torch.allclose(out, expected, rtol=0, atol=1e-12)
@@ -231,7 +231,7 @@ def test_capture_leaves_no_trace_in_the_model(monkeypatch):
     forbid_naive(monkeypatch)
     ok, why = analysable(model, L)
     assert ok, why
-    _, eff = substitution_effects(model, x, off, alt, "diff", "fast")       # traced for its logits too
+    _, eff = substitution_effects(model, x, off, alt, "diff", "incremental")       # traced for its logits too
     assert type(model.rows) is int
     assert {m: set(vars(m)) for m in model.modules()} == before
     rows = model.rows
@@ -241,7 +241,7 @@ def test_capture_leaves_no_trace_in_the_model(monkeypatch):
     assert torch.allclose(eff, expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["fast", "naive"])
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 def test_identity_substitutions_are_exactly_the_reference(method):
     """On the fast path, on naive ISM and on the fast path's fallback (a float32 model, where a
     recomputed row would differ in its last bits)."""
@@ -266,7 +266,7 @@ def test_identity_substitutions_are_exactly_the_reference(method):
     ([5], [4], r"alt 4 \(substitution 0\) is not a base index"),
     ([5, 6], [1], "2 offsets but 1 alts"),
 ])
-@pytest.mark.parametrize("method", ["fast", "naive"])
+@pytest.mark.parametrize("method", ["incremental", "naive"])
 def test_offsets_outside_the_window_are_refused(offsets, alts, match, method):
     with pytest.raises(ValueError, match=match):
         predict_substitutions(seeded(Counting(), 9), window(9), torch.tensor(offsets), torch.tensor(alts), method)
@@ -287,3 +287,28 @@ def test_count_outputs_names_the_heads_and_the_config_field(tmp_path):
     assert count_outputs(build_base_model("custom", module=str(module), class_name="Heads", output=0), 40) == 3
     with pytest.raises(InputError, match="base_model.output='counts': output='counts' is none of the model's"):
         count_outputs(build_base_model("custom", module=str(module), class_name="Heads", output="counts"), 40)
+
+
+def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, caplog):
+    """On a model too small for incremental ISM to pay off (one dense layer on a 48 bp window),
+    ``fast`` runs naive ISM, says so once in the log, and gives naive ISM's answer."""
+    import logging
+
+    from seqmux import fast_ism
+
+    model = seeded(nn.Sequential(nn.Flatten(), nn.Linear(4 * L, 3)), 10)
+    x, (off, alt) = window(10), every_substitution()
+    assert analysable(model, L)[0]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("incremental ISM ran")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="seqmux.fast_ism"):
+        patch.setattr(fast_ism, "_run_chunk", forbidden)
+        _, out = predict_substitutions(model, x, off, alt, "fast")
+        predict_substitutions(model, window(11), off, alt, "fast")
+    lines = [r.getMessage() for r in caplog.records if "naive ISM" in r.getMessage()]
+    assert len(lines) == 1 and "is faster with naive ISM (the cost model expects" in lines[0], lines
+    assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+    _, incremental = predict_substitutions(model, x, off, alt, "incremental")     # still available
+    assert torch.allclose(incremental, out, rtol=0, atol=1e-12)

@@ -16,7 +16,7 @@ from conftest import ROUNDING_FACTOR
 from seqmux.fast_ism import analysable
 from seqmux.ism import predict_substitutions, substitution_effects
 
-METHODS = ["fast", "naive"]
+METHODS = ["incremental", "naive"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -255,7 +255,7 @@ def test_toy_model_equals_brute_force(name, method, monkeypatch):
     reference; the fast path runs where the peer's does."""
     model, output, fast = toy(name)
     x, (off, alt) = window(1), every_substitution()
-    if method == "fast":
+    if method == "incremental":
         shown = ism.bind(model, (), {}, output)
         assert analysable(shown, 100)[0] == fast, analysable(shown, 100)
         if fast:
@@ -280,7 +280,7 @@ def test_float32_within_rounding(name, monkeypatch):
     rounding = float((brute_force(model, x, off, alt).double() - exact).abs().max())
     rounding = max(rounding, float(np.spacing(np.float32(exact.abs().max()))))
     forbid_naive(monkeypatch)
-    _, out = predict_substitutions(model, x, off, alt, "fast")
+    _, out = predict_substitutions(model, x, off, alt, "incremental")
     assert float((out.double() - exact).abs().max()) <= ROUNDING_FACTOR * rounding
 
 
@@ -317,9 +317,9 @@ def test_windows_are_independent():
     """A window's answer does not depend on the windows before it (the plan is reused)."""
     model, _, _ = toy("small_deepsea", 6)
     off, alt = every_substitution()
-    fresh = predict_substitutions(copy.deepcopy(model), window(7), off, alt, "fast")[1]
-    predict_substitutions(model, window(6), off, alt, "fast")
-    assert torch.equal(predict_substitutions(model, window(7), off, alt, "fast")[1], fresh)
+    fresh = predict_substitutions(copy.deepcopy(model), window(7), off, alt, "incremental")[1]
+    predict_substitutions(model, window(6), off, alt, "incremental")
+    assert torch.equal(predict_substitutions(model, window(7), off, alt, "incremental")[1], fresh)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -327,7 +327,7 @@ def test_extra_arguments_shift_the_outputs(method, monkeypatch):
     """``forward(x, alpha, beta)``: alpha moves every output by exactly alpha, beta scales."""
     model, _, _ = toy("dense_on_flat", 7)
     x, (off, alt) = window(7), every_substitution()
-    if method == "fast":
+    if method == "incremental":
         forbid_naive(monkeypatch)
     ref0, plain = predict_substitutions(model, x, off, alt, method)
     alpha = torch.tensor([[5.0]], dtype=torch.float64)
@@ -387,7 +387,7 @@ def test_fast_path_leaves_the_recorders_list_as_it_was(monkeypatch):
     model = Recorder().eval()
     x, (off, alt) = window(9, 20, torch.float32), every_substitution(20)
     forbid_naive(monkeypatch)
-    predict_substitutions(model, x, off, alt, "fast")
+    predict_substitutions(model, x, off, alt, "incremental")
     assert model.calls == [[(1, "cpu", torch.float32)]]          # the reference call only
 
 
@@ -396,7 +396,7 @@ def test_effects_are_outputs_minus_the_reference():
     reference, exactly; identity rows are exactly 0."""
     model, _, _ = toy("small_deepsea", 10)
     x, (off, alt) = window(10), every_substitution()
-    ref, out = predict_substitutions(model, x, off, alt, "fast")
-    ref2, eff = substitution_effects(model, x, off, alt, "diff", "fast")
+    ref, out = predict_substitutions(model, x, off, alt, "incremental")
+    ref2, eff = substitution_effects(model, x, off, alt, "diff", "incremental")
     assert torch.equal(ref2, ref) and torch.equal(eff, out - ref)
     assert (eff[x[alt, off] == 1.0] == 0).all()

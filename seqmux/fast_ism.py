@@ -183,6 +183,7 @@ class Plan:
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
     full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
+    costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, graph nodes), for the cost model
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -272,9 +273,12 @@ COST = {"cpu": {"mac": 1 / 2e10, "op": 1e-5}, "cuda": {"mac": 1 / 2e13, "op": 1.
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
     """``(incremental, naive)`` seconds the cost model expects for ``n_mutants`` of one window."""
     cost = COST.get(torch.device(device).type, COST["cuda"])
-    fast_ops = n_chunks * plan.ops_per_chunk() + 2 * n_dense_groups + len(list(plan.graph.nodes)) + 20
-    fast = n_mutants * plan.macs_per_mutant() * cost["mac"] + fast_ops * cost["op"]
-    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (len(list(plan.graph.nodes)) + 4)
+    if not plan.costs:
+        plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), len(plan.graph.nodes))
+    ops_per_chunk, macs, n_nodes = plan.costs
+    fast_ops = n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20
+    fast = n_mutants * macs * cost["mac"] + fast_ops * cost["op"]
+    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
     naive = n_mutants * plan.full_macs * cost["mac"] + naive_ops * cost["op"]
     return fast, naive
 

@@ -292,14 +292,21 @@ def _signature(value):
         return ("object", id(value))
 
 
+_ONE_PARAMETER = {}      # forward function -> whether it takes the window alone
+
+
 def _one_parameter(model):
     """Whether ``model.forward`` takes the window alone (a trace makes every other parameter,
     defaults and ``*args`` included, an input of its own)."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+    forward = getattr(model.forward, "__func__", model.forward)
+    if forward not in _ONE_PARAMETER:
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+            one = len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+        except (TypeError, ValueError):
+            one = False
+        _ONE_PARAMETER[forward] = one
+    return _ONE_PARAMETER[forward]
 
 
 def bind(model, args=(), kwargs=None, key=None):

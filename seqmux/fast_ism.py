@@ -179,6 +179,7 @@ class Plan:
     live: np.ndarray = None      # [L] bool: a substitution there can change the output
     tables: list = field(default_factory=list)   # per local: dict of int64 tensors on the device
     read_starts: list = field(default_factory=list)
+    read_rows: list = field(default_factory=list)  # per read: [L, width] rows of its windows (small plans), or None
     weights: dict = field(default_factory=dict)  # local id -> convolution weight as a GEMM operand
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
@@ -843,6 +844,9 @@ _PLANS = weakref.WeakKeyDictionary()   # model -> {length: (signature, Plan or r
 _REPORTED = weakref.WeakKeyDictionary()
 
 
+TABLE_ENTRIES = 1 << 20   # index tables [L, width] kept per plan up to this size (fewer ops per chunk)
+
+
 def get_plan(model, length):
     """The cached ``Plan`` of ``model`` for windows of ``length`` (tables and derived weights on
     the model's device), or the reason string why it cannot be analysed."""
@@ -861,11 +865,16 @@ def get_plan(model, length):
                 tab = {"st": torch.as_tensor(loc.st, device=dev)}
                 for j, rel in enumerate(loc.rel):
                     tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
+                cols = loc.st[:, None] + np.arange(loc.width)
+                if cols.size <= TABLE_ENTRIES and ((cols < 0) | (cols >= loc.length)).any():
+                    tab["outside"] = torch.as_tensor((cols < 0) | (cols >= loc.length), device=dev)[:, :, None]
                 plan.tables.append(tab)
                 if loc.op == "conv":
                     plan.weights[loc.id] = _conv_operand(loc.fn().detach(), loc.groups, loc.delta)
-            for _, starts, _, _, margins in plan.reads:
+            for _, starts, width, _, margins in plan.reads:
                 plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
+                rows = (starts + margins[0])[:, None] + np.arange(width)
+                plan.read_rows.append(torch.as_tensor(rows, device=dev) if rows.size <= TABLE_ENTRIES else None)
             for d in plan.dense:
                 s = plan.locals[d.src]
                 w = d.linear.weight.detach()
@@ -933,6 +942,14 @@ def _reference(plan, onehot):
         elif node not in env:
             env[node] = _call(plan, node, env)
     return env
+
+
+def _read(plan, padded, r, pos, width):
+    """The reference windows ``[N, width, C]`` of read ``r`` for the mutants at ``pos``."""
+    rows = plan.read_rows[r]
+    if rows is None:
+        return _windows(padded[r], plan.read_starts[r][pos], width)
+    return padded[r].index_select(0, rows[pos].flatten()).view(pos.shape[0], width, padded[r].shape[1])
 
 
 def _windows(padded, starts, width):
@@ -1021,8 +1038,9 @@ def _window_cache(plan, onehot):
     read, every local activation as ``[l, C]`` (position-major)."""
     env = _reference(plan, onehot)
     acts = {}
+    needed = {r[0] for r in plan.reads} | {loc.id for loc in plan.locals if loc.keep}
     for node, i in plan.node_local.items():
-        if i not in acts:
+        if i not in acts and i in needed:
             acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].length).T.contiguous()   # [l, C]
     padded = []
     for src, _, _, pad_value, margins in plan.reads:
@@ -1065,7 +1083,7 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         if loc.pair_in:
             ref, new = (src.ref, src.new) if loc.in_place else (src.ref.clone(), src.new.clone())
         else:
-            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
+            ref = _read(plan, padded, loc.reads[0], pos, loc.width)
             new = ref + src.get()
         if loc.relu:
             ref, new = ref.relu_(), new.relu_()
@@ -1081,7 +1099,7 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         if loc.kind == "avgpool":
             delta = _unfold(shifted, loc).mean(-1)
         else:
-            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.w_in)
+            ref = _read(plan, padded, loc.reads[0], pos, loc.w_in)
             delta = _unfold(ref + shifted, loc).amax(-1) - _unfold(ref, loc).amax(-1)
     elif op == "crop":
         delta = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
@@ -1095,11 +1113,14 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
             if loc.kind in ("add", "sub"):
                 delta = loc.fn(da, db)
             else:
-                ra = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
-                rb = _windows(padded[loc.reads[1]], plan.read_starts[loc.reads[1]][pos], loc.width)
+                ra = _read(plan, padded, loc.reads[0], pos, loc.width)
+                rb = _read(plan, padded, loc.reads[1], pos, loc.width)
                 delta = loc.fn(ra + da, rb + db) - loc.fn(ra, rb)
     else:
         raise AssertionError(op)
+    outside = tab.get("outside")
+    if outside is not None:       # zero the positions outside the activation, from the plan's table
+        return _Change(delta.masked_fill(outside[pos], 0.0))
     st = loc.st[pos_np]
     hang = (st < 0) | (st + loc.width > loc.length)
     if hang.any():                # zero the positions outside the activation

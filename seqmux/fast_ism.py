@@ -184,7 +184,8 @@ class Plan:
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
     full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
-    costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, graph nodes), for the cost model
+    full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
+    costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -234,6 +235,14 @@ class Plan:
         frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
         return total + len(self.replay) + 5 * len(frontier) + 6
 
+    def numbers_per_mutant(self):
+        """Numbers one mutant's incremental computation writes: its change windows, the whole
+        activations that layers run in full read, and what those layers compute."""
+        total = sum(loc.width * loc.c for loc in self.locals if loc.op != "alias")
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
+        total += sum(self.locals[i].length * self.locals[i].c for i in frontier)
+        return total + sum(d.linear.out_features for d in self.dense)
+
     def macs_per_mutant(self):
         """Multiply-adds of one mutant's incremental computation (local convolutions, the first
         dense layers and the dense layers run in full)."""
@@ -268,19 +277,20 @@ def _full_macs(graph, modules, values):
 # the cost model that picks naive ISM where fast ISM would be slower (deterministic: a function of
 # the plan and the substitutions): seconds per multiply-add and per torch operation of each kind
 # of device, measured on this project's CPU and GPU machines
-COST = {"cpu": {"mac": 1 / 2e10, "op": 1e-5}, "cuda": {"mac": 1 / 2e13, "op": 1.5e-5}}
+COST = {"cpu": {"mac": 1 / 2e10, "number": 1e-9, "op": 1e-5},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "op": 1.5e-5}}
 
 
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
     """``(incremental, naive)`` seconds the cost model expects for ``n_mutants`` of one window."""
     cost = COST.get(torch.device(device).type, COST["cuda"])
     if not plan.costs:
-        plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), len(plan.graph.nodes))
-    ops_per_chunk, macs, n_nodes = plan.costs
+        plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
+    ops_per_chunk, macs, numbers, n_nodes = plan.costs
     fast_ops = n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20
-    fast = n_mutants * macs * cost["mac"] + fast_ops * cost["op"]
+    fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
     naive_ops = -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
-    naive = n_mutants * plan.full_macs * cost["mac"] + naive_ops * cost["op"]
+    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["number"]) + naive_ops * cost["op"]
     return fast, naive
 
 
@@ -757,6 +767,8 @@ class _Analyser:
                     self.output, reads, live)
         plan.order_src = self.dense[0].src if self.dense else None
         plan.full_macs = _full_macs(self.graph, self.modules, self.values)
+        plan.full_values = sum(v.numel() for n, v in self.values.items()
+                               if n in self.depends and isinstance(v, torch.Tensor))
         return plan
 
 

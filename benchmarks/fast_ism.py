@@ -33,6 +33,18 @@ what the target stage computes). Per method:
 ``legacy_beluga``'s rounds are interleaved with the published layout's (same weights, same
 window), and their ratio printed.
 
+``toys``: tangermeme's own toy models at their size (L = 100; defined in ``tests/test_ism_peer.py``,
+the ported tests), every substitution of one window, rounds interleaved: this project's library
+call ``predict_substitutions(method="fast")`` (the cost model's choice of incremental or naive
+ISM included), its incremental path forced (``method="incremental"``), its naive ISM, and
+tangermeme's fast=True built once (``predict_edits``, the best of its batch sizes).
+
+GEMM peak: the fp32 matrix-multiply throughput of this device at the benchmark's threads
+(``torch.mm`` of 2,048 x 2,048 matrices, the fastest of several, measured between the fast ISM
+rounds so that both see the same load), and for each model the fraction of it that fast ISM
+reaches on the multiply-adds it must do (``Plan.macs_per_mutant``): the physical limit of this
+algorithm here is 1.0.
+
 Deviations: each method's float32 outputs against this project's naive ISM in float64, on the
 substitutions of the first and last 4 positions and of 12 positions in the middle.
 
@@ -66,6 +78,17 @@ from seqmux.runtime import choose_device  # noqa: E402
 from seqmux.variants import substitutions  # noqa: E402
 
 LENGTHS = {"beluga": 2000, "legacy_beluga": 2000, "basset": 600, "bpnet": 1000}
+TOY_LENGTH = 100
+
+
+def gemm_peak(device, n=2048, rounds=5):
+    """Multiply-adds per second of an fp32 ``n x n`` GEMM on ``device`` (the fastest of ``rounds``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    c = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=c)
+    best = min(timed(lambda: torch.mm(a, b, out=c), device)[1] for _ in range(rounds))
+    return n ** 3 / best
 
 
 def sync(device):
@@ -198,9 +221,11 @@ def bench(name, args, device, rng, results):
             pair = logit_model(published, length) or published
             fast_substitution_predictions(pair, x, off[:64], alt[:64], ref, args.chunk)
         t_fast = t_pair = float("inf")
+        peak = 0.0
         for _ in range(args.rounds):     # the fastest of the rounds: a shared machine only slows runs down
             fast, t = timed(lambda: fast_substitution_predictions(head, x, off, alt, ref, args.chunk), device)
             t_fast = min(t_fast, t)
+            peak = max(peak, gemm_peak(device, rounds=2))    # interleaved: the same load as the fast rounds
             if pair is not None:
                 t_pair = min(t_pair, timed(lambda: fast_substitution_predictions(pair, x, off, alt, ref, args.chunk),
                                            device)[1])
@@ -224,9 +249,11 @@ def bench(name, args, device, rng, results):
         del head64
         naive32 = naive_substitution_predictions(head, x, off[check], alt[check], args.naive_batch)
     row = dict(model=name, L=length, fast=t_fast / m, naive=t_naive / len(in_span), m=m,
+               peak=plan.macs_per_mutant() * m / t_fast / peak if ok else float("nan"),
                dev_fast=(fast[check].double() - y64).abs().max().item(),
                dev_naive=(naive32.double() - y64).abs().max().item(), scale=y64.abs().max().item())
-    print(f"this project fast : {row['fast'] * 1e3:8.3f} ms per mutant ({m} substitutions, {t_fast:.1f} s)")
+    print(f"this project fast : {row['fast'] * 1e3:8.3f} ms per mutant ({m} substitutions, {t_fast:.1f} s); "
+          f"{row['peak']:.1%} of the GEMM peak on its multiply-adds")
     if pair is not None:
         row["published"] = t_pair / m
         print(f"  the published layout, same weights, rounds interleaved: {row['published'] * 1e3:8.3f} ms per mutant")
@@ -255,9 +282,73 @@ def bench(name, args, device, rng, results):
     results.append(row)
 
 
+def bench_toys(args, device, rng):
+    """tangermeme's toy models (L = 100): rows of ms per window, rounds interleaved."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_ism_peer import TOYS, toy
+
+    from seqmux.ism import bind, predict_substitutions
+
+    rows = []
+    for name in TOYS:
+        model, output, fast = toy(name, args.seed, torch.float32)
+        if not fast:
+            continue
+        model = model.to(device)
+        net = bind(model, (), {}, output)
+        tokens = window(rng, TOY_LENGTH, n_count=1)
+        x = torch.from_numpy(one_hot(tokens)).to(device)
+        offsets, alts = substitutions(tokens)
+        off = torch.from_numpy(offsets.astype(np.int64)).to(device)
+        alt = torch.from_numpy(alts.astype(np.int64)).to(device)
+        times = {k: float("inf") for k in ("fast", "incremental", "naive", "tangermeme")}
+        calls = {
+            "fast": lambda: predict_substitutions(model, x, off, alt, "fast", args.chunk, output=output),
+            "incremental": lambda: predict_substitutions(model, x, off, alt, "incremental", args.chunk, output=output),
+            "naive": lambda: predict_substitutions(model, x, off, alt, "naive", args.naive_batch, output=output),
+        }
+        tg = None
+        if not args.no_tangermeme and has_tangermeme():
+            import tangermeme.saturation_mutagenesis as tsm
+            from tangermeme._fastism import _FastISM
+
+            X8 = tsm._to_int8(x.unsqueeze(0).cpu())
+            with torch.no_grad():
+                tg = _FastISM(net, X8, None, 0, TOY_LENGTH, device, torch.float32, False)
+            _, chars, positions = tsm._single_edits(X8[0], 0, TOY_LENGTH)
+            for bs in args.tangermeme_batches:
+                calls[f"tangermeme {bs}"] = (lambda b: lambda: tg.predict_edits(0, chars, positions, b))(bs)
+        with torch.no_grad():
+            for fn in calls.values():
+                fn()                                         # plans, captures, warm-up
+            for _ in range(max(5 * args.rounds, 15)):    # tiny runs: many rounds, the fastest counts
+                for key, fn in calls.items():
+                    t = timed(fn, device)[1]
+                    key = "tangermeme" if key.startswith("tangermeme") else key
+                    times[key] = min(times[key], t)
+        from seqmux.fast_ism import _REPORTED
+
+        plan_choice = "naive" if _REPORTED.get(net) == "is faster with naive ISM" else "incremental"
+        rows.append(dict(model=name, m=len(off), choice=plan_choice, **times))
+        print(f"{name}: fast (library, ran {plan_choice}) {times['fast'] * 1e3:.2f} ms, "
+              f"incremental {times['incremental'] * 1e3:.2f} ms, "
+              f"naive {times['naive'] * 1e3:.2f} ms, tangermeme fast=True built {times['tangermeme'] * 1e3:.2f} ms "
+              f"({len(off)} substitutions)")
+    print(f"\ntangermeme's toy models on {device}, L = {TOY_LENGTH} (ms per window; ratios: tangermeme's built "
+          "fast path over this project's)")
+    print("| model | fast (library call) | it ran | incremental | naive | tangermeme fast=True built "
+          "| vs tangermeme | fast vs own naive |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['fast'] * 1e3:.2f} | {r['choice']} | {r['incremental'] * 1e3:.2f} "
+              f"| {r['naive'] * 1e3:.2f} "
+              f"| {r['tangermeme'] * 1e3:.2f} | {r['tangermeme'] / r['fast']:.2f}x | {r['naive'] / r['fast']:.2f}x |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="beluga,legacy_beluga,basset,bpnet")
+    ap.add_argument("--models", default="toys,beluga,legacy_beluga,basset,bpnet",
+                    help="comma-separated; toys: tangermeme's toy models")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--naive-sample", type=int, default=300, help="naive ISM substitutions per model and round")
@@ -285,12 +376,18 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     results = []
     t0 = time.perf_counter()
+    args.peak = gemm_peak(device)
+    print(f"fp32 GEMM peak: {args.peak / 1e9:.1f} G multiply-adds/s (2048 x 2048 torch.mm, "
+          f"{torch.get_num_threads()} threads)")
     for model in args.models.split(","):
-        bench(model.strip(), args, device, rng, results)
+        if model.strip() == "toys":
+            bench_toys(args, device, rng)
+        else:
+            bench(model.strip(), args, device, rng, results)
     print(f"\nsummary on {device} (ms per mutant; ratios are the other method's time over this project's fast)")
     print("| model | L | fast | naive | tangermeme fast=True call | steady | fast=False | vs call | vs steady "
-          "| naive / tangermeme naive | dev fast32 | dev naive32 | dev tangermeme fast32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| naive / tangermeme naive | dev fast32 | dev naive32 | dev tangermeme fast32 | GEMM peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     by = {r["model"]: r for r in results}
     for r in results:
         tg = "tg_call" in r
@@ -300,7 +397,7 @@ def main(argv=None):
                  f"{r['tg_naive'] * 1e3:.2f}" if tg else "",
                  f"{r['tg_call'] / r['fast']:.2f}x" if tg else "", f"{r['tg_steady'] / r['fast']:.2f}x" if tg else "",
                  f"{r['naive'] / r['tg_naive']:.2f}" if tg else "", f"{r['dev_fast']:.1e}", f"{r['dev_naive']:.1e}",
-                 f"{r['dev_tg_fast']:.1e}" if tg else ""]
+                 f"{r['dev_tg_fast']:.1e}" if tg else "", f"{r['peak']:.0%}"]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     if "legacy_beluga" in by:
         r = by["legacy_beluga"]

@@ -71,7 +71,7 @@ def genome_fasta():
 
 def base_model_spec():
     """The base_model config section with the demo's files filled in."""
-    spec = {k: config["base_model"][k] for k in ("kind", "weights", "module", "class", "names")}
+    spec = {k: config["base_model"][k] for k in ("kind", "weights", "module", "class", "names", "output")}
     if spec["kind"] == "demo":
         spec["weights"] = str(rules.demo_base_model.output.model)
         spec["names"] = spec["names"] or str(rules.demo_base_model.output.names)

@@ -194,7 +194,8 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     speed = None
     if speed_rows:
         base = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
-                                base_model.get("class", ""), length).to(dev)
+                                base_model.get("class", ""), length,
+                                output=base_model.get("output")).to(dev)
         from .fast_ism import analysable
         from .ism import logit_model
 

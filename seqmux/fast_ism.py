@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .capture import CaptureError, capture
+from .capture import CaptureError, capture, model_name
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class _Local:
     ``rel[j][p]`` positions into the source's window, ``w_in`` wide.
     """
     id: int
-    op: str                      # input | conv | pool | pointwise | shift | binary | crop
+    op: str                      # input | alias | conv | pool | pointwise | shift | binary | crop | cat | channels
     name: str
     c: int
     length: int
@@ -139,6 +139,7 @@ class _Local:
     delta: bool = False          # conv of stride 1 done as a transposed convolution of the change
     relu: bool = False
     flat: bool = False
+    hw: bool = False             # viewed as [1, 1, C, l] (the window unsqueezed for a Conv2d(1, C', (C, k)))
     st: np.ndarray = None
     width: int = 1
     lo: np.ndarray = None
@@ -178,9 +179,13 @@ class Plan:
     live: np.ndarray = None      # [L] bool: a substitution there can change the output
     tables: list = field(default_factory=list)   # per local: dict of int64 tensors on the device
     read_starts: list = field(default_factory=list)
+    read_rows: list = field(default_factory=list)  # per read: [L, width] rows of its windows (small plans), or None
     weights: dict = field(default_factory=dict)  # local id -> convolution weight as a GEMM operand
     order_src: int = None        # local whose window starts order the chunks (the dense source)
     signature: tuple = ()
+    full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
+    full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
+    costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -197,7 +202,7 @@ class Plan:
         for loc in self.locals:
             if loc.op in ("conv", "pool"):
                 parts.append(f"{loc.kind}{'(delta)' if loc.delta else ''}[{loc.width}]")
-            elif loc.op in ("binary", "crop"):
+            elif loc.op in ("binary", "crop", "cat"):
                 parts.append(f"{loc.kind or loc.op}[{loc.width}]")
         for d in self.dense:
             s = self.locals[d.src]
@@ -213,6 +218,30 @@ class Plan:
     def widths(self):
         """The window widths of the convolution and pooling layers, in forward order."""
         return [loc.width for loc in self.locals if loc.op in ("conv", "pool")]
+
+    def ops_per_chunk(self):
+        """Torch operations one chunk of mutants runs besides its dense-layer GEMMs (a count for
+        the cost model: on small models each costs more than its arithmetic)."""
+        ops = {"input": 3, "alias": 0, "pool": 9, "pointwise": 2, "shift": 1, "binary": 5, "crop": 4,
+               "channels": 1}
+        total = 0
+        for loc in self.locals:
+            if loc.op == "conv":
+                total += loc.k + 4 if loc.delta and loc.groups == 1 else 6
+            elif loc.op == "cat":
+                total += 3 * len(loc.src) + 1
+            else:
+                total += ops[loc.op]
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
+        return total + len(self.replay) + 5 * len(frontier) + 6
+
+    def numbers_per_mutant(self):
+        """Numbers one mutant's incremental computation writes: its change windows, the whole
+        activations that layers run in full read, and what those layers compute."""
+        total = sum(loc.width * loc.c for loc in self.locals if loc.op != "alias")
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
+        total += sum(self.locals[i].length * self.locals[i].c for i in frontier)
+        return total + sum(d.linear.out_features for d in self.dense)
 
     def macs_per_mutant(self):
         """Multiply-adds of one mutant's incremental computation (local convolutions, the first
@@ -232,12 +261,49 @@ class Plan:
         return total
 
 
+def _full_macs(graph, modules, values):
+    """Multiply-adds of one full forward pass on batch 1: its convolutions and linear layers."""
+    total = 0
+    for n in graph.nodes:
+        m = modules.get(n.target) if n.op == "call_module" else None
+        out = values.get(n)
+        if isinstance(m, _CONVS) and isinstance(out, torch.Tensor):
+            total += out.numel() * m.weight[0].numel()
+        elif isinstance(m, nn.Linear) and isinstance(out, torch.Tensor):
+            total += out.numel() * m.in_features
+    return total
+
+
+# the cost model that picks naive ISM where fast ISM would be slower (deterministic: a function of
+# the plan and the substitutions): seconds per multiply-add and per torch operation of each kind
+# of device, measured on this project's CPU and GPU machines
+COST = {"cpu": {"mac": 1 / 2e10, "number": 1e-9, "op": 1e-5},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "op": 1.5e-5}}
+
+
+def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
+    """``(incremental, naive)`` seconds the cost model expects for ``n_mutants`` of one window."""
+    cost = COST.get(torch.device(device).type, COST["cuda"])
+    if not plan.costs:
+        plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
+    ops_per_chunk, macs, numbers, n_nodes = plan.costs
+    fast_ops = n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20
+    fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
+    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
+    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["number"]) + naive_ops * cost["op"]
+    return fast, naive
+
+
 def _params_signature(model):
     """Changes when a parameter or buffer is replaced, moved or modified in place."""
     sig = []
     for t in list(model.parameters()) + list(model.buffers()):
         sig.append((t.data_ptr(), t._version, str(t.device), t.dtype))
     return tuple(sig)
+
+
+def _describe(value):
+    return f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
 
 
 def _node_inputs(node):
@@ -264,6 +330,35 @@ def _bind(fn, args, kwargs, four_d):
     return _channel_major(call, four_d)
 
 
+def _mutates(n, modules):
+    """Whether a node may change a value in place (``x.add_(...)``, ``inplace=True``, ``x += y``)."""
+    if n.kwargs.get("inplace"):
+        return True
+    if n.op == "call_method":
+        return n.target.endswith("_") and not n.target.endswith("__")
+    if n.op == "call_function":
+        name = getattr(n.target, "__name__", "")
+        return name.startswith("i") and getattr(operator, name, None) is n.target or name.endswith("_")
+    return n.op == "call_module" and bool(getattr(modules.get(n.target), "inplace", False))
+
+
+def _prune(graph, modules):
+    """Drop the nodes the output does not need (a head a tuple's selection left unused), unless
+    one of them might change another value in place."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    needed, stack = set(), [output]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(_node_inputs(n))
+    dead = [n for n in graph.nodes if n not in needed and n.op != "placeholder"]
+    if any(_mutates(n, modules) for n in dead):
+        return
+    for n in reversed(dead):
+        graph.erase_node(n)
+
+
 def _is_flatten(n, shape_in):
     """Whether node ``n`` flattens its input ``[1, C, (1,) l]`` to ``[1, C * l]``."""
     if n.op == "call_function" and n.target is torch.flatten or n.op == "call_method" and n.target == "flatten":
@@ -286,9 +381,11 @@ class _Analyser:
     def __init__(self, model, length):
         self.model, self.length = model, length
         try:
-            self.graph, self.values = capture(model, length, _leaf_types())
+            captured = capture(model, length, _leaf_types())
         except CaptureError as err:
             raise Unsupported(f"its forward cannot be captured ({err})")
+        self.graph, self.values = captured.graph, captured.values
+        _prune(self.graph, dict(model.named_modules()))
         self.modules = dict(model.named_modules())
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
         self.depends = set()                    # nodes that depend on the input
@@ -307,12 +404,14 @@ class _Analyser:
         nodes = list(self.graph.nodes)
         placeholders = [n for n in nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
-            raise Unsupported("forward takes more than one input")
-        for m in self.model.modules():
+            names = ", ".join(n.target for n in placeholders[1:])
+            raise Unsupported(f"forward takes more than the window ({names}): call it through "
+                              "seqmux.ism.predict_substitutions, which binds args= and kwargs=")
+        for name, m in self.model.named_modules():
             if isinstance(m, _DROPOUTS + _NORMS) and m.training:
-                raise Unsupported(f"{type(m).__name__} in training mode")
+                raise Unsupported(f"layer {name} ({type(m).__name__}) is in training mode")
             if isinstance(m, _NORMS) and m.running_mean is None:
-                raise Unsupported(f"{type(m).__name__} without running statistics")
+                raise Unsupported(f"layer {name} ({type(m).__name__}) has no running statistics")
         output = None
         for n in nodes:
             if n.op == "output":
@@ -331,8 +430,8 @@ class _Analyser:
         if output is None or not isinstance(output.args[0], fx.Node):
             raise Unsupported("forward does not return one tensor")
         value = self.values[output.args[0]]
-        if not isinstance(value, torch.Tensor) or value.dim() != 2:
-            raise Unsupported("forward does not return one [batch, outputs] tensor")
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != 1:
+            raise Unsupported(f"forward returns {_describe(value)}, not one [batch, ...] tensor")
         self.output = output.args[0]
         # a local activation read by a layer run in full is the frontier of the local part
         if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense:
@@ -358,6 +457,8 @@ class _Analyser:
         src = self.loc(loc_ins[0])
         four_d = len(src.shape) == 4 and not src.flat
         shape_in = src.shape
+        if src.hw and not (n.op == "call_module" and isinstance(self.modules[n.target], nn.Conv2d)):
+            return False                      # [B, 1, C, l]: a Conv2d over the channels reads it, else in full
         if n.op == "call_module":
             m = self.modules[n.target]
             if len(loc_ins) != 1 or len(n.args) != 1 or n.kwargs:
@@ -411,10 +512,16 @@ class _Analyser:
                 (n.op == "call_function" and target in (torch.unsqueeze, torch.squeeze)):
             rest = [a for a in n.args if a is not loc_ins[0]]
             dim = rest[0] if rest else n.kwargs.get("dim")
+            if target in ("unsqueeze", torch.unsqueeze) and dim in (1, -3) and len(shape_in) == 3 \
+                    and not src.flat and len(loc_ins) == 1:
+                self.view(n, src).hw = True   # [B, 1, C, l], for a Conv2d whose kernel spans the C rows
+                return True
             ok = not src.flat and (target in ("unsqueeze", torch.unsqueeze) and len(shape_in) == 3
                                    or target in ("squeeze", torch.squeeze) and len(shape_in) == 4) \
                 and dim in (2, -2) and len(loc_ins) == 1
             return ok and self.view(n, src)
+        if n.op == "call_function" and target is torch.cat:
+            return self.cat(n, loc_ins)
         if n.op == "call_function" and target is operator.getitem and len(loc_ins) == 1:
             return not src.flat and self.crop(n, src)
         if n.op == "call_function" and target is F.dropout:
@@ -440,8 +547,25 @@ class _Analyser:
         return _bind(fn, args, kwargs, four_d)
 
     def view(self, n, src):
-        """``unsqueeze(2)`` / ``squeeze(2)``: the same activation with another shape."""
-        self.new_local(n, "alias", [src.id], src.c, src.length)
+        """``unsqueeze(2)`` / ``squeeze(2)`` (``unsqueeze(1)``): the same activation with another shape."""
+        return self.new_local(n, "alias", [src.id], src.c, src.length)
+
+    def cat(self, n, loc_ins):
+        """``torch.cat`` of local activations along the channels: each source's change is read
+        over the union of their windows (as a residual addition's), then they are stacked."""
+        parts = n.args[0] if n.args else n.kwargs.get("tensors")
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(parts, (list, tuple)) or any(p not in self.node_local for p in parts):
+            return False
+        srcs = [self.loc(p) for p in parts]
+        shape = srcs[0].shape
+        if any(s.flat or s.hw or len(s.shape) != len(shape) or s.shape[2:] != shape[2:] for s in srcs) \
+                or len(shape) not in (3, 4) or dim not in (1, 1 - len(shape)):
+            return False
+        c = sum(s.c for s in srcs)
+        if tuple(self.values[n].shape) != (shape[0], c) + tuple(shape[2:]):
+            return False
+        self.new_local(n, "cat", [s.id for s in srcs], c, srcs[0].length, kind="cat")
         return True
 
     def flatten(self, n, src):
@@ -458,6 +582,8 @@ class _Analyser:
 
     def conv(self, n, src, m):
         shape = src.shape
+        if src.hw:
+            return self.conv_over_bases(n, src, m)
         if isinstance(m, nn.Conv2d):
             if len(shape) != 4:
                 return False
@@ -484,6 +610,25 @@ class _Analyser:
         out = self.values[n]
         self.new_local(n, "conv", [src.id], out.shape[1], out.shape[-1], fn=weight, kind="conv", k=k, s=s, d=d,
                        pl=pl, groups=m.groups, delta=s == 1)
+        return True
+
+    def conv_over_bases(self, n, src, m):
+        """A ``Conv2d(1, C', (C, k))`` on ``[B, 1, C, l]``: a ``Conv1d(C, C', k)``, output
+        ``[B, C', 1, l']``."""
+        kh, k = m.kernel_size
+        sh, s = m.stride
+        dh, d = m.dilation
+        out = self.values[n]
+        if isinstance(m.padding, str):
+            pl = 0 if m.padding == "valid" else d * (k - 1) // 2
+        else:
+            pl = m.padding[1]
+        if m.in_channels != 1 or kh != src.c or dh != 1 or m.groups != 1 or m.padding_mode != "zeros" \
+                or out.dim() != 4 or out.shape[2] != 1 or (not isinstance(m.padding, str) and m.padding[0]):
+            return False
+        weight = lambda: m.weight[:, 0]  # noqa: E731
+        self.new_local(n, "conv", [src.id], out.shape[1], out.shape[-1], fn=weight, kind="conv", k=k, s=s, d=d,
+                       pl=pl, groups=1, delta=s == 1)
         return True
 
     def pool(self, n, src, m):
@@ -521,8 +666,16 @@ class _Analyser:
         if Ellipsis in index:
             at = index.index(Ellipsis)
             index = index[:at] + [slice(None)] * (len(src.shape) - len(index) + 1) + index[at + 1:]
+        index += [slice(None)] * (len(src.shape) - len(index))
         if len(index) != len(src.shape) or any(not isinstance(i, slice) for i in index):
             return False
+        if index[0] == slice(None) and all(i == slice(None) for i in index[2:]) and index[1] != slice(None) \
+                and (len(src.shape) == 3 or index[2] == slice(None)):
+            c0, c1, step = index[1].indices(src.c)             # a range of channels
+            if step != 1 or c1 <= c0:
+                return False
+            self.new_local(n, "channels", [src.id], c1 - c0, src.length, kind="channels", k=c0)
+            return True
         if any(i != slice(None) for i in index[:-1]):
             return False
         start, stop, step = index[-1].indices(src.length)
@@ -613,6 +766,9 @@ class _Analyser:
         plan = Plan(L, self.graph, self.modules, locs, self.node_local, self.dense, self.replay, self.static,
                     self.output, reads, live)
         plan.order_src = self.dense[0].src if self.dense else None
+        plan.full_macs = _full_macs(self.graph, self.modules, self.values)
+        plan.full_values = sum(v.numel() for n, v in self.values.items()
+                               if n in self.depends and isinstance(v, torch.Tensor))
         return plan
 
 
@@ -633,7 +789,7 @@ def _geometry(loc, locs, L):
         return
     src = [locs[s] for s in loc.src]
     s0 = src[0]
-    if loc.op in ("alias", "pointwise", "shift"):
+    if loc.op in ("alias", "pointwise", "shift", "channels"):
         loc.st, loc.width, loc.lo, loc.hi = s0.st, s0.width, s0.lo, s0.hi
         return
     if loc.op in ("conv", "pool"):
@@ -666,19 +822,19 @@ def _geometry(loc, locs, L):
         loc.w_in = loc.width
         loc.rel = [loc.st + shift - s0.st]
         return
-    if loc.op == "binary":
-        a, b = src
-        lo = np.where(a.hi > a.lo, a.lo, b.lo)
-        lo = np.where(b.hi > b.lo, np.minimum(lo, b.lo), lo)
-        hi = np.maximum(np.where(a.hi > a.lo, a.hi, 0), np.where(b.hi > b.lo, b.hi, 0))
+    if loc.op in ("binary", "cat"):
+        some = [s.hi > s.lo for s in src]
+        big = np.iinfo(np.int64).max
+        lo = np.min([np.where(k, s.lo, big) for s, k in zip(src, some)], axis=0)
+        hi = np.max([np.where(k, s.hi, 0) for s, k in zip(src, some)], axis=0)
         empty = hi <= lo
         loc.lo, loc.hi = np.where(empty, 0, lo), np.where(empty, 0, hi)
-        st = np.minimum(a.st, b.st)
-        width = int((np.maximum(a.st + a.width, b.st + b.width) - st).max())
+        st = np.min([s.st for s in src], axis=0)
+        width = int((np.max([s.st + s.width for s in src], axis=0) - st).max())
         if width >= loc.length:
             st, width = np.zeros(L, dtype=np.int64), loc.length
         loc.st, loc.width, loc.w_in = st, width, width
-        loc.rel = [st - a.st, st - b.st]
+        loc.rel = [st - s.st for s in src]
         return
     raise AssertionError(loc.op)
 
@@ -700,6 +856,9 @@ _PLANS = weakref.WeakKeyDictionary()   # model -> {length: (signature, Plan or r
 _REPORTED = weakref.WeakKeyDictionary()
 
 
+TABLE_ENTRIES = 1 << 20   # index tables [L, width] kept per plan up to this size (fewer ops per chunk)
+
+
 def get_plan(model, length):
     """The cached ``Plan`` of ``model`` for windows of ``length`` (tables and derived weights on
     the model's device), or the reason string why it cannot be analysed."""
@@ -718,11 +877,16 @@ def get_plan(model, length):
                 tab = {"st": torch.as_tensor(loc.st, device=dev)}
                 for j, rel in enumerate(loc.rel):
                     tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
+                cols = loc.st[:, None] + np.arange(loc.width)
+                if cols.size <= TABLE_ENTRIES and ((cols < 0) | (cols >= loc.length)).any():
+                    tab["outside"] = torch.as_tensor((cols < 0) | (cols >= loc.length), device=dev)[:, :, None]
                 plan.tables.append(tab)
                 if loc.op == "conv":
                     plan.weights[loc.id] = _conv_operand(loc.fn().detach(), loc.groups, loc.delta)
-            for _, starts, _, _, margins in plan.reads:
+            for _, starts, width, _, margins in plan.reads:
                 plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
+                rows = (starts + margins[0])[:, None] + np.arange(width)
+                plan.read_rows.append(torch.as_tensor(rows, device=dev) if rows.size <= TABLE_ENTRIES else None)
             for d in plan.dense:
                 s = plan.locals[d.src]
                 w = d.linear.weight.detach()
@@ -790,6 +954,14 @@ def _reference(plan, onehot):
         elif node not in env:
             env[node] = _call(plan, node, env)
     return env
+
+
+def _read(plan, padded, r, pos, width):
+    """The reference windows ``[N, width, C]`` of read ``r`` for the mutants at ``pos``."""
+    rows = plan.read_rows[r]
+    if rows is None:
+        return _windows(padded[r], plan.read_starts[r][pos], width)
+    return padded[r].index_select(0, rows[pos].flatten()).view(pos.shape[0], width, padded[r].shape[1])
 
 
 def _windows(padded, starts, width):
@@ -878,8 +1050,9 @@ def _window_cache(plan, onehot):
     read, every local activation as ``[l, C]`` (position-major)."""
     env = _reference(plan, onehot)
     acts = {}
+    needed = {r[0] for r in plan.reads} | {loc.id for loc in plan.locals if loc.keep}
     for node, i in plan.node_local.items():
-        if i not in acts:
+        if i not in acts and i in needed:
             acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].length).T.contiguous()   # [l, C]
     padded = []
     for src, _, _, pad_value, margins in plan.reads:
@@ -894,7 +1067,7 @@ def _run_locals(plan, padded, onehot, pos, pos_np, alts):
     Changes are position-major, ``[N, W, C]``: a layer's GEMM reads them without a copy."""
     changes = [None] * len(plan.locals)
     for loc, tab in zip(plan.locals, plan.tables):
-        if loc.op in ("conv", "pool", "crop", "binary", "shift"):
+        if loc.op in ("conv", "pool", "crop", "binary", "shift", "cat", "channels"):
             _free(plan, changes, loc)
         changes[loc.id] = _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts)
         for s in loc.src:
@@ -916,11 +1089,13 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         return src
     if op == "shift":
         return _Change(src.get())
+    if op == "channels":
+        return _Change(src.get()[:, :, loc.k:loc.k + loc.c].contiguous())
     if op == "pointwise":
         if loc.pair_in:
             ref, new = (src.ref, src.new) if loc.in_place else (src.ref.clone(), src.new.clone())
         else:
-            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
+            ref = _read(plan, padded, loc.reads[0], pos, loc.width)
             new = ref + src.get()
         if loc.relu:
             ref, new = ref.relu_(), new.relu_()
@@ -936,10 +1111,12 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         if loc.kind == "avgpool":
             delta = _unfold(shifted, loc).mean(-1)
         else:
-            ref = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.w_in)
+            ref = _read(plan, padded, loc.reads[0], pos, loc.w_in)
             delta = _unfold(ref + shifted, loc).amax(-1) - _unfold(ref, loc).amax(-1)
     elif op == "crop":
         delta = _rel_shift(loc, 0, src.get(), tab, pos, pos_np)
+    elif op == "cat":
+        delta = torch.cat([_rel_shift(loc, j, changes[s].get(), tab, pos, pos_np) for j, s in enumerate(loc.src)], 2)
     elif op == "binary":
         delta = _added_in_place(plan, loc, changes, pos_np) if loc.kind == "add" else None
         if delta is None:
@@ -948,11 +1125,14 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
             if loc.kind in ("add", "sub"):
                 delta = loc.fn(da, db)
             else:
-                ra = _windows(padded[loc.reads[0]], plan.read_starts[loc.reads[0]][pos], loc.width)
-                rb = _windows(padded[loc.reads[1]], plan.read_starts[loc.reads[1]][pos], loc.width)
+                ra = _read(plan, padded, loc.reads[0], pos, loc.width)
+                rb = _read(plan, padded, loc.reads[1], pos, loc.width)
                 delta = loc.fn(ra + da, rb + db) - loc.fn(ra, rb)
     else:
         raise AssertionError(op)
+    outside = tab.get("outside")
+    if outside is not None:       # zero the positions outside the activation, from the plan's table
+        return _Change(delta.masked_fill(outside[pos], 0.0))
     st = loc.st[pos_np]
     hang = (st < 0) | (st + loc.width > loc.length)
     if hang.any():                # zero the positions outside the activation
@@ -1120,9 +1300,11 @@ def _chunks(starts, batch_size):
 
 
 @torch.no_grad()
-def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256):
+def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
-    computation; ``None`` when the model cannot be analysed (the caller falls back to naive ISM).
+    computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
+    (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
+    runs naive ISM; the reason is logged once per model).
 
     ``reference``: the model's own output ``[F]`` on ``onehot`` (computed when not given); the
     plan's reference must match it, else the model counts as not analysable. Identity
@@ -1145,7 +1327,7 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         _report(model, reason)
         return None
     m = offsets.shape[0]
-    out = reference.new_empty(m, reference.shape[0])
+    out = reference.new_empty((m,) + tuple(reference.shape))
     if m == 0:
         return out
     offsets, alts = offsets.long(), alts.long()
@@ -1162,14 +1344,23 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     pos, alt_sorted = offsets[order], alts[order]
     pos_np = pos.cpu().numpy()
     starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    for a, b in _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device)):
+    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
+    if choose:
+        groups = sum(len(_dense_groups(starts[a:b])) for a, b in chunks) * len(plan.dense)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
+        if naive_s < fast_s:
+            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
+                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
+            return None
+    for a, b in chunks:
         out[order[a:b]] = _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
                                      alt_sorted[a:b]).to(out.dtype)
     return out
 
 
-def _report(model, reason):
-    """Log once per model that fast ISM falls back to naive ISM."""
-    if _REPORTED.get(model) != reason:
-        _REPORTED[model] = reason
-        log.info("fast ISM cannot analyse %s (%s): using naive ISM", type(model).__name__, reason)
+def _report(model, reason, what="cannot be analysed"):
+    """Log once per model (and reason) that fast ISM runs naive ISM instead."""
+    key = reason if what == "cannot be analysed" else what
+    if _REPORTED.get(model) != key:
+        _REPORTED[model] = key
+        log.info("fast ISM of %s %s (%s): using naive ISM", model_name(model), what, reason)

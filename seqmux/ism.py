@@ -14,6 +14,7 @@ float32 rounding (at most 6.2e-6 between fast and naive ISM on the embedded defa
 """
 
 import contextlib
+import inspect
 import logging
 import weakref
 
@@ -24,6 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from .capture import model_name, trace
 from .encoding import one_hot
 from .errors import InputError
 from .outputs import atomic_path
@@ -124,7 +126,7 @@ def logit_model(model, length=None):
             return cached[key]
     key = "any"
     try:
-        gm = fx.symbolic_trace(model)
+        gm = trace(model)
     except Exception as err:  # any untraceable forward: try a capture on this window length
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         gm, key = None, length
@@ -132,11 +134,11 @@ def logit_model(model, length=None):
             from .capture import CaptureError, capture, graph_module
 
             try:
-                gm = graph_module(model, capture(model, length)[0])
+                gm = graph_module(model, capture(model, length))
             except CaptureError as err2:
                 reason = str(err2)
         if gm is None:
-            log.info("%s cannot be traced (%s): effects computed from its outputs", type(model).__name__, reason)
+            log.info("%s cannot be traced (%s): effects computed from its outputs", model_name(model), reason)
     head = None
     if gm is not None:
         out = next(n for n in gm.graph.nodes if n.op == "output")
@@ -149,9 +151,9 @@ def logit_model(model, length=None):
             gm.graph.lint()
             gm.recompile()
             head = gm
-            log.info("%s ends in a sigmoid: effects computed from its logits", type(model).__name__)
+            log.info("%s ends in a sigmoid: effects computed from its logits", model_name(model))
         else:
-            log.info("%s does not end in a sigmoid: effects computed from its outputs", type(model).__name__)
+            log.info("%s does not end in a sigmoid: effects computed from its outputs", model_name(model))
     cached[key] = head
     return head
 
@@ -177,42 +179,292 @@ def naive_substitution_predictions(model, onehot, offsets, alts, batch_size=256)
     return torch.cat(out)
 
 
+# ---------------------------------------------------------------------------------------------
+# the library interface: any forward signature, any head, any input dtype, any mode
+
+class OutputSelectionError(ValueError):
+    """The model's outputs cannot be narrowed to one tensor as asked (the message names the
+    choices)."""
+
+
+def _shape(value):
+    return f"tensor {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def describe_outputs(raw):
+    """``a tuple of 2 outputs (0: tensor [1, 5], 1: tensor [1, 3])``: what a forward returned."""
+    if isinstance(raw, torch.Tensor):
+        return f"one {_shape(raw)}"
+    if isinstance(raw, dict):
+        items = ", ".join(f"{k!r}: {_shape(v)}" for k, v in raw.items())
+        return f"a dict of {len(raw)} outputs ({items})"
+    if isinstance(raw, (tuple, list)):
+        names = getattr(raw, "_fields", None) or range(len(raw))
+        items = ", ".join(f"{k if isinstance(k, int) else repr(k)}: {_shape(v)}" for k, v in zip(names, raw))
+        return f"a {type(raw).__name__} of {len(raw)} outputs ({items})"
+    return f"a {type(raw).__name__}"
+
+
+def output_key(raw, output=None):
+    """The key into a forward's result ``raw`` that selects its one output tensor: ``None`` for a
+    tensor, an index into a tuple or list (``output``: an index, or a field name of a named
+    tuple), a key of a dict (``output``: a key, or an index into its keys in order). A result
+    with one element needs no ``output``. ``OutputSelectionError`` naming the choices otherwise."""
+    what = describe_outputs(raw)
+    if isinstance(raw, torch.Tensor):
+        if output is None:
+            return None
+        raise OutputSelectionError(f"output={output!r}, but the model returns {what}: leave output unset")
+    if isinstance(raw, dict):
+        keys = list(raw)
+        if output is None and len(keys) == 1:
+            key = keys[0]
+        elif output is None:
+            raise OutputSelectionError(f"the model returns {what}: choose one with output=<key or index>")
+        elif output in raw:
+            key = output
+        elif isinstance(output, int) and not isinstance(output, bool) and -len(keys) <= output < len(keys):
+            key = keys[output]
+        else:
+            raise OutputSelectionError(f"output={output!r} is none of the model's outputs: it returns {what}")
+    elif isinstance(raw, (tuple, list)):
+        fields = list(getattr(raw, "_fields", ()))
+        if output is None and len(raw) == 1:
+            key = 0
+        elif output is None:
+            raise OutputSelectionError(f"the model returns {what}: choose one with output=<index>")
+        elif isinstance(output, int) and not isinstance(output, bool) and -len(raw) <= output < len(raw):
+            key = output % len(raw)
+        elif isinstance(output, str) and output in fields:
+            key = fields.index(output)
+        else:
+            raise OutputSelectionError(f"output={output!r} is none of the model's outputs: it returns {what}")
+    else:
+        raise OutputSelectionError(f"the model returns {what}, not a tensor, a tuple or a dict of tensors")
+    if not isinstance(raw[key], torch.Tensor):
+        raise OutputSelectionError(f"output {key!r} is not a tensor: the model returns {what}")
+    return key
+
+
+_UNRESOLVED = object()
+METHODS = ("fast", "incremental", "naive")
+
+
+class Bound(nn.Module):
+    """``model(x, *args, **kwargs)``, narrowed to one output tensor: the one-input, one-output
+    model the ISM paths (and the workflow's base model, ``seqmux.models``) run. ``output`` as in
+    ``output_key``, resolved on the first call."""
+
+    def __init__(self, model, args=(), kwargs=None, output=None, key=_UNRESOLVED):
+        super().__init__()
+        self.model = model
+        self.extra_args, self.extra_kwargs = tuple(args), dict(kwargs or {})
+        self.output, self.key = output, key
+        self.ism_name = model_name(model)
+
+    def forward(self, x):
+        args, kwargs = self.extra_args, self.extra_kwargs
+        if isinstance(x, fx.Proxy):      # traced: tensor arguments become constants the trace can follow
+            def node(name, value):
+                if not isinstance(value, torch.Tensor):
+                    return value
+                setattr(self, name, value)
+                return x.tracer.create_proxy("get_attr", name, (), {})
+
+            args = tuple(node(f"ism_arg{i}", a) for i, a in enumerate(args))
+            kwargs = {k: node(f"ism_kwarg_{k}", v) for k, v in kwargs.items()}
+        raw = self.model(x, *args, **kwargs)
+        if self.key is _UNRESOLVED:
+            self.key = output_key(raw, self.output)
+        return raw if self.key is None else raw[self.key]
+
+
+_BOUND = weakref.WeakKeyDictionary()      # model -> (signature of args, kwargs, key; Bound): the last one
+
+
+def _signature(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", id(value), value._version, value.data_ptr(), value.dtype, str(value.device))
+    try:
+        hash(value)
+        return ("value", type(value), value)
+    except TypeError:
+        return ("object", id(value))
+
+
+_ONE_PARAMETER = {}      # forward function -> whether it takes the window alone
+
+
+def _one_parameter(model):
+    """Whether ``model.forward`` takes the window alone (a trace makes every other parameter,
+    defaults and ``*args`` included, an input of its own)."""
+    forward = getattr(model.forward, "__func__", model.forward)
+    if forward not in _ONE_PARAMETER:
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+            one = len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
+        except (TypeError, ValueError):
+            one = False
+        _ONE_PARAMETER[forward] = one
+    return _ONE_PARAMETER[forward]
+
+
+def bind(model, args=(), kwargs=None, key=None):
+    """``model`` itself when its forward takes the window alone and nothing is bound, else a
+    (cached) ``Bound`` of it, so that fast ISM keeps its plan between calls with the same
+    arguments."""
+    kwargs = kwargs or {}
+    if not args and not kwargs and key is None and _one_parameter(model):
+        return model
+    sig = (tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())),
+           _signature(key))
+    cached = _BOUND.get(model)
+    if cached is not None and cached[0] == sig:
+        return cached[1]
+    bound = Bound(model, args, kwargs, key=key).eval()
+    _BOUND[model] = (sig, bound)
+    return bound
+
+
+def model_dtype_device(model, fallback=None):
+    """``(dtype, device)`` of a model's first floating-point parameter or buffer; for a model
+    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    if isinstance(fallback, torch.Tensor):
+        return (fallback.dtype if fallback.is_floating_point() else torch.float32), fallback.device
+    return torch.float32, torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model`` in eval mode inside the block (no dropout, batch norm on its running statistics);
+    every module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def checked_substitutions(offsets, alts, length, device):
+    """``offsets``, ``alts`` as int64 tensors ``[M]`` on ``device``; ``ValueError`` naming the
+    first substitution outside the window (``0 <= offset < length``) or the bases (0..3)."""
+    off = torch.as_tensor(offsets, device=device)
+    alt = torch.as_tensor(alts, device=device)
+    for name, t in (("offsets", off), ("alts", alt)):
+        if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-d integer tensor, got {t.dtype} of shape {list(t.shape)}")
+    if off.shape != alt.shape:
+        raise ValueError(f"{off.shape[0]} offsets but {alt.shape[0]} alts")
+    off, alt = off.long(), alt.long()
+    for name, t, top, what in (("offset", off, length, f"outside the window of {length} positions (0..{length - 1})"),
+                               ("alt", alt, 4, "not a base index (0..3: A, G, C, T)")):
+        bad = (t < 0) | (t >= top)
+        if t.numel() and bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name} {int(t[i])} (substitution {i}) is {what}")
+    return off, alt
+
+
+def _on_model(value, dtype, device):
+    """A tensor argument on the model's device, in its dtype if floating-point (integer ones, such
+    as indices, keep theirs); anything else unchanged."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+
+
+@contextlib.contextmanager
+def prepared(model, onehot, args=(), kwargs=None, output=None):
+    """Inside the block, ``(net, x, ref)``: the model in eval mode narrowed to one input and one
+    output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device (so are
+    the tensors among ``args`` / ``kwargs``, ``_on_model``), and the model's output ``[F]`` (or
+    any shape) on it. Restores the model's mode afterwards."""
+    onehot = torch.as_tensor(onehot)
+    if onehot.dim() != 2 or onehot.shape[0] != 4:
+        raise ValueError(f"onehot must be [4, L], got shape {list(onehot.shape)}")
+    kwargs = dict(kwargs or {})
+    with eval_mode(model), torch.no_grad():
+        dtype, device = model_dtype_device(model, onehot)
+        x = onehot.to(device, dtype)
+        args = tuple(_on_model(a, dtype, device) for a in args)
+        kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}
+        raw = model(x.unsqueeze(0), *args, **kwargs)
+        key = output_key(raw, output)
+        ref = (raw if key is None else raw[key])[0]
+        yield bind(model, args, kwargs, key), x, ref
+
+
+def identity_mask(onehot, offsets, alts):
+    """``[M]`` bool: the substitution puts the base the window already has there (an N or
+    multi-hot column has none)."""
+    target = F.one_hot(alts, 4).to(onehot.dtype)
+    return (onehot[:, offsets].T == target).all(1)
+
+
 @torch.no_grad()
-def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_size=256):
+def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_size=256, *, args=(), kwargs=None,
+                          output=None):
     """Reference outputs ``[F]`` and substitution outputs ``[M, F]`` for ``onehot [4, L]``.
 
-    ``offsets``/``alts``: int64 tensors ``[M]`` on the model's device (0-based position, base
-    index in A,G,C,T order). ``method``: ``fast`` (exact incremental ISM, ``seqmux.fast_ism``;
-    models it cannot analyse fall back to naive ISM with one log line) or ``naive`` (one full
-    forward pass per substitution, in batches of ``batch_size``; fast ISM processes chunks of
-    ``batch_size`` mutants).
+    ``offsets``/``alts``: ``[M]`` integers (0-based position in the window, base index in A,G,C,T
+    order); ``ValueError`` for any outside the window or the bases. ``method``: ``fast`` (the
+    fastest exact path: incremental ISM, ``seqmux.fast_ism``, except on models it cannot analyse
+    or where its cost model expects naive ISM to be faster, which run naive ISM with one log line
+    saying why), ``incremental`` (incremental ISM whenever the model can be analysed) or
+    ``naive`` (one full forward pass per substitution, in batches of ``batch_size``; incremental
+    ISM processes chunks of at most ``batch_size`` mutants).
+
+    Every forward call is ``model(x, *args, **kwargs)``; ``output`` selects the one output of a
+    model returning a tuple or dict (``output_key``; ``OutputSelectionError`` naming the choices
+    when it returns several and none is chosen). The window is cast to the model's dtype and
+    device; the model runs in eval mode and gets its own mode back. Identity substitutions are
+    exactly the reference, on every path. Results are on the model's device.
     """
-    ref = model(onehot.unsqueeze(0))[0]
-    if method == "fast":
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
+        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+        return ref, _predict(net, x, offsets, alts, ref, method, batch_size)
+
+
+def _predict(net, x, offsets, alts, ref, method, batch_size):
+    """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model."""
+    if method not in METHODS:
+        raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
+    identity = identity_mask(x, offsets, alts)
+    alt = None
+    if method in ("fast", "incremental"):
         from .fast_ism import fast_substitution_predictions
 
-        alt = fast_substitution_predictions(model, onehot, offsets, alts, ref, batch_size)
-        if alt is None:  # not analysable (logged once): naive ISM gives the same values
-            alt = naive_substitution_predictions(model, onehot, offsets, alts, batch_size)
-    elif method == "naive":
-        alt = naive_substitution_predictions(model, onehot, offsets, alts, batch_size)
-    else:
-        raise ValueError(f"unknown ISM method {method!r}")
-    if alt.shape[0] == 0:
-        alt = ref.new_empty(0, ref.shape[0])
-    return ref, alt
+        alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast")
+    if alt is None:  # naive, or not analysable (logged once): naive ISM gives the same values
+        alt = ref.new_empty((offsets.shape[0],) + tuple(ref.shape))
+        todo = torch.nonzero(~identity).flatten()
+        if todo.numel():
+            alt[todo] = naive_substitution_predictions(net, x, offsets[todo], alts[todo], batch_size).to(alt.dtype)
+    alt[identity] = ref
+    return alt
 
 
 @torch.no_grad()
-def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="fast", batch_size=256):
+def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="fast", batch_size=256, *, args=(),
+                         kwargs=None, output=None):
     """Reference outputs ``[F]`` and effects ``[M, F]`` (``mode``: ``logfold`` or ``diff``) of
-    the substitutions ``offsets``/``alts`` of ``onehot [4, L]`` (see ``predict_substitutions``).
+    the substitutions ``offsets``/``alts`` of ``onehot [4, L]`` (see ``predict_substitutions``,
+    which also says what ``args``, ``kwargs`` and ``output`` do).
 
     A model ending in a sigmoid runs without it (``logit_model``) and the effects come from its
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
-    head = logit_model(model, onehot.shape[-1])
-    ref, alt = predict_substitutions(model if head is None else head, onehot, offsets, alts, method, batch_size)
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
+        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+        head = logit_model(net, x.shape[-1])
+        if head is not None:
+            ref = head(x.unsqueeze(0))[0]
+        alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size)
     check_outputs(ref, mode, head is not None, "on the reference")
     check_outputs(alt, mode, head is not None, "on a substitution")
     with one_cpu_thread(alt.device):
@@ -251,30 +503,38 @@ def scatter_targets(effects, offsets, alts, length):
     return target
 
 
-def _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device):
+def _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device, **bound):
     """``substitution_effects`` of one window's tokens ``[L]`` and numpy ``offsets``/``alts``, in
-    the model's dtype (float32, or float64 for a ``model.double()``); also the tensors it used."""
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    the model's dtype (float32, or float64 for a ``model.double()``); also the tensors it used.
+    ``bound``: ``args``, ``kwargs``, ``output`` (``predict_substitutions``)."""
+    dtype = model_dtype_device(model)[0]
     x = torch.from_numpy(one_hot(tokens)).to(device, dtype)
     off = torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device)
     alt_idx = torch.from_numpy(np.asarray(alts, dtype=np.int64)).to(device)
-    ref, effects = substitution_effects(model, x, off, alt_idx, mode, method, batch_size)
+    ref, effects = substitution_effects(model, x, off, alt_idx, mode, method, batch_size, **bound)
     return ref, effects, off, alt_idx
 
 
 @torch.no_grad()
-def window_effects(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
+def window_effects(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu", *,
+                   args=(), kwargs=None, output=None):
     """Effects ``[M, F]`` (numpy) of the substitutions ``offsets``/``alts`` of one window's tokens
-    ``[L]``, in their order: the values ``window_targets`` scatters, without the ``[F, 4, L]``."""
-    return _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device)[1].cpu().numpy()
+    ``[L]``, in their order: the values ``window_targets`` scatters, without the ``[F, 4, L]``.
+    ``args``, ``kwargs``, ``output``: as in ``predict_substitutions``."""
+    return _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device, args=args, kwargs=kwargs,
+                           output=output)[1].cpu().numpy()
 
 
 @torch.no_grad()
-def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu"):
+def window_targets(model, tokens, offsets, alts, mode="logfold", method="fast", batch_size=256, device="cpu", *,
+                   args=(), kwargs=None, output=None):
     """``(reference [F], target [F, 4, L])`` numpy arrays for one window's tokens ``[L]`` and its
     substitutions (numpy ``offsets``, ``alts``), computed in the model's dtype (float32, or
-    float64 for a ``model.double()``)."""
-    ref, effects, off, alt_idx = _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device)
+    float64 for a ``model.double()``). ``args``, ``kwargs``, ``output``: as in
+    ``predict_substitutions`` (every forward call is ``model(x, *args, **kwargs)``, ``output``
+    picks one head)."""
+    ref, effects, off, alt_idx = _window_effects(model, tokens, offsets, alts, mode, method, batch_size, device,
+                                                 args=args, kwargs=kwargs, output=output)
     target = scatter_targets(effects, off, alt_idx, len(tokens))
     return ref.cpu().numpy(), target.cpu().numpy()
 
@@ -331,7 +591,7 @@ def compute_targets(windows_bed, tokens_npy, variants, out, split, shard, n_shar
     tokens = np.load(tokens_npy, mmap_mode="r")
     length = tokens.shape[1]
     model = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
-                             base_model.get("class", ""), length)
+                             base_model.get("class", ""), length, output=base_model.get("output"))
     try:
         n_outputs = count_outputs(model, length)
     except InputError:

@@ -128,12 +128,15 @@ def check_model_length(kind, length, field="windows.length"):
         raise InputError("config", field, length, f"the demo base model needs at least {shortest} bp")
 
 
-def build_base_model(kind, weights="", module="", class_name="", length=None):
+def build_base_model(kind, weights="", module="", class_name="", length=None, output=None):
     """The base model of the config, in eval mode on the CPU.
 
     ``beluga``: the published architecture, weights from ``weights``. ``custom``: ``class_name``
     from the file ``module``, constructed with no arguments, weights from ``weights`` if given.
-    ``demo``: a ``BelugaFamily`` saved whole (``save_model``) by the demo rule.
+    ``demo``: a ``BelugaFamily`` saved whole (``save_model``) by the demo rule. ``output``
+    (``base_model.output``; ``None`` or ``""``: unset): the head of a custom model that returns a
+    tuple or dict of outputs, an index or a name (``seqmux.ism.output_key``); the model returned
+    then gives that head alone.
     """
     if kind == "beluga":
         check_model_length(kind, length)
@@ -147,6 +150,10 @@ def build_base_model(kind, weights="", module="", class_name="", length=None):
                              f"constructing it with no arguments failed: {err}".splitlines()[0]) from None
         if weights:
             load_state_dict_checked(model, weights)
+        if output not in (None, ""):
+            from .ism import Bound
+
+            model = Bound(model, output=output)
     elif kind == "demo":
         model = load_model(weights)
     else:
@@ -290,9 +297,18 @@ def output_names(kind, names_path, n_outputs):
 
 
 def count_outputs(model, length):
-    """F of a model: its output width on one all-N window of ``length``."""
-    with torch.no_grad():
-        out = model(torch.zeros(1, 4, length))
+    """F of a model: its output width on one all-N window of ``length``. InputError for a model
+    that returns several outputs (a tuple or dict) unless ``base_model.output`` picked one."""
+    from .ism import Bound, OutputSelectionError, output_key
+
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 4, length))
+        key = output_key(out)
+    except OutputSelectionError as err:
+        chosen = model.output if isinstance(model, Bound) else ""
+        raise InputError("base_model", "base_model.output", chosen, str(err)) from None
+    out = out if key is None else out[key]
     if out.ndim != 2:
         raise InputError("base_model", "output shape", tuple(out.shape), "expected [batch, F]")
     return out.shape[1]

@@ -72,7 +72,7 @@ def ism_both(model, tokens, batch_size=97, device="cpu", offsets=None, alts=None
         offsets, alts = substitutions(tokens)
     off = torch.as_tensor(np.asarray(offsets, dtype=np.int64), device=device)
     alt = torch.as_tensor(np.asarray(alts, dtype=np.int64), device=device)
-    ref_f, fast = substitution_effects(model, x, off, alt, "logfold", "fast", batch_size)
+    ref_f, fast = substitution_effects(model, x, off, alt, "logfold", "incremental", batch_size)
     ref_n, naive = substitution_effects(model, x, off, alt, "logfold", "naive", naive_batch)
     assert torch.equal(ref_f, ref_n)
     return fast, naive
@@ -533,3 +533,90 @@ def test_a_users_legacy_model_file_takes_the_fast_path(tmp_path, monkeypatch, ca
     assert (fast - naive).abs().max().item() <= tolerance(model, tokens)
     _, again = substitution_effects(model, x, off, alt, "logfold", "fast")
     assert torch.equal(fast, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# coverage: a Conv2d over the base axis, attention after a convolutional stem, branches
+
+class BasesConv2d(nn.Module):
+    """``x.unsqueeze(1)`` ``[B, 1, 4, L]`` and a Conv2d whose kernel spans the 4 bases, then
+    ``(1, k)`` pooling and a strided ``(1, k)`` convolution."""
+
+    def __init__(self, length=90):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 10, (4, 7), padding=(0, 3))
+        self.pool = nn.MaxPool2d((1, 3))
+        self.conv2 = nn.Conv2d(10, 8, (1, 5), stride=(1, 2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * ((length // 3 - 5) // 2 + 1), 4), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.head(self.conv2(self.pool(torch.relu(self.conv(x.unsqueeze(1))))))
+
+
+class ConvAttention(nn.Module):
+    """A convolutional stem, then a transformer encoder layer over its positions (run in full
+    from the stem's spliced activations), a mean over positions and a dense head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(61)
+        self.stem = nn.Sequential(nn.Conv1d(4, 16, 7, padding=3), nn.ReLU(), nn.MaxPool1d(2))
+        self.block = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(16, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x).transpose(1, 2)).mean(1))
+
+
+class ConvSelfAttention(nn.Module):
+    """Multi-head self-attention on a convolutional stem, a residual and a layer norm."""
+
+    def __init__(self, length=64):
+        super().__init__()
+        torch.manual_seed(62)
+        self.conv = nn.Conv1d(4, 16, 9, padding=4)
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * length, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).permute(0, 2, 1)
+        a, _ = self.attention(h, h, h)
+        return self.head(self.norm(h + a))
+
+
+class Branches(nn.Module):
+    """Local branches of different widths, concatenated and summed, before the next convolution."""
+
+    def __init__(self, length=80):
+        super().__init__()
+        self.a, self.b = nn.Conv1d(4, 6, 5, padding=2), nn.Conv1d(4, 4, 11, padding=5)
+        self.c = nn.Conv1d(4, 10, 3, padding=1)
+        self.d = nn.Conv1d(10, 8, 3)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * (length - 2), 3), nn.Sigmoid())
+
+    def forward(self, x):
+        h = torch.relu(torch.cat([self.a(x), self.b(x)], dim=1) + self.c(x))
+        return self.head(self.d(torch.cat((h[:, :4], torch.tanh(h[:, 4:])), 1)))
+
+
+def test_conv2d_over_the_base_axis_takes_the_fast_path():
+    model = randomize(BasesConv2d(90), 60)
+    ok, detail = analysable(model, 90)
+    assert ok and detail.startswith("conv(delta)[7] -> maxpool"), detail
+    assert_exact(model, random_tokens(np.random.default_rng(60), 90), batch_size=64)
+
+
+@pytest.mark.parametrize("cls, length", [(ConvAttention, 70), (ConvSelfAttention, 64)])
+def test_attention_after_a_conv_stem_runs_in_full_from_the_stem(cls, length):
+    model = randomize(cls(), 61)
+    ok, detail = analysable(model, length)
+    assert ok and detail.startswith("conv(delta)[") and "full:" in detail, detail
+    assert_exact(model, random_tokens(np.random.default_rng(length), length), batch_size=48)
+
+
+def test_sums_and_concatenations_of_local_branches():
+    model = randomize(Branches(80), 63)
+    ok, detail = analysable(model, 80)
+    assert ok and detail.count("cat[") == 2 and "add[" in detail and "dense 8x78->3 -> full: 1 " in detail, detail
+    assert_exact(model, random_tokens(np.random.default_rng(63), 80), batch_size=60)

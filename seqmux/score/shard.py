@@ -215,7 +215,8 @@ def load_scorers(engine, strand, base_model, model_path, length, mode, device, b
     exact, base_names = None, None
     if engine == "exact" or need_exact:
         model = build_base_model(base_model["kind"], base_model.get("weights", ""), base_model.get("module", ""),
-                                 base_model.get("class", ""), length)
+                                 base_model.get("class", ""), length,
+                                 output=base_model.get("output"))
         try:
             n_outputs = count_outputs(model, length)
         except InputError:

@@ -53,6 +53,19 @@ def run_workflow(workdir, config, *targets, extra_args=(), timeout=600, profile=
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def planned_jobs(workdir, config, *targets, extra=(), leave_out=("total",)):
+    """``{rule: job count}`` that a dry run of ``targets`` would run (``snakemake -n --quiet rules``),
+    without the rules in ``leave_out``; ``{}`` when nothing is to be done."""
+    result = run_workflow(workdir, config, *targets, extra_args=("--quiet", "rules", "-n", *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in leave_out:
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def finished_run(workdir, config, *targets):
     """Run the workflow in ``workdir`` (as ``run_workflow``) and fail the test with Snakemake's last
     messages unless it succeeds. Returns ``workdir``."""

@@ -15,19 +15,12 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, deep_update, run_workflow
+from conftest import REPO, TINY, deep_update, planned_jobs, run_workflow
 
 
 def planned(workdir, config, *targets, extra=()):
     """``{rule: job count}`` a dry run would run (``all`` left out); ``{}`` when nothing is to be done."""
-    result = run_workflow(workdir, config, *targets, extra_args=("--quiet", "rules", "-n", *extra))
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("all", "total"):
-            counts[parts[0]] = int(parts[1])
-    return counts
+    return planned_jobs(workdir, config, *targets, extra=extra, leave_out=("all", "total"))
 
 
 # compute_targets: 3 splits x 2 shards

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import ROUNDING_FACTOR, TINY, deep_update, float32_rounding, run_workflow
+from conftest import ROUNDING_FACTOR, TINY, deep_update, float32_rounding, planned_jobs, run_workflow
 from seqmux.encoding import one_hot, tokenize
 from seqmux.errors import InputError
 from seqmux.models import load_model
@@ -352,15 +352,8 @@ def test_workflow_scores_a_vcf_with_the_multiplexer_on_both_strands(score_run):
 
 
 def planned(workdir, config):
-    """``{rule: job count}`` a dry run of ``score`` would run (as tests/test_reruns.py asks it)."""
-    result = run_workflow(workdir, config, "score", extra_args=("--quiet", "rules", "-n"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
+    """``{rule: job count}`` a dry run of ``score`` would run."""
+    return planned_jobs(workdir, config, "score")
 
 
 def test_killed_shard_reruns_alone_and_execution_settings_plan_nothing(score_run):

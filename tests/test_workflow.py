@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROUNDING_FACTOR, TINY, UNUSABLE_MODELS, deep_update, float32_rounding, run_workflow
+from conftest import (ROUNDING_FACTOR, TINY, UNUSABLE_MODELS, deep_update, float32_rounding, planned_jobs,
+                      run_workflow)
 from seqmux.encoding import one_hot, tokenize
 from seqmux.genome import open_fasta, read_bed_intervals
 from seqmux.models import BelugaFamily, load_model
@@ -137,14 +138,7 @@ TRACK_RULES = ("circuitsnp", "scrna", "gc_hmm", "sgrna")
 
 def planned_rules(workdir, config, *targets):
     """``{rule: job count}`` of a dry run (``snakemake -n --quiet rules``)."""
-    result = run_workflow(workdir, config, *targets, extra_args=("--quiet", "rules", "-n"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
+    return planned_jobs(workdir, config, *targets)
 
 
 def test_default_run_builds_the_multiplexer_and_every_track(tmp_path):

@@ -38,6 +38,17 @@ def window_bounds(pos, length):
     return pos - 1 - lower, pos + (length - 1 - lower)
 
 
+def check_bed_interval(where, chrom, start, end, length):
+    """Refuse a BED interval (0-based, half-open) that is not inside ``chrom`` of ``length`` bp, with
+    one ``InputError`` line naming ``where``, the field and the value."""
+    if start < 0:
+        raise InputError(where, "start", start, "negative BED start (BED is 0-based: the first base is 0)")
+    if end <= start:
+        raise InputError(where, "end", end, f"BED end must be greater than start ({start})")
+    if end > length:
+        raise InputError(where, "end", end, f"beyond the end of {chrom} ({length} bp)")
+
+
 def check_window(chrom, pos, lengths, length, source, chrom_field="chromosome", pos_field="position"):
     """InputError unless ``chrom`` is in the genome and the window centred on ``pos`` fits in it."""
     if chrom not in lengths:
@@ -189,12 +200,7 @@ def read_regions(path, lengths, length, field="windows.regions"):
             if chrom not in lengths:
                 raise InputError(where, "chrom", chrom, "chromosome not in the FASTA")
             if len(fields) >= 3:  # BED: 0-based half-open, the whole interval on the chromosome
-                if s < 0:
-                    raise InputError(where, "start", s, "negative BED start (BED is 0-based: the first base is 0)")
-                if e <= s:
-                    raise InputError(where, "end", e, f"BED end must be greater than start ({s})")
-                if e > lengths[chrom]:
-                    raise InputError(where, "end", e, f"beyond the end of {chrom} ({lengths[chrom]} bp)")
+                check_bed_interval(where, chrom, s, e, lengths[chrom])
             elif pos < 1:
                 raise InputError(where, "position", pos, "positions are 1-based: the first base is 1")
             start, end = window_bounds(pos, length)

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..genome import chromosome_lengths, open_fasta
 from ..outputs import atomic_path
 from ..variants import ContigMap, allele_kind, contig_aliases, substitutions, vcf_records
+from ..windows import check_bed_interval
 
 log = logging.getLogger(__name__)
 
@@ -240,12 +241,7 @@ def read_bed(path, lengths, field="score.regions"):
             fchrom = contigs.lookup(chrom)
             if fchrom is None:
                 raise _unknown_contig(where, "chrom", chrom, contigs)
-            if start < 0:
-                raise InputError(where, "start", start, "negative BED start (BED is 0-based)")
-            if end <= start:
-                raise InputError(where, "end", end, f"BED end must be greater than start ({start})")
-            if end > lengths[fchrom]:
-                raise InputError(where, "end", end, f"beyond the end of {fchrom} ({lengths[fchrom]} bp)")
+            check_bed_interval(where, fchrom, start, end, lengths[fchrom])
             out.append((region_name(fields, chrom, start, end), chrom, fchrom, start, end))
     if not out:
         raise InputError(path, field, str(path), "no regions in the file")

@@ -74,6 +74,19 @@ def finished_run(workdir, config, *targets):
     return Path(workdir)
 
 
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One CPU thread for a module of small-model tests (``pytestmark = pytest.mark.usefixtures(...)``):
+    thousands of tiny ops run as fast on one thread, and far faster on a machine whose cores are shared
+    (an OpenMP team waits for its descheduled threads). The thread count is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A demo genome (9 x 40 kb) with its motifs and a demo base model (L = 400)."""

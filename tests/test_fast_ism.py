@@ -26,14 +26,7 @@ torch.backends.cudnn.allow_tf32 = False
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """These small models run thousands of tiny ops: one CPU thread is as fast, and far faster on
-    a machine whose cores are shared (an OpenMP team waits for its descheduled threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def random_tokens(rng, length, n_count=5):

@@ -18,12 +18,7 @@ from seqmux.models import build_base_model, count_outputs
 L = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def window(seed, length=L, n_columns=(3,)):

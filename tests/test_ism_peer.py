@@ -19,12 +19,7 @@ from seqmux.ism import predict_substitutions, substitution_effects
 METHODS = ["incremental", "naive"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,11 +149,12 @@ class Multiplexer(nn.Module):
         """Constructor arguments (``Multiplexer(**m.config())`` rebuilds the architecture)."""
         return dict(length=self.length, n_outputs=self.n_outputs, **self.sizes)
 
-    def forward(self, x):
+    def trunk(self, x):
+        """Per-position features ``[B, C, L]`` of one-hot ``[B, 4, L]``: the blocks, the position
+        embedding and the global context (everything before the head)."""
         if x.shape[-1] != self.length:
             raise ValueError(f"input of length {x.shape[-1]}, the multiplexer was built for {self.length}")
-        batch = x.shape[0]
-        h = torch.cat([x, self.ramp.to(x.dtype).expand(batch, 1, -1)], dim=1)
+        h = torch.cat([x, self.ramp.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
         for name, residual in zip(self.block_names, self.residual):
             out = getattr(self, name)(h)
             h = out + h if residual else out
@@ -163,7 +164,21 @@ class Multiplexer(nn.Module):
         if self.sizes["global_context"]:  # a gain and a bias per channel from the window's mean
             gain, bias = self.model_context(h.mean(dim=2)).to(h.dtype).unsqueeze(2).chunk(2, dim=1)
             h = h * (1 + gain) + bias
-        y = self.model_final(h).view(batch, self.n_outputs, 4, self.length)
+        return h
+
+    def forward(self, x, positions=None):
+        """Effects ``[B, F, 4, L]``; with ``positions`` (int ``[B, P]`` or ``[P]``, window offsets)
+        only those columns, ``[B, F, 4, P]``: the trunk runs on the whole window, the head (1x1
+        convolutions, the larger part of the published layout's cost) on the ``P`` columns only.
+        In eval mode the columns equal those of the full output; in train mode BatchNorm would
+        see only them."""
+        h = self.trunk(x)
+        if positions is not None:
+            idx = torch.as_tensor(positions, dtype=torch.long, device=x.device)
+            idx = idx.expand(x.shape[0], -1) if idx.dim() == 1 else idx
+            h = h.gather(2, idx[:, None, :].expand(-1, h.shape[1], -1))
+            x = x.gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
+        y = self.model_final(h).view(x.shape[0], self.n_outputs, 4, h.shape[-1])
         if self.sizes["output_scale"] != 1.0:
             y = y * self.sizes["output_scale"]
         if self.sizes["mask_reference"]:

@@ -58,6 +58,24 @@ def test_length_is_kept_for_even_kernels_and_dilations():
     assert model.residual == [False, False, True]
 
 
+@pytest.mark.parametrize("extras", [{}, dict(position_embedding=True, global_context=True)])
+def test_positions_give_the_columns_of_the_full_output(extras):
+    torch.manual_seed(1)
+    model = Multiplexer(30, 3, widths=[5, 5], dilations=[1, 2], head_hidden=7, output_scale=0.5, **extras).eval()
+    for p in model.parameters():  # the zero-initialised extras too, so that they matter
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 30)), 4).transpose(1, 2).float()
+    with torch.no_grad():
+        full = model(x)
+        per_window = model(x, positions=torch.tensor([[0, 29, 7], [3, 3, 12]]))
+        shared = model(x, positions=[5, 6])
+    assert per_window.shape == (2, 3, 4, 3) and shared.shape == (2, 3, 4, 2)
+    assert torch.allclose(per_window[0], full[0][:, :, [0, 29, 7]], atol=1e-6)
+    assert torch.allclose(per_window[1], full[1][:, :, [3, 3, 12]], atol=1e-6)
+    assert torch.allclose(shared, full[:, :, :, 5:7], atol=1e-6)
+    assert torch.all(per_window[0, :, :, 0][:, x[0, :, 0].bool()] == 0)  # the reference base masked
+
+
 def test_save_and_load(tmp_path):
     model = build_multiplexer("demo", 40, 2, dict(widths=[4, 4], dilations=[1, 2])).eval()
     path = tmp_path / "model.pt"

@@ -101,6 +101,29 @@ def demo_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def slurm_background(request, tmp_path_factory):
+    """When tests/test_slurm.py is among the selected tests and a SLURM controller answers, its run of
+    the workflow starts here, with the session, and overlaps the other tests (it mostly waits on
+    SLURM); ``(workdir, process, prefix, start)`` or None. The fixture ``slurm_run`` collects it."""
+    selected = any(item.path.name == "test_slurm.py" for item in request.session.items)
+    if not selected:
+        yield None
+        return
+    import test_slurm
+
+    if not test_slurm.controller_answers():
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    proc, prefix, started = test_slurm.start_slurm_run(workdir)
+    yield workdir, proc, prefix, started
+    if proc.poll() is None:  # the session ended first (e.g. -x): nothing left running or queued
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        test_slurm.cancel_jobs(prefix)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One end-to-end run of the workflow on the tiny config (shared by several tests)."""

@@ -33,8 +33,8 @@ from conftest import REPO, TINY
 PROFILE = REPO / "profiles/slurm"
 PARTITION = os.environ.get("SEQMUX_SLURM_PARTITION", "main")
 ACCOUNT = os.environ.get("SEQMUX_SLURM_ACCOUNT", "seqmux")
-# s for the whole SLURM run (about 2 min on 2 busy cores)
-RUN_TIMEOUT = int(os.environ.get("SEQMUX_SLURM_TEST_TIMEOUT", 480))
+# s for the whole SLURM run from its start (about 5 min on 2 cores busy with the other tests)
+RUN_TIMEOUT = int(os.environ.get("SEQMUX_SLURM_TEST_TIMEOUT", 1200))
 GPU_RULES = {"compute_targets", "train_multiplexer", "evaluate_multiplexer"}
 SHARDS = [f"{i:04d}" for i in range(TINY["targets"]["shards"])]
 # one SLURM job per Snakemake job of the tiny config (`all` runs on the submitting host)
@@ -115,29 +115,48 @@ def sacct_jobs(prefix):
     return [r for r in rows if r["JobName"].startswith(prefix + "_")]
 
 
-@pytest.fixture(scope="module")
-def slurm_run(cluster, tmp_path_factory):
-    """One run of the tiny workflow through profiles/slurm; its workdir, output and job prefix."""
-    workdir = tmp_path_factory.mktemp("slurm_run")
+def start_slurm_run(workdir):
+    """Start the tiny workflow through profiles/slurm in ``workdir`` (its own process group, output to
+    ``workdir/snakemake.out``); returns ``(process, job-name prefix, start time)``. Called at the start
+    of the test session (conftest.py) when these tests are selected: the run is mostly waiting for
+    SLURM's queue and status checks, which then overlaps the other tests."""
     (workdir / "test_config.yaml").write_text(yaml.safe_dump(TINY))
     prefix = f"seqmuxtest{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "test_config.yaml"), "--profile", str(PROFILE), "--nolock",
            *slurm_test_args(prefix)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    started = time.time()
-    # its own process group, so that a timeout ends Snakemake and everything it started here
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    with open(workdir / "snakemake.out", "w") as out:  # a file, not a pipe nobody reads meanwhile
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return proc, prefix, time.time()
+
+
+def finish_slurm_run(proc, prefix, started, workdir):
+    """Wait for a run of ``start_slurm_run`` (at most ``RUN_TIMEOUT`` s from its start; then kill it and
+    cancel its jobs); returns its output."""
     try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        proc.wait(timeout=max(1.0, RUN_TIMEOUT - (time.time() - started)))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        proc.wait()
         cancelled = cancel_jobs(prefix)
+        output = (workdir / "snakemake.out").read_text()
         pytest.fail(f"the SLURM run took more than {RUN_TIMEOUT} s (cancelled jobs: {cancelled}); "
                     f"squeue/sacct and {workdir}/.snakemake/slurm_logs tell why. Output:\n{output[-4000:]}")
-    print(f"SLURM run: {time.time() - started:.0f} s", file=sys.stderr)
+    print(f"SLURM run: {time.time() - started:.0f} s from its start", file=sys.stderr)
+    return (workdir / "snakemake.out").read_text()
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, slurm_background, tmp_path_factory):
+    """One run of the tiny workflow through profiles/slurm (started with the session when possible);
+    its workdir, output and job prefix."""
+    if slurm_background is None:  # this module was not selected at collection (e.g. run by node id)
+        workdir = tmp_path_factory.mktemp("slurm_run")
+        slurm_background = (workdir, *start_slurm_run(workdir))
+    workdir, proc, prefix, started = slurm_background
+    output = finish_slurm_run(proc, prefix, started, workdir)
     assert proc.returncode == 0, output[-4000:]
     return workdir, output, prefix
 

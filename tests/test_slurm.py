@@ -152,7 +152,7 @@ def finish_slurm_run(proc, prefix, started, workdir):
 def slurm_run(cluster, slurm_background, tmp_path_factory):
     """One run of the tiny workflow through profiles/slurm (started with the session when possible);
     its workdir, output and job prefix."""
-    if slurm_background is None:  # this module was not selected at collection (e.g. run by node id)
+    if slurm_background is None:  # not started with the session (a pytest-xdist worker)
         workdir = tmp_path_factory.mktemp("slurm_run")
         slurm_background = (workdir, *start_slurm_run(workdir))
     workdir, proc, prefix, started = slurm_background

@@ -7,9 +7,12 @@
 2. variants a second for a dense VCF (a variant every 20 bp over 100 kb), a sparse one (every
    20 kb) and every SNV of a 100 kb region, for (a) the Multiplexer with tiling, (b) the Multiplexer
    with one window per variant, (c) fast exact ISM with tiling, (d) a ref/alt baseline (two forward
-   passes of the base model per variant, batched, as Selene and kipoi-veff do).
+   passes of the base model per variant, batched, as Selene and kipoi-veff do);
+3. the per-window costs behind those rates (a Multiplexer window with the head on a tile's columns,
+   a base-model pass in a batch), in seconds and in multiply-adds, at the embedded default's shapes
+   and (``--beluga``) at Beluga's, and the bounds they put on (a)/(b) and (a)/(d) on a dense VCF.
 
-    PYTHONPATH=. python benchmarks/score.py RUN_DIR [--margin 0.02] [--threads 2]
+    PYTHONPATH=. python benchmarks/score.py RUN_DIR [--margin 0.02] [--threads 2] [--beluga]
 
 Prints tables; results of a run are in benchmarks/score_cpu_results.txt.
 """
@@ -124,14 +127,71 @@ def speeds(run, threads):
                     "(d) ref/alt base model, 2 passes per variant": lambda v, s: ref_alt(v)}
 
 
+def multiply_adds(model, *args):
+    """Multiply-adds of one call of ``model`` (every Conv1d and Linear, from their output sizes)."""
+    total = []
+
+    def hook(module, _, out):
+        if isinstance(module, torch.nn.Conv1d):
+            total.append(out.numel() * module.in_channels // module.groups * module.kernel_size[0])
+        else:
+            total.append(out.numel() * module.in_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(*args)
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
+def window_costs(mux_model, base, length, per_tile, density, threads, window_batch, base_batch, repeats=3):
+    """Seconds and multiply-adds of one Multiplexer window (the trunk on the window, the head on
+    ``per_tile`` columns ``density`` bp apart, ``window_batch`` windows a pass) and of one base-model
+    pass (``base_batch`` windows a pass), and the bounds on a dense VCF of ``per_tile`` variants a
+    tile: (a)/(b) <= ``per_tile``; (a)/(d) <= ``per_tile`` x 2 base passes / one Multiplexer window."""
+    from seqmux.encoding import one_hot
+    from seqmux.score.engine import MultiplexerScorer
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    centre = (length - 1) // 2
+    offsets = centre - (per_tile * density) // 2 + density * np.arange(per_tile)
+    tiles = [rng.integers(0, 4, length).astype(np.uint8) for _ in range(window_batch)]
+    items = [(t, offsets, (t[offsets].astype(np.int64) + 1) % 4) for t in tiles]
+    mux = MultiplexerScorer(mux_model.eval(), "cpu", window_batch)
+    mux.windows(items)  # warm-up
+    t_mux = min(window_batch / timed(lambda: len(mux.windows(items))) for _ in range(repeats))
+    x = torch.from_numpy(one_hot(np.stack([rng.integers(0, 4, length).astype(np.uint8)
+                                           for _ in range(base_batch)])))
+    with torch.no_grad():
+        base(x)
+        t_base = min(base_batch / timed(lambda: len(base(x))) for _ in range(repeats))
+    mac_mux = multiply_adds(mux_model, x[:1], torch.from_numpy(offsets)[None])
+    mac_base = multiply_adds(base, x[:1])
+    return dict(t_mux=t_mux, t_base=t_base, mac_mux=mac_mux, mac_base=mac_base,
+                time_bound=per_tile * 2 * t_base / t_mux, mac_bound=per_tile * 2 * mac_base / mac_mux)
+
+
+def print_costs(title, c, per_tile):
+    print(f"\n{title}")
+    print("cost\tseconds\tmultiply-adds")
+    print(f"one Multiplexer window (head on {per_tile} columns)\t{c['t_mux']:.4g}\t{c['mac_mux']:.3g}")
+    print(f"one base-model pass\t{c['t_base']:.4g}\t{c['mac_base']:.3g}")
+    print(f"bound on (a)/(b), dense VCF: {per_tile} variants a tile")
+    print(f"bound on (a)/(d), dense VCF: {per_tile} x 2 base passes / 1 Multiplexer window = "
+          f"{c['time_bound']:.2f} (seconds), {c['mac_bound']:.2f} (multiply-adds)")
+
+
 def beluga_per_window(threads, stride, density=20):
     """Per-window figures at Beluga shapes (random weights, published layouts, L = 2000, F = 2002):
-    seconds for one Multiplexer window (reduced to a tile's values), fast exact ISM of a tile's
-    SNVs, and one batched ref/alt pair of base-model passes; variants a second on a dense VCF
+    seconds for one Multiplexer window (the head on a tile's columns only), fast exact ISM of a
+    tile's SNVs, and one batched ref/alt pair of base-model passes; variants a second on a dense VCF
     (one variant every ``density`` bp: a tile of ``stride`` bp holds ``stride / density``)."""
     from seqmux.models import BelugaFamily
     from seqmux.multiplexer import beluga_multiplexer
-    from seqmux.score.engine import ExactScorer, MultiplexerScorer
+    from seqmux.score.engine import ExactScorer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -141,25 +201,21 @@ def beluga_per_window(threads, stride, density=20):
     centre = (length - 1) // 2
     offsets = np.arange(centre - stride // 2, centre - stride // 2 + per_tile * density, density)[:per_tile]
     alts = (tokens[offsets].astype(np.int64) + 1) % 4
-    mux = MultiplexerScorer(beluga_multiplexer().eval(), "cpu", 1)
     base = BelugaFamily().eval()
+    costs = window_costs(beluga_multiplexer(), base, length, per_tile, density, threads, 1, 8, repeats=1)
+    t_mux = costs["t_mux"]
     exact = ExactScorer(base, "logfold", 512, "cpu")
-    mux.windows([(tokens, offsets, alts)])  # warm-up
-    t_mux = 1 / timed(lambda: len(mux.windows([(tokens, offsets, alts)])))
     exact.windows([(tokens, offsets, alts)])
     t_ism = 1 / timed(lambda: len(exact.windows([(tokens, offsets, alts)])))
-    refs = np.stack([tokens] * 8)
-    alt_tokens = refs.copy()
-    alt_tokens[:, centre] = (alt_tokens[:, centre] + 1) % 4
-    exact.pairs(refs[:1], alt_tokens[:1])
-    t_pair = 1 / timed(lambda: len(exact.pairs(refs, alt_tokens)))
+    t_pair = 2 * costs["t_base"]
     print(f"\nBeluga shapes (random weights; L=2000, F=2002; {threads} CPU threads, shared machine), stride {stride}, "
           f"dense VCF = {per_tile} variants a tile")
     print("method\tseconds a window\tdense variants a second")
-    print(f"(a) multiplexer, tiled\t{t_mux:.2f}\t{per_tile / t_mux:.2f}")
-    print(f"(b) multiplexer, window per variant\t{t_mux:.2f}\t{1 / t_mux:.2f}")
+    print(f"(a) multiplexer, tiled (head on {per_tile} columns)\t{t_mux:.2f}\t{per_tile / t_mux:.2f}")
+    print(f"(b) multiplexer, window per variant (head on 1 column)\t~{t_mux:.2f}\t{1 / t_mux:.2f}")
     print(f"(c) exact fast ISM, tiled ({per_tile} SNVs a tile)\t{t_ism:.2f}\t{per_tile / t_ism:.2f}")
     print(f"(d) ref/alt base model (2 passes a variant, batch 8)\t{t_pair:.3f} a variant\t{1 / t_pair:.2f}")
+    print_costs(f"Beluga shapes: per-window costs ({threads} CPU threads)", costs, per_tile)
 
 
 def main():
@@ -199,6 +255,14 @@ def main():
         for method in methods.values():
             row.append(timed(lambda: method(variants, stride)))
         print(f"{name} ({len(variants)})\t" + "\t".join(f"{v:.0f}" for v in row))
+    from seqmux.models import load_model
+
+    per_tile = max(1, stride // 20)
+    mux_model = load_multiplexer(args.run / "results/multiplexer/model.pt")[0]
+    base = load_model(args.run / "resources/demo/base_model.pt").eval()
+    costs = window_costs(mux_model, base, length, per_tile, 20, args.threads, 8, 128)
+    print_costs(f"embedded default: per-window costs ({args.threads} CPU threads; Multiplexer 8 windows a pass, "
+                f"base model 128)", costs, per_tile)
     if args.beluga:
         beluga_per_window(args.threads, stride)
 

@@ -128,17 +128,18 @@ def speeds(run, threads):
 
 
 def multiply_adds(model, *args):
-    """Multiply-adds of one call of ``model`` (every Conv1d and Linear, from their output sizes)."""
+    """Multiply-adds of one call of ``model`` (every convolution, 1-d or 2-d as Beluga's, and
+    Linear layer, from their output sizes)."""
     total = []
 
     def hook(module, _, out):
-        if isinstance(module, torch.nn.Conv1d):
-            total.append(out.numel() * module.in_channels // module.groups * module.kernel_size[0])
+        if isinstance(module, torch.nn.modules.conv._ConvNd):
+            total.append(out.numel() * module.in_channels // module.groups * int(np.prod(module.kernel_size)))
         else:
             total.append(out.numel() * module.in_features)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
+               if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))]
     with torch.no_grad():
         model(*args)
     for h in handles:

@@ -49,7 +49,8 @@ def accuracy_by_distance(run, bins):
     return [float(a.result().mean()) for a in accs]
 
 
-CAP = 3000  # variants timed for the per-variant methods (b) and (d), whose cost per variant is constant
+CAP = 1000  # variants timed for the per-variant methods (b) and (d), whose cost per variant is constant
+TILE_CAP = 40  # tiles timed for the tiled methods (a) and (c), whose cost per tile is constant for an input
 
 
 def timed(fn):
@@ -97,9 +98,10 @@ def speeds(run, threads):
         tiles = {}
         for p0, a in variants:
             tiles.setdefault(int(tile_start(p0, length, stride)), []).append((p0, a))
+        tiles = dict(list(tiles.items())[:TILE_CAP])  # the first tiles: a sample gives the rate
         items = [(window(s), np.array([p - s for p, _ in v]), np.array([a for _, a in v])) for s, v in tiles.items()]
         scorer.windows(items)
-        return len(variants)
+        return sum(len(v) for v in tiles.values())
 
     def per_variant(scorer, variants):
         variants = variants[:CAP]  # a constant cost per variant: a sample gives the rate
@@ -163,12 +165,12 @@ def window_costs(mux_model, base, length, per_tile, density, threads, window_bat
     items = [(t, offsets, (t[offsets].astype(np.int64) + 1) % 4) for t in tiles]
     mux = MultiplexerScorer(mux_model.eval(), "cpu", window_batch)
     mux.windows(items)  # warm-up
-    t_mux = min(window_batch / timed(lambda: len(mux.windows(items))) for _ in range(repeats))
+    t_mux = min(1 / timed(lambda: len(mux.windows(items))) for _ in range(repeats))  # seconds a window
     x = torch.from_numpy(one_hot(np.stack([rng.integers(0, 4, length).astype(np.uint8)
                                            for _ in range(base_batch)])))
     with torch.no_grad():
         base(x)
-        t_base = min(base_batch / timed(lambda: len(base(x))) for _ in range(repeats))
+        t_base = min(1 / timed(lambda: len(base(x))) for _ in range(repeats))  # seconds a window
     mac_mux = multiply_adds(mux_model, x[:1], torch.from_numpy(offsets)[None])
     mac_base = multiply_adds(base, x[:1])
     return dict(t_mux=t_mux, t_base=t_base, mac_mux=mac_mux, mac_base=mac_base,
@@ -227,10 +229,13 @@ def main():
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--stride", type=int, help="stride of the speed tables (default: the measured one)")
     parser.add_argument("--beluga", action="store_true", help="also the per-window figures at Beluga shapes")
+    parser.add_argument("--costs-only", action="store_true", help="only the per-window costs (and --beluga)")
     args = parser.parse_args()
     from seqmux.multiplexer import load_multiplexer
 
     length = load_multiplexer(args.run / "results/multiplexer/model.pt")[1]["length"]
+    if args.costs_only:  # the per-window costs at --stride (default 150)
+        return costs(args, length, args.stride or 150)
     bins = list(range(0, length // 2 + 25, 25))
     r = accuracy_by_distance(args.run, bins)
     print("distance from centre (bp)\tweighted Pearson (mean over profiles)")
@@ -256,14 +261,19 @@ def main():
         for method in methods.values():
             row.append(timed(lambda: method(variants, stride)))
         print(f"{name} ({len(variants)})\t" + "\t".join(f"{v:.0f}" for v in row))
+    costs(args, length, stride)
+
+
+def costs(args, length, stride):
     from seqmux.models import load_model
+    from seqmux.multiplexer import load_multiplexer
 
     per_tile = max(1, stride // 20)
     mux_model = load_multiplexer(args.run / "results/multiplexer/model.pt")[0]
     base = load_model(args.run / "resources/demo/base_model.pt").eval()
-    costs = window_costs(mux_model, base, length, per_tile, 20, args.threads, 8, 128)
     print_costs(f"embedded default: per-window costs ({args.threads} CPU threads; Multiplexer 8 windows a pass, "
-                f"base model 128)", costs, per_tile)
+                f"base model 128)", window_costs(mux_model, base, length, per_tile, 20, args.threads, 8, 128),
+                per_tile)
     if args.beluga:
         beluga_per_window(args.threads, stride)
 

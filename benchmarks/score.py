@@ -230,6 +230,9 @@ def main():
     parser.add_argument("--stride", type=int, help="stride of the speed tables (default: the measured one)")
     parser.add_argument("--beluga", action="store_true", help="also the per-window figures at Beluga shapes")
     parser.add_argument("--costs-only", action="store_true", help="only the per-window costs (and --beluga)")
+    parser.add_argument("--repeats", type=int, default=1, help="speed table: each figure the best of this many, "
+                        "the methods timed in turn")
+    parser.add_argument("--only", default="", help="speed table: only the inputs whose name starts with this")
     args = parser.parse_args()
     from seqmux.multiplexer import load_multiplexer
 
@@ -257,9 +260,12 @@ def main():
     print(f"\nvariants a second (stride {stride}, {args.threads} CPU threads, shared machine)")
     print("input\t" + "\t".join(methods))
     for name, variants in inputs.items():
-        row = []
-        for method in methods.values():
-            row.append(timed(lambda: method(variants, stride)))
+        if args.only and not name.startswith(args.only):
+            continue
+        row = [0.0] * len(methods)
+        for _ in range(args.repeats):  # the methods in turn, each its best: the load of a shared machine moves
+            for k, method in enumerate(methods.values()):
+                row[k] = max(row[k], timed(lambda: method(variants, stride)))
         print(f"{name} ({len(variants)})\t" + "\t".join(f"{v:.0f}" for v in row))
     costs(args, length, stride)
 

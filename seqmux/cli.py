@@ -44,8 +44,9 @@ def build_parser():
     inputs.add_argument("--inputs-file", metavar="FILE",
                         help="chrom<TAB>position lines (1-based window centres; BED intervals use their centre)")
     inputs.add_argument("--vcf", metavar="FILE",
-                        help="VCF (plain or .gz): score only its SNVs, each in the window centred on it; REF is "
-                        "checked against the genome and mismatches are reported and skipped")
+                        help="VCF (plain or .gz): score only its SNVs, tiled as `seqmux score` tiles (nearby SNVs "
+                        "share a window, see --stride); REF is checked against the genome and mismatches are "
+                        "reported and skipped")
     inputs.add_argument("--genome", default="resources/demo/genome.fa", metavar="FASTA",
                         help="reference FASTA (default: %(default)s, the workflow's demo genome)")
 
@@ -64,6 +65,8 @@ def build_parser():
                        "multiplexer's; Beluga's 2,002 names; output_names.txt beside demo weights)")
     model.add_argument("--length", type=_positive_int, help="window length L (default: taken from the model)")
     model.add_argument("--diff", action="store_true", help="effects as alt - ref instead of log-fold change")
+    model.add_argument("--stride", type=_positive_int, default=150,
+                       help="--vcf: tile stride in bp, as `seqmux score` (default: %(default)s)")
 
     out = p.add_argument_group("output and running")
     out.add_argument("--output", "-o", required=True, metavar="PREFIX",
@@ -145,7 +148,7 @@ def main(argv=None):
                   inputs_file=args.inputs_file, vcf=args.vcf, exact=args.exact, multiplexer=args.multiplexer,
                   model_kind=args.model_kind, weights=args.weights, modelpath=args.modelpath,
                   modelname=args.modelname, names=args.names, length=args.length, diff=args.diff, fmt=args.fmt,
-                  device=args.device, batch_size=args.batch_size, threads=args.threads)
+                  device=args.device, batch_size=args.batch_size, threads=args.threads, stride=args.stride)
     elif args.command == "score":
         from .score.command import score_command
 

@@ -3,9 +3,12 @@ command of the command-line tool.
 
 Inputs are windows of length L centred on 1-based positions (``window_bounds``). A position input
 gets a row for every substitution of its window (3 per base, 4 at an N); a VCF input gets a row per
-listed SNV, scored in the window centred on that SNV. Rows are labelled ``chr:pos REF>ALT`` (1-based
-genomic ``pos``), with a ``window`` column (``chr:pos``, the window centre) because overlapping
-windows give the same substitution different effects; the other columns are the output names.
+listed SNV, tiled as the ``score`` stage tiles (``seqmux.score.plan.tile_start``): windows laid
+along the chromosome with a stride, each SNV read from the one in which it lies most centrally, so
+nearby SNVs share one window (one forward pass); an SNV whose tile would leave the chromosome is
+read from the window centred on it. Rows are labelled ``chr:pos REF>ALT`` (1-based genomic
+``pos``), with a ``window`` column (``chr:pos``, the window centre) because overlapping windows give
+the same substitution different effects; the other columns are the output names.
 
 Effects come from the trained multiplexer (one forward pass per window) or from exact ISM of the
 base model (``window_effects``), as log-fold change or ``alt - ref``. Every input is checked before
@@ -41,10 +44,11 @@ MAX_LOGGED_SKIPS = 10
 @dataclass
 class Job:
     """One window to score: its centre, and either every substitution (``alts is None``) or the
-    listed alternative bases (indices in A,G,C,T order) at the centre."""
+    listed alternative bases (indices in A,G,C,T order) at the listed 1-based positions."""
     chrom: str
     pos: int
     alts: list = None
+    positions: list = None
 
     @property
     def name(self):
@@ -68,25 +72,35 @@ def position_jobs(lengths, length, chromosome=None, position=None, inputs_file=N
     return [Job(chrom, pos) for chrom, pos in unique]
 
 
-def vcf_jobs(path, fasta, lengths, length):
-    """Jobs of a VCF (one per variant site, all its ALT alleles) and ``(label, reason)`` of the
-    records not scored: non-SNVs and REF mismatches, each logged."""
+def vcf_jobs(path, fasta, lengths, length, stride):
+    """Jobs of a VCF, one per tile holding an SNV (``seqmux.score.plan.tile_start``: stride
+    ``stride``; the window centred on the SNV when its tile would leave the chromosome), each with
+    its SNVs in VCF order, and ``(label, reason)`` of the records not scored: non-SNVs and REF
+    mismatches, each logged."""
+    from .score.plan import check_stride, tile_start
+
+    check_stride(stride, length, "--stride")
     snvs, skipped = read_vcf(path)
     for chrom, pos, _, _, where in snvs:
         check_window(chrom, pos, lengths, length, where, "CHROM", "POS")
     kept, mismatches = check_refs(snvs, fasta)
+    lower = (length - 1) // 2
     jobs = {}
     for chrom, pos, _, alt, _ in kept:
-        job = jobs.setdefault((chrom, pos), Job(chrom, pos, alts=[]))
+        start = int(tile_start(pos - 1, length, stride))
+        if start < 0 or start + length > lengths[chrom]:
+            start = window_bounds(pos, length)[0]
+        job = jobs.setdefault((chrom, start), Job(chrom, start + lower + 1, alts=[], positions=[]))
         job.alts.append(base_index(alt))
+        job.positions.append(pos)
     for label, reason in mismatches:
         skipped.append((label, reason))
     for label, reason in skipped[:MAX_LOGGED_SKIPS]:
         log.warning("skipped %s: %s", label, reason)
     if len(skipped) > MAX_LOGGED_SKIPS:
         log.warning("... and %d more skipped VCF records", len(skipped) - MAX_LOGGED_SKIPS)
-    log.info("VCF %s: %d SNVs to score at %d sites, %d records skipped (%d REF mismatches)", path, len(kept),
-             len(jobs), len(skipped), len(mismatches))
+    log.info("VCF %s: %d SNVs to score in %d windows (stride %d), %d records skipped (%d REF mismatches)", path,
+             len(kept), len(jobs), stride, len(skipped), len(mismatches))
     return list(jobs.values()), skipped
 
 
@@ -203,10 +217,10 @@ class PredictionWriter:
 
 def predict(genome, output, chromosome=None, position=None, inputs_file=None, vcf=None, exact=False,
             multiplexer="results/multiplexer/model.pt", model_kind="demo", weights=None, modelpath="",
-            modelname="", names="", length=None, diff=False, fmt="tsv", device="auto", batch_size=256):
-    """Score the inputs and write ``output``.tsv.gz / .parquet (``fmt`` tsv, parquet or both),
-    ``output``.json (what was run) and, for a VCF, ``output``.skipped.tsv. Returns the number of
-    rows written."""
+            modelname="", names="", length=None, diff=False, fmt="tsv", device="auto", batch_size=256, stride=150):
+    """Score the inputs (a VCF's SNVs tiled with ``stride``) and write ``output``.tsv.gz / .parquet
+    (``fmt`` tsv, parquet or both), ``output``.json (what was run) and, for a VCF,
+    ``output``.skipped.tsv. Returns the number of rows written."""
     if chromosome is None and not inputs_file and not vcf:
         raise InputError("command line", "inputs", None, "give --chromosome/--position, --inputs-file or --vcf")
     if (chromosome is None) != (position is None):
@@ -230,7 +244,7 @@ def predict(genome, output, chromosome=None, position=None, inputs_file=None, vc
     jobs = position_jobs(lengths, length, chromosome, position, inputs_file)
     skipped = None
     if vcf:
-        vcf_list, skipped = vcf_jobs(vcf, fasta, lengths, length)
+        vcf_list, skipped = vcf_jobs(vcf, fasta, lengths, length, stride)
         jobs += vcf_list
     if not jobs:
         log.warning("nothing to score: every input was skipped (see %s.skipped.tsv)", output)
@@ -240,7 +254,8 @@ def predict(genome, output, chromosome=None, position=None, inputs_file=None, vc
     metadata = dict(command="predict", mode=mode, length=length, genome=str(genome), n_outputs=len(names),
                     model="exact" if exact else "multiplexer",
                     model_file=str(weights if exact else multiplexer), model_kind=model_kind if exact else None,
-                    windows=len(jobs), skipped=len(skipped) if skipped is not None else None)
+                    windows=len(jobs), skipped=len(skipped) if skipped is not None else None,
+                    stride=stride if vcf else None)
     with PredictionWriter(output, FORMATS[fmt], names, metadata, skipped) as writer:
         for job in progress(jobs, len(jobs), "predict"):
             start, end = window_bounds(job.pos, length)
@@ -248,7 +263,7 @@ def predict(genome, output, chromosome=None, position=None, inputs_file=None, vc
             if job.alts is None:
                 offsets, alts = substitutions(tokens)
             else:
-                offsets = np.full(len(job.alts), job.pos - 1 - start, dtype=np.int32)
+                offsets = np.asarray(job.positions, dtype=np.int32) - 1 - start
                 alts = np.asarray(job.alts, dtype=np.int32)
             try:
                 values = scorer(tokens, offsets.astype(np.int64), alts.astype(np.int64))

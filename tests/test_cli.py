@@ -2,6 +2,7 @@
 with package functions, no Snakemake), run as a subprocess the way a user runs it."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from seqmux.heatmap import window_matrix
 from seqmux.ism import one_cpu_thread, window_targets
 from seqmux.models import load_model
 from seqmux.predict import unique_names
+from seqmux.score.plan import tile_start
 from seqmux.variants import read_vcf, substitutions
 from seqmux.windows import window_bounds
 
@@ -165,18 +167,20 @@ def test_predict_vcf_with_ref_mismatch(demo, tmp_path):
     table = pd.read_csv(f"{out}.tsv.gz", sep="\t")
     wanted = [(c0, p0, others[(c0, p0)][0]), (c1, p1, others[(c1, p1)][0]), (c1, p1, others[(c1, p1)][1])]
     assert list(table["variant"]) == [f"{c}:{p} {refs[(c, p)]}>{a}" for c, p, a in wanted]
-    assert list(table["window"]) == [f"{c}:{p}" for c, p, _ in wanted]
+    # tiled as `seqmux score` tiles (stride 150): SNVs of one tile share its window
+    starts = [(c, int(tile_start(p - 1, LENGTH, 150))) for c, p, _ in wanted]
+    assert list(table["window"]) == [f"{c}:{s + (LENGTH - 1) // 2 + 1}" for c, s in starts]
+    assert json.loads(Path(f"{out}.json").read_text())["windows"] == len(set(starts)) < len(wanted)
     assert not table["variant"].str.startswith(f"{c2}:{p2} ").any()  # the mismatch is never scored
-    # each site scored in the window centred on it, with the substitutions the VCF lists there
+    # each SNV scored in its tile's window, at its offset, with the substitution the VCF lists
     model = load_model(demo["model"]).eval()
     expected = []
-    for chrom, pos in [(c0, p0), (c1, p1)]:
-        start, end = window_bounds(pos, LENGTH)
-        centre = pos - 1 - start
-        assert centre == (LENGTH - 1) // 2
-        alts = [BASES.index(a) for c, p, a in wanted if (c, p) == (chrom, pos)]
-        target = one_thread_targets(model, tokenize(fasta[chrom][start:end]), [centre] * len(alts), alts)
-        expected += [target[:, a, centre] for a in alts]
+    for chrom, start in dict.fromkeys(starts):  # the window's substitutions in one call, as the CLI does
+        listed = [(pos - 1 - start, BASES.index(alt)) for (c, pos, alt), key in zip(wanted, starts)
+                  if key == (chrom, start)]
+        assert all(abs(o - (LENGTH - 1) // 2) <= 75 for o, _ in listed)
+        target = one_thread_targets(model, tokenize(fasta[chrom][start:start + LENGTH]), *zip(*listed))
+        expected += [target[:, a, o] for o, a in listed]
     expected = np.stack(expected)
     parquet = pq.read_table(f"{out}.parquet").to_pandas()
     assert list(parquet["variant"]) == list(table["variant"])

@@ -287,6 +287,87 @@ def test_regions_map_and_bigwig(genome, tmp_path):
     np.testing.assert_allclose(values, first.groupby("pos")["max_abs_effect"].max().to_numpy(), rtol=1e-6)
 
 
+def test_annotated_vcf_keeps_every_input_field(genome, tmp_path):
+    """The annotated VCF is the input's records as written (QUAL, FILTER, INFO, samples) with the
+    SEQMUX_* INFO fields added; a hand-made VCF that htslib refuses (five columns, no
+    ##fileformat) gets them too."""
+    import pysam
+
+    seq = genome["seqs"]["chr1"]
+    head = ["##fileformat=VCFv4.2", '##INFO=<ID=DP,Number=1,Type=Integer,Description="depth">',
+            '##FORMAT=<ID=GT,Number=1,Type=String,Description="genotype">',
+            "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1"]
+    body = [f"chr1\t{p}\tv{p}\t{seq[p - 1]}\t{other(seq[p - 1])}\t{p % 50 + 1}\tPASS\tDP={p % 7};XX\tGT\t0/1"
+            for p in (5000, 5030, 9000)]
+    body.append(f"chr1\t9100\tbad\t{other(seq[9099])}\t{other(seq[9099], 2)}\t.\tlow\t.\tGT\t1/1")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full/v.vcf").write_text("\n".join(head + body) + "\n")
+    run_in_process(genome, tmp_path / "full", tmp_path / "full/v.vcf", shards=1)
+    table = pd.read_parquet(tmp_path / "full/out/variants.parquet").set_index("id")
+    records = list(pysam.VariantFile(str(tmp_path / "full/out/variants.vcf.gz")))
+    assert [r.id for r in records] == ["v5000", "v5030", "v9000", "bad"]
+    assert [r.qual for r in records] == [1, 31, 1, None]
+    assert [list(r.filter) for r in records] == [["PASS"]] * 3 + [["low"]]
+    assert [r.info.get("DP") for r in records] == [2, 4, 5, None] and all("XX" in r.info for r in records[:3])
+    assert [r.samples["s1"]["GT"] for r in records] == [(0, 1)] * 3 + [(1, 1)]
+    for r in records[:3]:
+        np.testing.assert_allclose(r.info["SEQMUX_MAX_ABS"], table.loc[r.id, "max_abs_effect"], rtol=1e-5)
+        assert r.info["SEQMUX_TOP"] == (table.loc[r.id, "top_feature"],)
+    assert records[3].info["SEQMUX_FLAGS"] == ("skipped",)
+    (tmp_path / "hand").mkdir()
+    (tmp_path / "hand/v.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\n" + "".join(
+        "\t".join(line.split("\t")[:5]) + "\n" for line in body))
+    run_in_process(genome, tmp_path / "hand", tmp_path / "hand/v.vcf", shards=1)
+    hand = list(pysam.VariantFile(str(tmp_path / "hand/out/variants.vcf.gz")))
+    assert [r.id for r in hand] == ["v5000", "v5030", "v9000", "bad"] and hand[0].qual is None
+    assert [r.info["SEQMUX_MAX_ABS"] for r in hand[:3]] == [r.info["SEQMUX_MAX_ABS"] for r in records[:3]]
+
+
+def test_gather_streams_the_shards(genome, tmp_path, monkeypatch):
+    """The gather merges the shards (each in plan order) a batch at a time: gathering 7x more
+    variants peaks at about the same memory, and the outputs
+    are in VCF order whatever the shard of each row."""
+    import tracemalloc
+
+    import seqmux.score.gather as gather_module
+    import seqmux.score.shard as shard_module
+    from seqmux.genome import open_fasta
+    from seqmux.score.shard import ShardScorer, score_plan_rows
+
+    class Effects:  # the engine's interface, without a model: each row's effect is its position
+        def windows(self, items):
+            return [np.repeat(np.asarray(o, np.float32)[:, None], 6, 1) for _, o, _ in items]
+
+    monkeypatch.setattr(shard_module, "WRITE_ROWS", 512)
+    monkeypatch.setattr(gather_module, "BATCH_ROWS", 512)
+    monkeypatch.setattr(gather_module, "ROW_GROUP_BYTES", 1024 * 4 * 6)  # row groups of 1,024 rows
+    peaks = []
+    for sites in ([("chr1", p) for p in range(5000, 15000, 20)],  # 500 variants, then 14x more
+                  [(c, p) for c in ("chr1", "chr2") for p in range(2000, 37000, 10)]):
+        (tmp_path / "v.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\n" + "".join(
+            f"{c}\t{p}\t.\t{genome['seqs'][c][p - 1]}\t{other(genome['seqs'][c][p - 1])}\n" for c, p in sites))
+        make_plan(genome["fasta"], tmp_path / "p.parquet", tmp_path / "p.json", vcf=tmp_path / "v.vcf", length=L,
+                  stride=100, engine="exact", n_shards=3)
+        for s in range(3):
+            scorer = ShardScorer(open_fasta(genome["fasta"]), Effects(), [f"o{i}" for i in range(6)], L,
+                                 tmp_path / f"{s}.parquet", window_batch=8)
+            score_plan_rows(tmp_path / "p.parquet", s, scorer, rows_per_batch=1024)
+            scorer.close()
+            (tmp_path / f"{s}.json").write_text(json.dumps(dict(
+                scorer.stats, seconds=1.0, names=scorer.names, accuracy_sums=scorer.sums.tolist())))
+        tracemalloc.start()
+        gather(genome["fasta"], tmp_path / "p.parquet", tmp_path / "p.json",
+               [tmp_path / f"{s}.parquet" for s in range(3)], [tmp_path / f"{s}.json" for s in range(3)],
+               tmp_path / "out", engine="exact")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        table = pd.read_parquet(tmp_path / "out/variants.parquet")
+        assert list(zip(table["chrom"], table["pos"])) == sites
+        np.testing.assert_array_equal(table["o0"], table["pos"] - 1 - table["window_start"])
+        assert pq.read_metadata(tmp_path / "out/variants.parquet").num_row_groups == -(-len(sites) // 1024)
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
 # --- the workflow stage -------------------------------------------------------------------------
 
 

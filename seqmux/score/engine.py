@@ -84,16 +84,26 @@ class MultiplexerScorer:
 
     @torch.no_grad()
     def windows(self, items):
+        """Effects ``[M, F]`` of each ``(tokens [L], offsets [M], alts [M])``, ``window_batch`` windows a
+        pass: the trunk on each whole window, the head on the wanted columns only (``forward(x,
+        positions)``: each window's distinct offsets, padded to one count with offset 0), and the kept
+        ``(column, base)`` values gathered on the device."""
         out = []
         for i in range(0, len(items), self.window_batch):
             chunk = items[i:i + self.window_batch]
+            counts = [len(o) for _, o, _ in chunk]
+            columns = [np.unique(np.asarray(o, np.int64), return_inverse=True) for _, o, _ in chunk]
+            positions = np.zeros((len(chunk), max(1, max(len(u) for u, _ in columns))), np.int64)
+            rows, cols, bases = [], [], []
+            for b, ((_, _, alts), (unique, inverse)) in enumerate(zip(chunk, columns)):
+                positions[b, :len(unique)] = unique
+                rows.append(np.full(len(inverse), b)), cols.append(inverse.ravel()), bases.append(np.asarray(alts))
             x = torch.from_numpy(one_hot(np.stack([t for t, _, _ in chunk]))).to(self.device)
-            maps = self.model(x)  # [B, F, 4, L]: reduced to the kept values here, on the device
-            for b, (_, offsets, alts) in enumerate(chunk):
-                o = torch.as_tensor(np.asarray(offsets, np.int64), device=maps.device)
-                a = torch.as_tensor(np.asarray(alts, np.int64), device=maps.device)
-                out.append(maps[b][:, a, o].T.float().cpu().numpy())
+            maps = self.model(x, torch.from_numpy(positions).to(self.device))  # [B, F, 4, P]
+            index = [torch.from_numpy(np.concatenate(a).astype(np.int64)).to(self.device) for a in (rows, bases, cols)]
+            kept = maps[index[0], :, index[1], index[2]].float().cpu().numpy()  # [sum M, F]
             del maps
+            out += np.split(kept, np.cumsum(counts)[:-1])
         return out
 
     @torch.no_grad()

@@ -6,9 +6,10 @@ windows a Multiplexer pass) and each window's output is reduced to its kept valu
 batch. Memory is one row group, one batch of windows and one buffer of output rows, whatever the
 size of the input.
 
-Output columns: ``record``, ``allele``, ``source`` (for the gather), then the published columns
-(``seqmux.score.gather``): chrom, pos, id, ref, alt, window_chrom, window_start, window_end, flags,
-max_abs_effect, top_feature and one float32 column per output.
+Output columns, sorted by ``row`` (the plan row): ``row``, ``record``, ``allele``, ``source`` (for the
+gather), then the published columns (``seqmux.score.gather``): chrom, pos, id, ref, alt,
+window_chrom, window_start, window_end, flags, max_abs_effect, top_feature and one float32 column
+per output.
 """
 
 import json
@@ -30,9 +31,11 @@ from .strand import BothStrands
 
 log = logging.getLogger(__name__)
 
-KEYS = ["record", "allele", "source", "chrom", "pos", "id", "ref", "alt"]
+KEYS = ["row", "record", "allele", "source", "chrom", "pos", "id", "ref", "alt"]
 FIXED = ["window_chrom", "window_start", "window_end", "flags", "max_abs_effect", "top_feature"]
 WRITE_ROWS = 65536
+INTS = {"row", "record", "pos", "window_start", "window_end"}
+FLAGS = np.array(["", "n_padded", "flipped", "n_padded,flipped"], dtype=object)  # by padded + 2 flipped
 
 
 def allele_windows(fasta, chrom, chrom_length, pos, genome_allele, new_allele, length):
@@ -88,11 +91,11 @@ class ShardScorer:
         self.check = {tuple(k) for k in check_windows}
         self.exact = exact_scorer
         self.window_batch, self.batch_size = max(1, window_batch), batch_size
-        self.schema = pa.schema([("record", pa.int64()), ("allele", pa.int16()), ("source", pa.string()),
-                                 ("chrom", pa.string()), ("pos", pa.int64()), ("id", pa.string()),
-                                 ("ref", pa.string()), ("alt", pa.string()), ("window_chrom", pa.string()),
-                                 ("window_start", pa.int64()), ("window_end", pa.int64()), ("flags", pa.string()),
-                                 ("max_abs_effect", pa.float32()), ("top_feature", pa.string())]
+        self.summary_names = np.array(self.names, dtype=object)[self.summary]
+        self.schema = pa.schema([(k, pa.int16() if k == "allele" else pa.int64() if k in INTS else pa.string())
+                                 for k in KEYS + FIXED[:3]] + [("flags", pa.string()),
+                                                               ("max_abs_effect", pa.float32()),
+                                                               ("top_feature", pa.string())]
                                 + [(n, pa.float32()) for n in self.names])
         self.writer = pq.ParquetWriter(str(out_path), self.schema)
         self.buffer, self.buffered = [], 0
@@ -100,21 +103,36 @@ class ShardScorer:
         self.sums = np.zeros((6, len(self.names)))
 
     # --- SNVs by tile
+    def tile_tokens(self, keys):
+        """``[(tokens [L], padded)]`` of tiles ``(fasta_chrom, start)``: a run of tiles of one chromosome
+        with increasing starts less than a window apart is read from the FASTA and tokenised once."""
+        out, i = [], 0
+        while i < len(keys):
+            chrom, lo = keys[i]
+            j = i + 1
+            while j < len(keys) and keys[j][0] == chrom and 0 <= keys[j][1] - keys[j - 1][1] < self.length:
+                j += 1
+            n = self.lengths[chrom]
+            span = tokenize(padded_sequence(self.fasta, chrom, lo, keys[j - 1][1] + self.length, n)[0])
+            out += [(span[start - lo:start - lo + self.length], start < 0 or start + self.length > n)
+                    for _, start in keys[i:j]]
+            i = j
+        return out
+
     def tiles(self, groups):
         """Score ``[(key, rows)]``: each key a tile ``(fasta_chrom, start)``, rows a plan table."""
-        items, meta = [], []
-        for (chrom, start), rows in groups:
-            seq, padded = padded_sequence(self.fasta, chrom, start, start + self.length, self.lengths[chrom])
-            tokens = tokenize(seq)
-            offsets = rows["pos"].to_numpy() - 1 - start
-            items.append((tokens, offsets, rows["subst"].to_numpy().astype(np.int64)))
-            meta.append((chrom, start, padded, rows, tokens))
+        keys = [key for key, _ in groups]
+        windows = self.tile_tokens(keys)
+        items = [(tokens, rows["pos"].to_numpy() - 1 - start, rows["subst"].to_numpy().astype(np.int64))
+                 for ((_, start), rows), (tokens, _) in zip(groups, windows)]
         effects = self.scorer.windows(items)
         self.stats["windows"] += len(items)
-        for (chrom, start, padded, rows, tokens), values in zip(meta, effects):
-            self.emit(rows, values, np.full(rows.num_rows, start), np.full(rows.num_rows, padded))
-            if (chrom, start) in self.check and self.exact is not None:
-                self.check.discard((chrom, start))
+        counts = [rows.num_rows for _, rows in groups]
+        self.emit(pa.concat_tables([rows for _, rows in groups]), np.concatenate(effects),
+                  np.repeat([start for _, start in keys], counts), np.repeat([p for _, p in windows], counts))
+        for key, (tokens, _) in zip(keys, windows):
+            if key in self.check and self.exact is not None:
+                self.check.discard(key)
                 self.sums += pearson_sums(self.scorer.full_map(tokens), self.exact.full_map(tokens))
                 self.stats["checked_windows"] += 1
 
@@ -131,34 +149,43 @@ class ShardScorer:
         self.emit(rows, values, np.array(starts), np.array(padded))
 
     def emit(self, rows, values, starts, padded):
+        """Output rows of plan rows ``rows`` with effects ``values [M, F]``, their windows' ``starts``
+        and N-padding ``padded`` (each ``[M]``), built column by column; buffered until ``flush``."""
         values = np.asarray(values, np.float32)
         flipped = rows["flipped"].to_numpy(zero_copy_only=False)
+        padded = np.asarray(padded, bool)
         values = np.where(flipped[:, None], -values, values).astype(np.float32)
         if not np.all(np.isfinite(values)):
             raise ModelOutputError("an effect is not finite")
         summary = np.abs(values[:, self.summary])
         best = summary.argmax(1)
-        names = np.array(self.names, dtype=object)
-        flags = [",".join(f for f, on in (("n_padded", p), ("flipped", f_)) if on) for p, f_ in zip(padded, flipped)]
         self.stats["n_padded"] += int(np.sum(padded))
         self.stats["flipped"] += int(np.sum(flipped))
         columns = {k: rows[k] for k in KEYS}
         columns.update(window_chrom=rows["fasta_chrom"], window_start=pa.array(starts, pa.int64()),
-                       window_end=pa.array(starts + self.length, pa.int64()), flags=pa.array(flags, pa.string()),
+                       window_end=pa.array(np.asarray(starts) + self.length, pa.int64()),
+                       flags=pa.array(FLAGS[padded + 2 * flipped], pa.string()),
                        max_abs_effect=pa.array(summary[np.arange(len(best)), best], pa.float32()),
-                       top_feature=pa.array(names[self.summary][best].tolist(), pa.string()))
-        for j, name in enumerate(self.names):
-            columns[name] = pa.array(values[:, j], pa.float32())
+                       top_feature=pa.array(self.summary_names[best], pa.string()))
+        for name, column in zip(self.names, np.ascontiguousarray(values.T)):
+            columns[name] = pa.array(column, pa.float32())
         self.buffer.append(pa.table(columns, schema=self.schema))
         self.buffered += rows.num_rows
         self.stats["rows"] += rows.num_rows
-        if self.buffered >= WRITE_ROWS:
-            self.flush()
 
-    def flush(self):
-        if self.buffer:
-            self.writer.write_table(pa.concat_tables(self.buffer))
-            self.buffer, self.buffered = [], 0
+    def flush(self, before=None):
+        """Write the buffered rows in plan order: all of them, or (``before``: the first plan row not
+        yet scored) those before it once ``WRITE_ROWS`` are buffered. Rows come out sorted by plan
+        row, so the gather merges the shards without holding them."""
+        if not self.buffer or (before is not None and self.buffered < WRITE_ROWS):
+            return
+        table = pa.concat_tables(self.buffer)
+        table = table.take(pc.sort_indices(table["row"]))
+        n = table.num_rows if before is None else int(np.searchsorted(table["row"].to_numpy(), before))
+        if n:
+            self.writer.write_table(table.slice(0, n))
+        rest = table.slice(n)
+        self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
     def close(self):
         self.flush()
@@ -166,10 +193,23 @@ class ShardScorer:
 
 
 def score_plan_rows(plan_path, shard, shard_scorer, rows_per_batch=65536):
-    """Stream the plan, score this shard's rows (see the module docstring)."""
-    groups, indels = [], []
+    """Stream the plan, score this shard's rows (see the module docstring). SNVs are scored a batch
+    of tiles at a time, indels ``batch_size`` at a time (earlier when older rows wait on them), and
+    the output is written in plan order."""
+    groups, indels, offset = [], [], 0
+
+    def first_pending():
+        firsts = [t["row"][0].as_py() for t in ([groups[0][1]] if groups else []) + indels[:1]]
+        return min(firsts) if firsts else np.iinfo(np.int64).max
+
+    def score_indels():
+        shard_scorer.indels(pa.concat_tables(indels))
+        indels.clear()
+
     for batch in pq.ParquetFile(str(plan_path)).iter_batches(batch_size=rows_per_batch):
         table = pa.Table.from_batches([batch])
+        table = table.append_column("row", pa.array(np.arange(offset, offset + table.num_rows), pa.int64()))
+        offset += table.num_rows
         table = table.filter(pc.and_(pc.equal(table["shard"], shard), pc.equal(table["reason"], "")))
         if not table.num_rows:
             continue
@@ -178,8 +218,7 @@ def score_plan_rows(plan_path, shard, shard_scorer, rows_per_batch=65536):
         if indel.num_rows:
             indels.append(indel)
             if sum(t.num_rows for t in indels) >= shard_scorer.batch_size:
-                shard_scorer.indels(pa.concat_tables(indels))
-                indels = []
+                score_indels()
         if snv.num_rows:
             chroms = np.asarray(snv["fasta_chrom"].to_pylist(), dtype=object)
             starts = snv["window_start"].to_numpy()
@@ -193,11 +232,15 @@ def score_plan_rows(plan_path, shard, shard_scorer, rows_per_batch=65536):
                     groups.append((key, rows))
             while len(groups) > shard_scorer.window_batch:  # the last tile may go on in the next batch
                 shard_scorer.tiles(groups[:shard_scorer.window_batch])
-                groups = groups[shard_scorer.window_batch:]
+                del groups[:shard_scorer.window_batch]
+        shard_scorer.flush(first_pending())
+        if shard_scorer.buffered >= WRITE_ROWS and indels:  # an early indel holds back the rows after it
+            score_indels()
+            shard_scorer.flush(first_pending())
     if groups:
         shard_scorer.tiles(groups)
     if indels:
-        shard_scorer.indels(pa.concat_tables(indels))
+        score_indels()
 
 
 def load_scorers(engine, strand, base_model, model_path, length, mode, device, batch_size, window_batch,

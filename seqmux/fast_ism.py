@@ -972,13 +972,15 @@ def _windows(padded, starts, width):
 
 def _shifted(delta, starts, width, clip):
     """``[N, width, C]`` windows of each mutant's own ``delta [N, W, C]`` (zero outside it),
-    starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside."""
+    starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside. One
+    row gather (``index_select`` of whole C-vectors, far cheaper than an element-wise gather)."""
     n, w, c = delta.shape
     idx = starts[:, None] + torch.arange(width, device=delta.device)
-    if not clip:
-        return delta.gather(1, idx[:, :, None].expand(n, width, c))
-    out = delta.gather(1, idx.clamp(0, w - 1)[:, :, None].expand(n, width, c))
-    return out.masked_fill_(((idx < 0) | (idx >= w))[:, :, None], 0.0)
+    rows = (idx.clamp(0, w - 1) if clip else idx) + (torch.arange(n, device=delta.device) * w)[:, None]
+    out = delta.reshape(n * w, c).index_select(0, rows.flatten()).view(n, width, c)
+    if clip:
+        out.masked_fill_(((idx < 0) | (idx >= w))[:, :, None], 0.0)
+    return out
 
 
 def _rel_shift(loc, j, delta, tab, pos, pos_np):
@@ -1005,10 +1007,20 @@ def _transposed_conv(delta, weight, loc):
     k, d = loc.k, loc.d
     co = weight.shape[1] // k
     y = (delta.reshape(n * w, c) @ weight).view(n, w, k, co)
-    out = y.new_zeros(n, w + (k - 1) * d, co)
+    e = (k - 1) * d
+    if k > 1 and n * (w + 2 * e) * k * co <= SMALL_SUM:
+        # small: the taps summed in one reduction over a strided view of y padded by the kernel's
+        # extent on both sides (output t takes tap j from padded row t + j d); 3 operations, not 3k
+        z = F.pad(y, (0, 0, 0, 0, e, e))
+        u = z.stride(1)
+        return z.as_strided((n, w + e, k, co), (z.stride(0), u, u * d + co, 1)).sum(2)
+    out = y.new_zeros(n, w + e, co)
     for j in range(k):
         out[:, (k - 1 - j) * d:(k - 1 - j) * d + w] += y[:, :, j]
     return out
+
+
+SMALL_SUM = 1 << 18   # numbers of a padded tap tensor summed in one reduction (larger: tap by tap)
 
 
 def _direct_conv(x, weight, loc):
@@ -1191,17 +1203,41 @@ def _spliced(plan, loc, act, change, pos, n):
         outside = (idx < 0) | (idx >= loc.length)
         if outside.any():
             delta = delta.masked_fill(outside[:, :, None], 0.0)
-        full.scatter_add_(1, idx.clamp(0, loc.length - 1)[:, :, None].expand(n, w, loc.c), delta)
+        rows = idx.clamp(0, loc.length - 1) + (torch.arange(n, device=pos.device) * loc.length)[:, None]
+        full.view(n * loc.length, loc.c).index_add_(0, rows.flatten(), delta.reshape(n * w, loc.c))
     return full.transpose(1, 2).reshape((n,) + loc.shape[1:])
 
 
-def _dense_update(dense, src, delta, ref_pre, starts):
+def _dense_whole(n, w, src, hidden, groups, device):
+    """Whether one GEMM over the whole flattened activation (its changes scattered into zeros)
+    is expected to be faster than one GEMM per group of window starts (``groups``, from
+    ``_dense_groups``): on small models the groups' operations outweigh the multiply-adds the
+    whole width adds."""
+    if len(groups) < 2:
+        return False
+    cost = COST.get(torch.device(device).type, COST["cuda"])
+    extra = n * (src.length - w) * src.c * (hidden * cost["mac"] + cost["number"])
+    ops = sum(3 if len(runs) == 1 else 4 + 4 * len(runs) for _, _, runs in groups) - 6
+    return extra < ops * cost["op"]
+
+
+def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
     """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
-    whose windows start within DENSE_SPAN positions (their union window, zero-filled)."""
+    whose windows start within DENSE_SPAN positions (their union window, zero-filled), or one
+    GEMM over the whole activation when that is expected to be faster (``_dense_whole``)."""
     n = delta.shape[0]
     c, w, p = src.c, delta.shape[1], src.length
+    groups = _dense_groups(starts)
+    if _dense_whole(n, w, src, dense.weight_pm.shape[0], groups, delta.device):
+        x = delta.new_zeros(n * p, c)
+        idx = tab["st"][pos][:, None] + torch.arange(w, device=pos.device)
+        if (starts < 0).any() or (starts + w > p).any():
+            delta = delta.masked_fill(((idx < 0) | (idx >= p))[:, :, None], 0.0)
+        rows = idx.clamp(0, p - 1) + (torch.arange(n, device=pos.device) * p)[:, None]
+        x.index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+        return torch.addmm(ref_pre, x.view(n, p * c), dense.weight_pm.T)
     hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
-    for r0, r1, runs in _dense_groups(starts):
+    for r0, r1, runs in groups:
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
         if b <= a:
             hidden[r0:r1] = ref_pre
@@ -1229,7 +1265,7 @@ def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
     for d in plan.dense:
         src = plan.locals[d.src]
         delta = changes[d.src].get()
-        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np])
+        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np], plan.tables[d.src], pos)
     spliced = {}
 
     def value(node):
@@ -1300,7 +1336,8 @@ def _chunks(starts, batch_size):
 
 
 @torch.no_grad()
-def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True):
+def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
+                                  identity=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
     computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
     (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
@@ -1308,8 +1345,9 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
 
     ``reference``: the model's own output ``[F]`` on ``onehot`` (computed when not given); the
     plan's reference must match it, else the model counts as not analysable. Identity
-    substitutions get exactly ``reference``. ``batch_size``: the most mutants per chunk (fewer
-    when their activations would outgrow ``CHUNK_BYTES``, see ``chunk_size``).
+    substitutions get exactly ``reference`` (``identity``: their ``[M]`` bool mask when the caller
+    has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
+    outgrow ``CHUNK_BYTES``, see ``chunk_size``).
     """
     length = onehot.shape[-1]
     plan = get_plan(model, length)
@@ -1318,6 +1356,36 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     if not isinstance(plan, Plan):
         _report(model, plan)
         return None
+    m = offsets.shape[0]
+    out = reference.new_empty((m,) + tuple(reference.shape))
+    if m == 0:
+        return out
+    # the bookkeeping on the host (views of CPU tensors, no torch operations): identity
+    # substitutions (the column already is that base) and substitutions whose change cannot reach
+    # the output get exactly the reference; the others run sorted by position
+    off_np = offsets.cpu().numpy().astype(np.int64, copy=False)
+    alt_np = alts.cpu().numpy().astype(np.int64, copy=False)
+    if identity is None:
+        identity = identity_np(onehot, off_np, alt_np)
+    else:
+        identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
+    todo = np.flatnonzero(~identity & plan.live[off_np])
+    order_np = todo[np.argsort(off_np[todo], kind="stable")]
+    pos_np = off_np[order_np]
+    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
+    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
+    if choose and len(pos_np):
+        groups = 0
+        for d in plan.dense:
+            src = plan.locals[d.src]
+            for a, b in chunks:
+                g = _dense_groups(starts[a:b])
+                groups += 1 if _dense_whole(b - a, src.width, src, d.weight_pm.shape[0], g, onehot.device) else len(g)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
+        if naive_s < fast_s:
+            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
+                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
+            return None
     env, acts, padded = _window_cache(plan, onehot)
     ref_out = env[plan.output][0]
     if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
@@ -1326,36 +1394,28 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         _PLANS[model][length] = (plan.signature, reason)
         _report(model, reason)
         return None
-    m = offsets.shape[0]
-    out = reference.new_empty((m,) + tuple(reference.shape))
-    if m == 0:
+    if len(order_np) < m:
+        rest = np.ones(m, dtype=bool)
+        rest[order_np] = False
+        out[torch.from_numpy(np.flatnonzero(rest)).to(out.device)] = reference
+    if not len(order_np):
         return out
-    offsets, alts = offsets.long(), alts.long()
-    # identity substitutions (the column already is that base) and substitutions whose change
-    # cannot reach the output: exactly the reference
-    target = F.one_hot(alts, 4).to(onehot.dtype)
-    identity = (onehot[:, offsets].T == target).all(1)
-    live = torch.as_tensor(plan.live, device=offsets.device)[offsets]
-    out[identity | ~live] = reference
-    todo = torch.nonzero(~identity & live).flatten()
-    if todo.numel() == 0:
-        return out
-    order = todo[torch.argsort(offsets[todo], stable=True)]
-    pos, alt_sorted = offsets[order], alts[order]
-    pos_np = pos.cpu().numpy()
-    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
-    if choose:
-        groups = sum(len(_dense_groups(starts[a:b])) for a, b in chunks) * len(plan.dense)
-        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
-        if naive_s < fast_s:
-            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
-                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
-            return None
+    device = offsets.device
+    order = torch.from_numpy(order_np).to(device)
+    pos = torch.from_numpy(pos_np).to(device)
+    alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
     for a, b in chunks:
-        out[order[a:b]] = _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
-                                     alt_sorted[a:b]).to(out.dtype)
+        out.index_copy_(0, order[a:b], _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
+                                                  alt_sorted[a:b]).to(out.dtype))
     return out
+
+
+def identity_np(onehot, offsets, alts):
+    """``[M]`` bool numpy array: substitution ``i`` puts the base the window already has at
+    ``offsets[i]`` (numpy ints; an N or multi-hot column has none)."""
+    x = onehot.detach().cpu()
+    x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    return (x[:, offsets] == np.eye(4, dtype=x.dtype)[:, alts]).all(0)
 
 
 def _report(model, reason, what="cannot be analysed"):

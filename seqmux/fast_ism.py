@@ -237,10 +237,15 @@ class Plan:
 
     def numbers_per_mutant(self):
         """Numbers one mutant's incremental computation writes: its change windows, the whole
-        activations that layers run in full read, and what those layers compute."""
+        activations that layers run in full read or the output is (each written ``SPLICE_PASSES``
+        times: the reference copied, the change added, the layout and the result copied), and what
+        the dense layers compute."""
         total = sum(loc.width * loc.c for loc in self.locals if loc.op != "alias")
-        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
-        total += sum(self.locals[i].length * self.locals[i].c for i in frontier)
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n)
+                    if a in self.node_local and not (n.op == "call_method" and n.target == "size")}
+        if self.output in self.node_local:
+            frontier.add(self.node_local[self.output])
+        total += SPLICE_PASSES * sum(self.locals[i].length * self.locals[i].c for i in frontier)
         return total + sum(d.linear.out_features for d in self.dense)
 
     def macs_per_mutant(self):
@@ -275,10 +280,14 @@ def _full_macs(graph, modules, values):
 
 
 # the cost model that picks naive ISM where fast ISM would be slower (deterministic: a function of
-# the plan and the substitutions): seconds per multiply-add and per torch operation of each kind
-# of device, measured on this project's CPU and GPU machines
-COST = {"cpu": {"mac": 1 / 2e10, "number": 1e-9, "op": 1e-5},
-        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "op": 1.5e-5}}
+# the plan and the substitutions): seconds per multiply-add, per number written (``number``: by
+# the incremental path's small operations; ``naive_number``: by whole layers) and per torch
+# operation of each kind of device, measured on this project's CPU (tangermeme's toy models,
+# 1 thread: the small convolutions of naive ISM reach ~4 G multiply-adds/s) and GPU machines;
+# ``op_scale``: torch operations dispatched per operation the plan counts (incremental, naive)
+COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (2, 3)},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (2, 3)}}
+SPLICE_PASSES = 4
 
 
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
@@ -287,10 +296,12 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
     if not plan.costs:
         plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
     ops_per_chunk, macs, numbers, n_nodes = plan.costs
-    fast_ops = n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20
+    fast_scale, naive_scale = cost["op_scale"]
+    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20)
     fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
-    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
-    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["number"]) + naive_ops * cost["op"]
+    naive_ops = naive_scale * -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
+    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["naive_number"]) \
+        + naive_ops * cost["op"]
     return fast, naive
 
 
@@ -877,6 +888,13 @@ def get_plan(model, length):
                 tab = {"st": torch.as_tensor(loc.st, device=dev)}
                 for j, rel in enumerate(loc.rel):
                     tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
+                    w_src = plan.locals[loc.src[j]].width
+                    idx = rel[:, None] + np.arange(loc.w_in)
+                    if idx.size <= TABLE_ENTRIES:   # the rows each position's read takes, and the ones outside
+                        tab[f"rows{j}"] = (w_src, torch.as_tensor(np.clip(idx, 0, w_src - 1), device=dev))
+                        outside = (idx < 0) | (idx >= w_src)
+                        if outside.any():
+                            tab[f"clip{j}"] = torch.as_tensor(outside, device=dev)[:, :, None]
                 cols = loc.st[:, None] + np.arange(loc.width)
                 if cols.size <= TABLE_ENTRIES and ((cols < 0) | (cols >= loc.length)).any():
                     tab["outside"] = torch.as_tensor((cols < 0) | (cols >= loc.length), device=dev)[:, :, None]
@@ -993,6 +1011,15 @@ def _rel_shift(loc, j, delta, tab, pos, pos_np):
             return delta
         lo, hi = max(0, -r), max(0, r + loc.w_in - w)
         return (F.pad(delta, (0, 0, lo, hi)) if lo or hi else delta).narrow(1, r + lo, loc.w_in)
+    rows = tab.get(f"rows{j}")
+    if rows is not None and rows[0] == w:      # the plan's row table: a gather and a mask
+        n, c = delta.shape[0], delta.shape[2]
+        base = tab.get(("base", w, n))
+        if base is None:
+            base = tab[("base", w, n)] = (torch.arange(n, device=delta.device) * w)[:, None]
+        out = delta.reshape(n * w, c).index_select(0, (rows[1][pos] + base).flatten()).view(n, loc.w_in, c)
+        clip = tab.get(f"clip{j}")
+        return out if clip is None else out.masked_fill_(clip[pos], 0.0)
     clip = bool((rel < 0).any() or (rel + loc.w_in > w).any())
     return _shifted(delta, tab[f"rel{j}"][pos], loc.w_in, clip)
 
@@ -1070,6 +1097,9 @@ def _window_cache(plan, onehot):
     for src, _, _, pad_value, margins in plan.reads:
         a = acts[src]
         padded.append(F.pad(a, (0, 0) + margins, value=pad_value) if any(margins) else a)
+    # last: the input's change of each (position, base), row 4 p + b: e_b - the window's column p
+    eye = torch.eye(4, dtype=onehot.dtype, device=onehot.device)
+    padded.append((eye[None] - onehot.T[:, None, :]).reshape(-1, 4))
     return env, acts, padded
 
 
@@ -1091,11 +1121,8 @@ def _run_locals(plan, padded, onehot, pos, pos_np, alts):
 def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
     """The ``_Change`` of one local activation from its sources' (``changes``)."""
     op = loc.op
-    if op == "input":
-        n = pos.shape[0]
-        delta = -onehot[:, pos].T.unsqueeze(1)                   # [N, 1, 4]: e_alt - reference column
-        delta[torch.arange(n, device=pos.device), 0, alts] += 1.0
-        return _Change(delta)
+    if op == "input":             # [N, 1, 4]: e_alt - reference column, rows of the window's table
+        return _Change(padded[-1].index_select(0, pos * 4 + alts).unsqueeze(1))
     src = changes[loc.src[0]]
     if op == "alias":
         return src

@@ -186,6 +186,7 @@ class Plan:
     full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
     full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
+    window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -1084,6 +1085,19 @@ class _Change:
         return self.delta
 
 
+def _cached_window(plan, onehot):
+    """``_window_cache`` of ``onehot``, reused while the same window comes again (a caller that
+    splits one window's substitutions over several calls, as tangermeme's fast path reuses an
+    example's activations): the plan keeps its last window (a copy) and that window's state."""
+    last = plan.window
+    if last is not None and last[0].shape == onehot.shape and last[0].dtype == onehot.dtype \
+            and last[0].device == onehot.device and torch.equal(last[0], onehot):
+        return last[1]
+    state = _window_cache(plan, onehot)
+    plan.window = (onehot.clone(), state)
+    return state
+
+
 def _window_cache(plan, onehot):
     """Per window: the reference of every node, the padded reference windows the local layers
     read, every local activation as ``[l, C]`` (position-major)."""
@@ -1413,7 +1427,7 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
             _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
                     f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
             return None
-    env, acts, padded = _window_cache(plan, onehot)
+    env, acts, padded = _cached_window(plan, onehot)
     ref_out = env[plan.output][0]
     if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
                                                               equal_nan=True):

@@ -1344,18 +1344,17 @@ def chunk_size(plan, batch_size, dtype, device):
 
 def _dense_groups(starts, span=DENSE_SPAN):
     """``(r0, r1, runs)`` row ranges of sorted ``starts`` spanning fewer than ``span`` values;
-    ``runs``: ``(q0, q1, start)`` of each distinct start in it."""
+    ``runs``: ``(q0, q1, start)`` of each distinct start in it. One step per group (a search for
+    the group's end among the distinct starts), not per row."""
     n = len(starts)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(starts)) + 1, [n]])
-    groups, runs = [], []
-    for q0, q1 in zip(bounds[:-1], bounds[1:]):
-        s0 = int(starts[q0])
-        if runs and s0 - runs[0][2] >= span:
-            groups.append((runs[0][0], runs[-1][1], runs))
-            runs = []
-        runs.append((int(q0), int(q1), s0))
-    if runs:
+    first = np.asarray(starts)[bounds[:-1]]
+    groups, i = [], 0
+    while i < len(first):
+        j = int(np.searchsorted(first, first[i] + span, "left"))
+        runs = list(zip(bounds[i:j].tolist(), bounds[i + 1:j + 1].tolist(), first[i:j].tolist()))
         groups.append((runs[0][0], runs[-1][1], runs))
+        i = j
     return groups
 
 

@@ -39,6 +39,10 @@ call ``predict_substitutions(method="fast")`` (the cost model's choice of increm
 ISM included), its incremental path forced (``method="incremental"``), its naive ISM, and
 tangermeme's fast=True built once (``predict_edits``, the best of its batch sizes).
 
+``beluga_steady``: Beluga's fast ISM against tangermeme's fast path built once on the substitutions
+of ``--positions`` positions in the middle of one window, rounds interleaved with the GEMM peak:
+the Beluga row's ratio, short enough for a loaded machine (with ``--clock thread``).
+
 GEMM peak: the fp32 matrix-multiply throughput of this device at the benchmark's threads
 (``torch.mm`` of 2,048 x 2,048 matrices, the fastest of several, measured between the fast ISM
 rounds so that both see the same load), and for each model the fraction of it that fast ISM
@@ -96,12 +100,15 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter     # --clock thread: this thread's CPU time (a shared machine's waits left out)
+
+
 def timed(fn, device):
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     out = fn()
     sync(device)
-    return out, time.perf_counter() - t0
+    return out, CLOCK() - t0
 
 
 @torch.no_grad()
@@ -301,8 +308,20 @@ def bench_toys(args, device, rng):
         offsets, alts = substitutions(tokens)
         off = torch.from_numpy(offsets.astype(np.int64)).to(device)
         alt = torch.from_numpy(alts.astype(np.int64)).to(device)
-        times = {k: float("inf") for k in ("fast", "incremental", "naive", "tangermeme")}
-        calls = {
+        times = {k: float("inf") for k in ("fast", "incremental", "naive", "tangermeme", "fast new", "tangermeme new")}
+
+        def new_window():               # forget the window's reference activations (a new window each call)
+            plan = get_plan(net, TOY_LENGTH)
+            if not isinstance(plan, str):
+                plan.window = None
+            if tg is not None:
+                tg._example = None
+
+        calls = {           # the new-window calls first, then (untimed) both caches filled again
+            "fast new": lambda: (new_window(), predict_substitutions(model, x, off, alt, "fast", args.chunk,
+                                                                     output=output)),
+        }
+        same = {
             "fast": lambda: predict_substitutions(model, x, off, alt, "fast", args.chunk, output=output),
             "incremental": lambda: predict_substitutions(model, x, off, alt, "incremental", args.chunk, output=output),
             "naive": lambda: predict_substitutions(model, x, off, alt, "naive", args.naive_batch, output=output),
@@ -317,14 +336,22 @@ def bench_toys(args, device, rng):
                 tg = _FastISM(net, X8, None, 0, TOY_LENGTH, device, torch.float32, False)
             _, chars, positions = tsm._single_edits(X8[0], 0, TOY_LENGTH)
             for bs in args.tangermeme_batches:
-                calls[f"tangermeme {bs}"] = (lambda b: lambda: tg.predict_edits(0, chars, positions, b))(bs)
+                calls[f"tangermeme new {bs}"] = (lambda b: lambda: (new_window(), tg.predict_edits(0, chars, positions,
+                                                                                                   b)))(bs)
+                same[f"tangermeme {bs}"] = (lambda b: lambda: tg.predict_edits(0, chars, positions, b))(bs)
+        calls["warm"] = lambda: (predict_substitutions(model, x, off[:8], alt[:8], "incremental", output=output),
+                                 tg is not None and tg.predict_edits(0, chars[:8], positions[:8], 8))
+        calls.update(same)
         with torch.no_grad():
             for fn in calls.values():
                 fn()                                         # plans, captures, warm-up
             for _ in range(max(5 * args.rounds, 15)):    # tiny runs: many rounds, the fastest counts
                 for key, fn in calls.items():
+                    if key == "warm":
+                        fn()
+                        continue
                     t = timed(fn, device)[1]
-                    key = "tangermeme" if key.startswith("tangermeme") else key
+                    key = key.rsplit(" ", 1)[0] if key.startswith("tangermeme") else key
                     times[key] = min(times[key], t)
         from seqmux.fast_ism import _REPORTED
 
@@ -335,20 +362,70 @@ def bench_toys(args, device, rng):
               f"naive {times['naive'] * 1e3:.2f} ms, tangermeme fast=True built {times['tangermeme'] * 1e3:.2f} ms "
               f"({len(off)} substitutions)")
     print(f"\ntangermeme's toy models on {device}, L = {TOY_LENGTH} (ms per window; ratios: tangermeme's built "
-          "fast path over this project's)")
+          "fast path over this project's; 'same window': both reuse the window's reference activations between "
+          "calls, 'new window': both recompute them each call)")
     print("| model | fast (library call) | it ran | incremental | naive | tangermeme fast=True built "
-          "| vs tangermeme | fast vs own naive |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| vs tangermeme | fast vs own naive | fast, new window | tangermeme, new window | vs tangermeme, new |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['fast'] * 1e3:.2f} | {r['choice']} | {r['incremental'] * 1e3:.2f} "
               f"| {r['naive'] * 1e3:.2f} "
-              f"| {r['tangermeme'] * 1e3:.2f} | {r['tangermeme'] / r['fast']:.2f}x | {r['naive'] / r['fast']:.2f}x |")
+              f"| {r['tangermeme'] * 1e3:.2f} | {r['tangermeme'] / r['fast']:.2f}x | {r['naive'] / r['fast']:.2f}x "
+              f"| {r['fast new'] * 1e3:.2f} | {r['tangermeme new'] * 1e3:.2f} "
+              f"| {r['tangermeme new'] / r['fast new']:.2f}x |")
+
+
+def bench_steady(args, device, rng):
+    """``beluga_steady``: Beluga's fast ISM against tangermeme's fast path built once, on the
+    substitutions of ``--positions`` positions in the middle of one window (per-mutant cost does
+    not depend on the position away from the ends), rounds interleaved with the GEMM peak; float32
+    deviations against float64 naive ISM on 12 of them. Short enough for a loaded machine."""
+    import tangermeme.saturation_mutagenesis as tsm
+    from tangermeme._fastism import _FastISM
+
+    length = LENGTHS["beluga"]
+    model = build("beluga", args.seed).to(device)
+    head = logit_model(model, length) or model
+    tokens = window(rng, length)
+    x = torch.from_numpy(one_hot(tokens)).to(device)
+    offsets, alts = substitutions(tokens)
+    a = length // 2 - args.positions // 2
+    sel = np.flatnonzero((offsets >= a) & (offsets < a + args.positions))
+    off = torch.from_numpy(offsets[sel].astype(np.int64)).to(device)
+    alt = torch.from_numpy(alts[sel].astype(np.int64)).to(device)
+    m = len(sel)
+    with torch.no_grad():
+        ref = head(x[None])[0]
+        fast_substitution_predictions(head, x, off[:16], alt[:16], ref, args.chunk)         # plan, warm-up
+        tg = _FastISM(head, tsm._to_int8(x[None].cpu()), None, 0, length, device, torch.float32, False)
+        tg.predict_edits(0, alt[:16].cpu(), off[:16].cpu(), 512)
+        t_fast = t_tg = float("inf")
+        peak = 0.0
+        for _ in range(args.rounds):
+            fast, t = timed(lambda: fast_substitution_predictions(head, x, off, alt, ref, args.chunk), device)
+            t_fast = min(t_fast, t)
+            peak = max(peak, gemm_peak(device, rounds=2))
+            y_tg, t = timed(lambda: tg.predict_edits(0, alt.cpu(), off.cpu(), 512), device)
+            t_tg = min(t_tg, t)
+        check = torch.arange(0, m, max(1, m // 12), device=device)[:12]
+        y64 = naive_substitution_predictions(copy.deepcopy(head).double(), x.double(), off[check], alt[check], 64)
+        naive32 = naive_substitution_predictions(head, x, off[check], alt[check], 64)
+    macs = get_plan(head, length).macs_per_mutant()
+    print(f"\n== beluga, steady state: {m} substitutions of positions {a}..{a + args.positions - 1}")
+    print(f"this project fast: {t_fast / m * 1e3:.3f} ms per mutant; tangermeme fast=True built once (batch 512): "
+          f"{t_tg / m * 1e3:.3f} ms per mutant: {t_tg / t_fast:.2f}x; GEMM peak {peak / 1e9:.1f} G multiply-adds/s, "
+          f"fast ISM reaches {macs * m / t_fast / peak:.1%} of it")
+    print(f"max |deviation| from float64 naive ({len(check)} substitutions; largest |output| "
+          f"{y64.abs().max():.2f}): fast32 {(fast[check].double() - y64).abs().max():.2e}, naive32 "
+          f"{(naive32.double() - y64).abs().max():.2e}, tangermeme fast32 "
+          f"{(y_tg[check.cpu()].double() - y64.cpu()).abs().max():.2e}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="toys,beluga,legacy_beluga,basset,bpnet",
-                    help="comma-separated; toys: tangermeme's toy models")
+                    help="comma-separated; toys: tangermeme's toy models; beluga_steady: Beluga against "
+                    "tangermeme's built fast path on --positions positions")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--naive-sample", type=int, default=300, help="naive ISM substitutions per model and round")
@@ -359,7 +436,12 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs of each fast method (this project's; tangermeme's steady state): the fastest counts")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--positions", type=int, default=200, help="beluga_steady: positions of the window it mutates")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall time, or this thread's CPU time (with --threads 1 on a CPU shared with other jobs)")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.thread_time if args.clock == "thread" else time.perf_counter
     args.tangermeme_batches = [int(b) for b in args.tangermeme_batches.split(",")]
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -372,7 +454,7 @@ def main(argv=None):
     except ImportError:
         tg_version = "not installed"
     print(f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"tangermeme {tg_version}; load average {os.getloadavg()[0]:.2f}")
+          f"tangermeme {tg_version}; load average {os.getloadavg()[0]:.2f}; clock {args.clock}")
     rng = np.random.default_rng(args.seed)
     results = []
     t0 = time.perf_counter()
@@ -382,6 +464,8 @@ def main(argv=None):
     for model in args.models.split(","):
         if model.strip() == "toys":
             bench_toys(args, device, rng)
+        elif model.strip() == "beluga_steady":
+            bench_steady(args, device, rng)
         else:
             bench(model.strip(), args, device, rng, results)
     print(f"\nsummary on {device} (ms per mutant; ratios are the other method's time over this project's fast)")

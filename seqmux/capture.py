@@ -184,14 +184,27 @@ def capture(model, length, leaves=()):
 
 def trace(model):
     """``torch.fx.symbolic_trace`` of ``model`` that leaves no trace in it: a ``GraphModule``
-    sharing the model's layers. Raises what the trace raises."""
+    sharing the model's layers, in the model's mode. Raises what the trace raises."""
     with preserved(model):
         graph = fx.Tracer().trace(model)
         objects = _named_objects(model, graph)
-    return fx.GraphModule(objects, graph, model_name(model))
+    return in_mode_of(fx.GraphModule(objects, graph, model_name(model)), model)
 
 
 def graph_module(model, captured):
     """A ``GraphModule`` running a ``capture`` of ``model`` with the model's own layers (shared,
-    not copied)."""
-    return fx.GraphModule(captured.objects, captured.graph, model_name(model))
+    not copied), in the model's mode."""
+    return in_mode_of(fx.GraphModule(captured.objects, captured.graph, model_name(model)), model)
+
+
+def in_mode_of(gm, model):
+    """``gm`` with the modules it made itself (its root and the containers of the layers it
+    shares) in ``model``'s mode. Left in their default training mode, a caller that saves the
+    root's mode, switches to eval and restores "training" (``model.train()``, as tangermeme's
+    calls do) would put the shared layers, and so the user's model, into training mode: dropout
+    on in every later call."""
+    own = {id(m) for m in model.modules()}
+    for m in gm.modules():
+        if id(m) not in own:
+            m.training = model.training
+    return gm

@@ -186,6 +186,7 @@ class Plan:
     full_macs: int = 0           # multiply-adds of one full forward pass (naive ISM, per mutant)
     full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
+    window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -237,10 +238,15 @@ class Plan:
 
     def numbers_per_mutant(self):
         """Numbers one mutant's incremental computation writes: its change windows, the whole
-        activations that layers run in full read, and what those layers compute."""
+        activations that layers run in full read or the output is (each written ``SPLICE_PASSES``
+        times: the reference copied, the change added, the layout and the result copied), and what
+        the dense layers compute."""
         total = sum(loc.width * loc.c for loc in self.locals if loc.op != "alias")
-        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
-        total += sum(self.locals[i].length * self.locals[i].c for i in frontier)
+        frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n)
+                    if a in self.node_local and not (n.op == "call_method" and n.target == "size")}
+        if self.output in self.node_local:
+            frontier.add(self.node_local[self.output])
+        total += SPLICE_PASSES * sum(self.locals[i].length * self.locals[i].c for i in frontier)
         return total + sum(d.linear.out_features for d in self.dense)
 
     def macs_per_mutant(self):
@@ -275,10 +281,14 @@ def _full_macs(graph, modules, values):
 
 
 # the cost model that picks naive ISM where fast ISM would be slower (deterministic: a function of
-# the plan and the substitutions): seconds per multiply-add and per torch operation of each kind
-# of device, measured on this project's CPU and GPU machines
-COST = {"cpu": {"mac": 1 / 2e10, "number": 1e-9, "op": 1e-5},
-        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "op": 1.5e-5}}
+# the plan and the substitutions): seconds per multiply-add, per number written (``number``: by
+# the incremental path's small operations; ``naive_number``: by whole layers) and per torch
+# operation of each kind of device, measured on this project's CPU (tangermeme's toy models,
+# 1 thread: the small convolutions of naive ISM reach ~4 G multiply-adds/s) and GPU machines;
+# ``op_scale``: torch operations dispatched per operation the plan counts (incremental, naive)
+COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (2, 3)},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (2, 3)}}
+SPLICE_PASSES = 4
 
 
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
@@ -287,10 +297,12 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
     if not plan.costs:
         plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
     ops_per_chunk, macs, numbers, n_nodes = plan.costs
-    fast_ops = n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20
+    fast_scale, naive_scale = cost["op_scale"]
+    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20)
     fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
-    naive_ops = -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
-    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["number"]) + naive_ops * cost["op"]
+    naive_ops = naive_scale * -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
+    naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["naive_number"]) \
+        + naive_ops * cost["op"]
     return fast, naive
 
 
@@ -877,6 +889,13 @@ def get_plan(model, length):
                 tab = {"st": torch.as_tensor(loc.st, device=dev)}
                 for j, rel in enumerate(loc.rel):
                     tab[f"rel{j}"] = torch.as_tensor(rel, device=dev)
+                    w_src = plan.locals[loc.src[j]].width
+                    idx = rel[:, None] + np.arange(loc.w_in)
+                    if idx.size <= TABLE_ENTRIES:   # the rows each position's read takes, and the ones outside
+                        tab[f"rows{j}"] = (w_src, torch.as_tensor(np.clip(idx, 0, w_src - 1), device=dev))
+                        outside = (idx < 0) | (idx >= w_src)
+                        if outside.any():
+                            tab[f"clip{j}"] = torch.as_tensor(outside, device=dev)[:, :, None]
                 cols = loc.st[:, None] + np.arange(loc.width)
                 if cols.size <= TABLE_ENTRIES and ((cols < 0) | (cols >= loc.length)).any():
                     tab["outside"] = torch.as_tensor((cols < 0) | (cols >= loc.length), device=dev)[:, :, None]
@@ -972,13 +991,15 @@ def _windows(padded, starts, width):
 
 def _shifted(delta, starts, width, clip):
     """``[N, width, C]`` windows of each mutant's own ``delta [N, W, C]`` (zero outside it),
-    starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside."""
+    starting at ``starts [N]`` (may be negative); ``clip``: whether some reach outside. One
+    row gather (``index_select`` of whole C-vectors, far cheaper than an element-wise gather)."""
     n, w, c = delta.shape
     idx = starts[:, None] + torch.arange(width, device=delta.device)
-    if not clip:
-        return delta.gather(1, idx[:, :, None].expand(n, width, c))
-    out = delta.gather(1, idx.clamp(0, w - 1)[:, :, None].expand(n, width, c))
-    return out.masked_fill_(((idx < 0) | (idx >= w))[:, :, None], 0.0)
+    rows = (idx.clamp(0, w - 1) if clip else idx) + (torch.arange(n, device=delta.device) * w)[:, None]
+    out = delta.reshape(n * w, c).index_select(0, rows.flatten()).view(n, width, c)
+    if clip:
+        out.masked_fill_(((idx < 0) | (idx >= w))[:, :, None], 0.0)
+    return out
 
 
 def _rel_shift(loc, j, delta, tab, pos, pos_np):
@@ -991,6 +1012,15 @@ def _rel_shift(loc, j, delta, tab, pos, pos_np):
             return delta
         lo, hi = max(0, -r), max(0, r + loc.w_in - w)
         return (F.pad(delta, (0, 0, lo, hi)) if lo or hi else delta).narrow(1, r + lo, loc.w_in)
+    rows = tab.get(f"rows{j}")
+    if rows is not None and rows[0] == w:      # the plan's row table: a gather and a mask
+        n, c = delta.shape[0], delta.shape[2]
+        base = tab.get(("base", w, n))
+        if base is None:
+            base = tab[("base", w, n)] = (torch.arange(n, device=delta.device) * w)[:, None]
+        out = delta.reshape(n * w, c).index_select(0, (rows[1][pos] + base).flatten()).view(n, loc.w_in, c)
+        clip = tab.get(f"clip{j}")
+        return out if clip is None else out.masked_fill_(clip[pos], 0.0)
     clip = bool((rel < 0).any() or (rel + loc.w_in > w).any())
     return _shifted(delta, tab[f"rel{j}"][pos], loc.w_in, clip)
 
@@ -1005,10 +1035,20 @@ def _transposed_conv(delta, weight, loc):
     k, d = loc.k, loc.d
     co = weight.shape[1] // k
     y = (delta.reshape(n * w, c) @ weight).view(n, w, k, co)
-    out = y.new_zeros(n, w + (k - 1) * d, co)
+    e = (k - 1) * d
+    if k > 1 and n * (w + 2 * e) * k * co <= SMALL_SUM:
+        # small: the taps summed in one reduction over a strided view of y padded by the kernel's
+        # extent on both sides (output t takes tap j from padded row t + j d); 3 operations, not 3k
+        z = F.pad(y, (0, 0, 0, 0, e, e))
+        u = z.stride(1)
+        return z.as_strided((n, w + e, k, co), (z.stride(0), u, u * d + co, 1)).sum(2)
+    out = y.new_zeros(n, w + e, co)
     for j in range(k):
         out[:, (k - 1 - j) * d:(k - 1 - j) * d + w] += y[:, :, j]
     return out
+
+
+SMALL_SUM = 1 << 18   # numbers of a padded tap tensor summed in one reduction (larger: tap by tap)
 
 
 def _direct_conv(x, weight, loc):
@@ -1045,6 +1085,19 @@ class _Change:
         return self.delta
 
 
+def _cached_window(plan, onehot):
+    """``_window_cache`` of ``onehot``, reused while the same window comes again (a caller that
+    splits one window's substitutions over several calls, as tangermeme's fast path reuses an
+    example's activations): the plan keeps its last window (a copy) and that window's state."""
+    last = plan.window
+    if last is not None and last[0].shape == onehot.shape and last[0].dtype == onehot.dtype \
+            and last[0].device == onehot.device and torch.equal(last[0], onehot):
+        return last[1]
+    state = _window_cache(plan, onehot)
+    plan.window = (onehot.clone(), state)
+    return state
+
+
 def _window_cache(plan, onehot):
     """Per window: the reference of every node, the padded reference windows the local layers
     read, every local activation as ``[l, C]`` (position-major)."""
@@ -1058,6 +1111,9 @@ def _window_cache(plan, onehot):
     for src, _, _, pad_value, margins in plan.reads:
         a = acts[src]
         padded.append(F.pad(a, (0, 0) + margins, value=pad_value) if any(margins) else a)
+    # last: the input's change of each (position, base), row 4 p + b: e_b - the window's column p
+    eye = torch.eye(4, dtype=onehot.dtype, device=onehot.device)
+    padded.append((eye[None] - onehot.T[:, None, :]).reshape(-1, 4))
     return env, acts, padded
 
 
@@ -1079,11 +1135,8 @@ def _run_locals(plan, padded, onehot, pos, pos_np, alts):
 def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
     """The ``_Change`` of one local activation from its sources' (``changes``)."""
     op = loc.op
-    if op == "input":
-        n = pos.shape[0]
-        delta = -onehot[:, pos].T.unsqueeze(1)                   # [N, 1, 4]: e_alt - reference column
-        delta[torch.arange(n, device=pos.device), 0, alts] += 1.0
-        return _Change(delta)
+    if op == "input":             # [N, 1, 4]: e_alt - reference column, rows of the window's table
+        return _Change(padded[-1].index_select(0, pos * 4 + alts).unsqueeze(1))
     src = changes[loc.src[0]]
     if op == "alias":
         return src
@@ -1191,17 +1244,41 @@ def _spliced(plan, loc, act, change, pos, n):
         outside = (idx < 0) | (idx >= loc.length)
         if outside.any():
             delta = delta.masked_fill(outside[:, :, None], 0.0)
-        full.scatter_add_(1, idx.clamp(0, loc.length - 1)[:, :, None].expand(n, w, loc.c), delta)
+        rows = idx.clamp(0, loc.length - 1) + (torch.arange(n, device=pos.device) * loc.length)[:, None]
+        full.view(n * loc.length, loc.c).index_add_(0, rows.flatten(), delta.reshape(n * w, loc.c))
     return full.transpose(1, 2).reshape((n,) + loc.shape[1:])
 
 
-def _dense_update(dense, src, delta, ref_pre, starts):
+def _dense_whole(n, w, src, hidden, groups, device):
+    """Whether one GEMM over the whole flattened activation (its changes scattered into zeros)
+    is expected to be faster than one GEMM per group of window starts (``groups``, from
+    ``_dense_groups``): on small models the groups' operations outweigh the multiply-adds the
+    whole width adds."""
+    if len(groups) < 2:
+        return False
+    cost = COST.get(torch.device(device).type, COST["cuda"])
+    extra = n * (src.length - w) * src.c * (hidden * cost["mac"] + cost["number"])
+    ops = sum(3 if len(runs) == 1 else 4 + 4 * len(runs) for _, _, runs in groups) - 6
+    return extra < ops * cost["op"]
+
+
+def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
     """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
-    whose windows start within DENSE_SPAN positions (their union window, zero-filled)."""
+    whose windows start within DENSE_SPAN positions (their union window, zero-filled), or one
+    GEMM over the whole activation when that is expected to be faster (``_dense_whole``)."""
     n = delta.shape[0]
     c, w, p = src.c, delta.shape[1], src.length
+    groups = _dense_groups(starts)
+    if _dense_whole(n, w, src, dense.weight_pm.shape[0], groups, delta.device):
+        x = delta.new_zeros(n * p, c)
+        idx = tab["st"][pos][:, None] + torch.arange(w, device=pos.device)
+        if (starts < 0).any() or (starts + w > p).any():
+            delta = delta.masked_fill(((idx < 0) | (idx >= p))[:, :, None], 0.0)
+        rows = idx.clamp(0, p - 1) + (torch.arange(n, device=pos.device) * p)[:, None]
+        x.index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+        return torch.addmm(ref_pre, x.view(n, p * c), dense.weight_pm.T)
     hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
-    for r0, r1, runs in _dense_groups(starts):
+    for r0, r1, runs in groups:
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
         if b <= a:
             hidden[r0:r1] = ref_pre
@@ -1229,7 +1306,7 @@ def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
     for d in plan.dense:
         src = plan.locals[d.src]
         delta = changes[d.src].get()
-        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np])
+        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np], plan.tables[d.src], pos)
     spliced = {}
 
     def value(node):
@@ -1267,18 +1344,17 @@ def chunk_size(plan, batch_size, dtype, device):
 
 def _dense_groups(starts, span=DENSE_SPAN):
     """``(r0, r1, runs)`` row ranges of sorted ``starts`` spanning fewer than ``span`` values;
-    ``runs``: ``(q0, q1, start)`` of each distinct start in it."""
+    ``runs``: ``(q0, q1, start)`` of each distinct start in it. One step per group (a search for
+    the group's end among the distinct starts), not per row."""
     n = len(starts)
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(starts)) + 1, [n]])
-    groups, runs = [], []
-    for q0, q1 in zip(bounds[:-1], bounds[1:]):
-        s0 = int(starts[q0])
-        if runs and s0 - runs[0][2] >= span:
-            groups.append((runs[0][0], runs[-1][1], runs))
-            runs = []
-        runs.append((int(q0), int(q1), s0))
-    if runs:
+    first = np.asarray(starts)[bounds[:-1]]
+    groups, i = [], 0
+    while i < len(first):
+        j = int(np.searchsorted(first, first[i] + span, "left"))
+        runs = list(zip(bounds[i:j].tolist(), bounds[i + 1:j + 1].tolist(), first[i:j].tolist()))
         groups.append((runs[0][0], runs[-1][1], runs))
+        i = j
     return groups
 
 
@@ -1300,7 +1376,8 @@ def _chunks(starts, batch_size):
 
 
 @torch.no_grad()
-def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True):
+def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
+                                  identity=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
     computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
     (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
@@ -1308,8 +1385,9 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
 
     ``reference``: the model's own output ``[F]`` on ``onehot`` (computed when not given); the
     plan's reference must match it, else the model counts as not analysable. Identity
-    substitutions get exactly ``reference``. ``batch_size``: the most mutants per chunk (fewer
-    when their activations would outgrow ``CHUNK_BYTES``, see ``chunk_size``).
+    substitutions get exactly ``reference`` (``identity``: their ``[M]`` bool mask when the caller
+    has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
+    outgrow ``CHUNK_BYTES``, see ``chunk_size``).
     """
     length = onehot.shape[-1]
     plan = get_plan(model, length)
@@ -1318,7 +1396,37 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     if not isinstance(plan, Plan):
         _report(model, plan)
         return None
-    env, acts, padded = _window_cache(plan, onehot)
+    m = offsets.shape[0]
+    out = reference.new_empty((m,) + tuple(reference.shape))
+    if m == 0:
+        return out
+    # the bookkeeping on the host (views of CPU tensors, no torch operations): identity
+    # substitutions (the column already is that base) and substitutions whose change cannot reach
+    # the output get exactly the reference; the others run sorted by position
+    off_np = offsets.cpu().numpy().astype(np.int64, copy=False)
+    alt_np = alts.cpu().numpy().astype(np.int64, copy=False)
+    if identity is None:
+        identity = identity_np(onehot, off_np, alt_np)
+    else:
+        identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
+    todo = np.flatnonzero(~identity & plan.live[off_np])
+    order_np = todo[np.argsort(off_np[todo], kind="stable")]
+    pos_np = off_np[order_np]
+    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
+    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
+    if choose and len(pos_np):
+        groups = 0
+        for d in plan.dense:
+            src = plan.locals[d.src]
+            for a, b in chunks:
+                g = _dense_groups(starts[a:b])
+                groups += 1 if _dense_whole(b - a, src.width, src, d.weight_pm.shape[0], g, onehot.device) else len(g)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
+        if naive_s < fast_s:
+            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
+                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
+            return None
+    env, acts, padded = _cached_window(plan, onehot)
     ref_out = env[plan.output][0]
     if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
                                                               equal_nan=True):
@@ -1326,36 +1434,28 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         _PLANS[model][length] = (plan.signature, reason)
         _report(model, reason)
         return None
-    m = offsets.shape[0]
-    out = reference.new_empty((m,) + tuple(reference.shape))
-    if m == 0:
+    if len(order_np) < m:
+        rest = np.ones(m, dtype=bool)
+        rest[order_np] = False
+        out[torch.from_numpy(np.flatnonzero(rest)).to(out.device)] = reference
+    if not len(order_np):
         return out
-    offsets, alts = offsets.long(), alts.long()
-    # identity substitutions (the column already is that base) and substitutions whose change
-    # cannot reach the output: exactly the reference
-    target = F.one_hot(alts, 4).to(onehot.dtype)
-    identity = (onehot[:, offsets].T == target).all(1)
-    live = torch.as_tensor(plan.live, device=offsets.device)[offsets]
-    out[identity | ~live] = reference
-    todo = torch.nonzero(~identity & live).flatten()
-    if todo.numel() == 0:
-        return out
-    order = todo[torch.argsort(offsets[todo], stable=True)]
-    pos, alt_sorted = offsets[order], alts[order]
-    pos_np = pos.cpu().numpy()
-    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
-    if choose:
-        groups = sum(len(_dense_groups(starts[a:b])) for a, b in chunks) * len(plan.dense)
-        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
-        if naive_s < fast_s:
-            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
-                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
-            return None
+    device = offsets.device
+    order = torch.from_numpy(order_np).to(device)
+    pos = torch.from_numpy(pos_np).to(device)
+    alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
     for a, b in chunks:
-        out[order[a:b]] = _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
-                                     alt_sorted[a:b]).to(out.dtype)
+        out.index_copy_(0, order[a:b], _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
+                                                  alt_sorted[a:b]).to(out.dtype))
     return out
+
+
+def identity_np(onehot, offsets, alts):
+    """``[M]`` bool numpy array: substitution ``i`` puts the base the window already has at
+    ``offsets[i]`` (numpy ints; an N or multi-hot column has none)."""
+    x = onehot.detach().cpu()
+    x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    return (x[:, offsets] == np.eye(4, dtype=x.dtype)[:, alts]).all(0)
 
 
 def _report(model, reason, what="cannot be analysed"):

@@ -361,12 +361,18 @@ def checked_substitutions(offsets, alts, length, device):
     if off.shape != alt.shape:
         raise ValueError(f"{off.shape[0]} offsets but {alt.shape[0]} alts")
     off, alt = off.long(), alt.long()
-    for name, t, top, what in (("offset", off, length, f"outside the window of {length} positions (0..{length - 1})"),
-                               ("alt", alt, 4, "not a base index (0..3: A, G, C, T)")):
-        bad = (t < 0) | (t >= top)
-        if t.numel() and bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{name} {int(t[i])} (substitution {i}) is {what}")
+    if not off.numel():
+        return off, alt
+    # one bounds check of both (on the host: numpy views of CPU tensors, no torch operations)
+    o, a = (off.numpy(), alt.numpy()) if off.device.type == "cpu" else (off, alt)
+    if not (o.min() >= 0 and o.max() < length and a.min() >= 0 and a.max() < 4):
+        for name, t, top, what in (("offset", off, length,
+                                    f"outside the window of {length} positions (0..{length - 1})"),
+                                   ("alt", alt, 4, "not a base index (0..3: A, G, C, T)")):
+            bad = (t < 0) | (t >= top)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{name} {int(t[i])} (substitution {i}) is {what}")
     return off, alt
 
 
@@ -399,13 +405,6 @@ def prepared(model, onehot, args=(), kwargs=None, output=None):
         yield bind(model, args, kwargs, key), x, ref
 
 
-def identity_mask(onehot, offsets, alts):
-    """``[M]`` bool: the substitution puts the base the window already has there (an N or
-    multi-hot column has none)."""
-    target = F.one_hot(alts, 4).to(onehot.dtype)
-    return (onehot[:, offsets].T == target).all(1)
-
-
 @torch.no_grad()
 def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_size=256, *, args=(), kwargs=None,
                           output=None):
@@ -434,18 +433,22 @@ def _predict(net, x, offsets, alts, ref, method, batch_size):
     """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model."""
     if method not in METHODS:
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
-    identity = identity_mask(x, offsets, alts)
-    alt = None
-    if method in ("fast", "incremental"):
-        from .fast_ism import fast_substitution_predictions
+    from .fast_ism import fast_substitution_predictions, identity_np
 
-        alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast")
-    if alt is None:  # naive, or not analysable (logged once): naive ISM gives the same values
-        alt = ref.new_empty((offsets.shape[0],) + tuple(ref.shape))
-        todo = torch.nonzero(~identity).flatten()
-        if todo.numel():
-            alt[todo] = naive_substitution_predictions(net, x, offsets[todo], alts[todo], batch_size).to(alt.dtype)
-    alt[identity] = ref
+    identity = identity_np(x, offsets.cpu().numpy(), alts.cpu().numpy())
+    if method in ("fast", "incremental"):
+        alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast",
+                                            identity=identity)
+        if alt is not None:   # identity rows are the reference already
+            return alt
+    # naive, or not analysable (logged once): naive ISM gives the same values
+    if len(identity) and not identity.any():
+        return naive_substitution_predictions(net, x, offsets, alts, batch_size).to(ref.dtype)
+    alt = ref.new_empty((offsets.shape[0],) + tuple(ref.shape))
+    todo = torch.from_numpy(np.flatnonzero(~identity)).to(offsets.device)
+    if todo.numel():
+        alt[todo] = naive_substitution_predictions(net, x, offsets[todo], alts[todo], batch_size).to(alt.dtype)
+    alt[torch.from_numpy(identity).to(offsets.device)] = ref
     return alt
 
 

@@ -255,6 +255,28 @@ def test_plan_follows_weight_updates():
     assert_exact(model, tokens)
 
 
+@torch.no_grad()
+def test_a_windows_reference_is_reused_only_for_that_window():
+    """The plan keeps its last window's reference activations: the same window again (here split
+    over two calls) reuses them, another window, or the same tensor changed in place, does not;
+    every call equals naive ISM."""
+    rng = np.random.default_rng(4)
+    model = randomize(conv1d_toy(60), 4)
+    a, b = (torch.from_numpy(one_hot(random_tokens(rng, 60))) for _ in range(2))
+    off, alt = torch.arange(60).repeat_interleave(4), torch.arange(4).repeat(60)
+
+    def check(x, rows):
+        fast = predict_substitutions(model, x, off[rows], alt[rows], "incremental")[1]
+        naive = predict_substitutions(model, x, off[rows], alt[rows], "naive")[1]
+        assert (fast - naive).abs().max() <= ROUNDING_FACTOR * float32_rounding(model, x[None], "diff")
+
+    for x, rows in ((a, slice(0, 120)), (a, slice(120, 240)), (b, slice(None)), (a, slice(None))):
+        check(x, rows)
+    assert torch.equal(fast_ism.get_plan(model, 60).window[0], a)
+    a[:, 30] = torch.tensor([0.0, 0.0, 1.0, 0.0]) if a[2, 30] == 0 else torch.tensor([1.0, 0.0, 0.0, 0.0])
+    check(a, slice(None))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_same_code_path_on_each_device(device):
     rng = np.random.default_rng(12)

@@ -105,6 +105,24 @@ def test_logit_model_drops_only_a_final_sigmoid():
     assert logit_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 403, 2))) is None
 
 
+def test_logit_model_is_in_the_models_mode():
+    """The logit model's own modules (its root, the containers of the shared layers) take the
+    model's mode: a caller that saves its mode, switches to eval and restores it (as tangermeme's
+    calls do) leaves the model's dropout off. Left in training mode, that restore switched the
+    shared dropout layers on, and every later output of the model was random."""
+    model = BelugaFamily(403, (8, 8, 8), 8, 4, 16, 5).eval()
+    head = logit_model(model, 403)
+    assert not any(m.training for m in head.modules())
+    was_training = head.training                    # a caller's save, eval and restore
+    head.eval()
+    if was_training:
+        head.train()
+    assert not any(m.training for m in model.modules())
+    x = torch.from_numpy(one_hot(np.random.default_rng(1).integers(0, 4, (2, 403)).astype(np.uint8)))
+    with torch.no_grad():
+        assert torch.equal(head(x), head(x))
+
+
 @pytest.mark.parametrize("sigmoid", [True, False])
 def test_effect_formula_runs_on_one_cpu_thread(monkeypatch, sigmoid):
     """Split between threads, torch's log/sigmoid can give other last bits from one process to the

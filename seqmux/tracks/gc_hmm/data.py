@@ -335,7 +335,8 @@ def read_hmm(path):
 def read_sets(path, hmm):
     """A table written by :func:`write_sets` (``id``, ``dna``, ``hidden_state``), read back with the
     hmm's states."""
-    return read_table(path, hmm.states, keep=("id",))
+    frame = read_table(path, hmm.states, keep=("id",))
+    return frame.assign(id=frame["id"].astype(np.int64))
 
 
 def simulate(outs, hmm_out, split_out, preset, spec, counts, length, seed):

@@ -81,9 +81,10 @@ def plot_losses(history, best_epoch, noskill, out):
 
 
 def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, hidden, lr, epochs, logistic_c,
-          seed, device="cpu", patience=0, min_improvement=0.0, bias_init="default", c=0.0):
-    """Step: train the network (early stopping on the validation split) and the logistic regression
-    on the training split."""
+          seed, device="cpu", patience=0, min_improvement=0.0, bias_init="default", c=(0.0,)):
+    """Step: train the network (early stopping on the validation split) once per L2 strength of
+    ``c`` (a list; 0: no penalty), keep the one of the lowest validation BCE (ties: the first), and
+    fit the logistic regression on the training split."""
     from ...runtime import choose_device
 
     dev = choose_device(device, "config", "circuitsnp.device")
@@ -91,10 +92,18 @@ def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, 
     xv, yv, names_v = read_feather_split(val_path, "validation split")
     if names_v != names:
         raise InputError(val_path, "feature columns", len(names_v), f"differ from the training split's ({len(names)})")
+    grid = [float(v) for v in (c if isinstance(c, (list, tuple)) else [c])]
     log.info("training on %d windows x %d features (%d open), validating on %d, at most %d epochs (patience %d), "
-             "lr %g, L2 C %g, device %s", len(y), len(names), int(y.sum()), len(yv), epochs, patience, lr, c, dev)
-    net, history, facts = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev, patience, min_improvement,
-                                      bias_init, c)
+             "lr %g, L2 C %s, device %s", len(y), len(names), int(y.sum()), len(yv), epochs, patience, lr, grid, dev)
+    net, history, facts = None, None, None
+    for value in grid:
+        fit = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev, patience, min_improvement, bias_init, value)
+        log.info("L2 C %g: validation BCE %.5f (kept epoch %d of %d)", value, fit[2]["best_validation_loss"],
+                 fit[2]["best_epoch"], fit[2]["epochs_done"])
+        if facts is None or fit[2]["best_validation_loss"] < facts["best_validation_loss"]:
+            net, history, facts = fit[0], fit[1], dict(fit[2], c=value)
+    if len(grid) > 1:
+        log.info("L2 C %g chosen on the validation BCE", facts["c"])
     best_epoch = facts["best_epoch"]
     base_bce = bce(yv, np.full(len(yv), y.mean()))
     log.info("kept epoch %d of %d: validation BCE %.5f (no-skill %.5f)", best_epoch, facts["epochs_done"],

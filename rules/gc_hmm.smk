@@ -1,7 +1,9 @@
 # GC-HMM track: a GRU that learns a hidden Markov model, measured against the best
 # possible answer (forward filtering, posterior decoding, Viterbi). One run per preset
 # (gc_hmm.presets, and `data` when gc_hmm.data names a user's TSV): simulate (or split the user's
-# TSV) -> train the GRU and the biGRU -> evaluate on the test rows; a summary over presets.
+# TSV) into train / validation / test -> train the GRU and the biGRU (early stopping on validation)
+# -> evaluate on the test rows; a summary over presets. Each preset's folder holds the track
+# contract's outputs (docs/tracks.md).
 
 import re
 
@@ -22,7 +24,16 @@ GC_HMM_SIMULATED_RE = "|".join(re.escape(p) for p in GC_HMM_SIMULATED) or "(?!)"
 TRACK_FILES["gc_hmm"] = ["results/gc_hmm/summary.tsv"] + expand(
     "results/gc_hmm/{preset}/{name}",
     preset=GC_HMM_PRESETS,
-    name=["metrics.json", "test_predictions.tsv", "calibration.png", "accuracy.png", "loss_curve.png"],
+    name=[
+        "metrics.json",
+        "split.tsv",
+        "training_log.tsv",
+        "loss_curve.png",
+        "test_predictions.tsv",
+        "model.pt",
+        "calibration.png",
+        "accuracy.png",
+    ],
 )
 
 
@@ -34,8 +45,10 @@ rule gc_hmm:
 rule simulate_gc_hmm:
     output:
         train="results/gc_hmm/{preset}/train.tsv",
+        validation="results/gc_hmm/{preset}/validation.tsv",
         test="results/gc_hmm/{preset}/test.tsv",
         hmm="results/gc_hmm/{preset}/hmm.json",
+        split="results/gc_hmm/{preset}/split.tsv",
     log:
         log_path("simulate_gc_hmm", ".{preset}"),
     benchmark:
@@ -47,8 +60,7 @@ rule simulate_gc_hmm:
     threads: 1
     params:
         spec=lambda wildcards: GC_HMM["presets"][wildcards.preset],
-        n_train=GC_HMM["simulate"]["train"],
-        n_test=GC_HMM["simulate"]["test"],
+        counts={k: GC_HMM["simulate"][k] for k in ("train", "validation", "test")},
         length=GC_HMM["simulate"]["length"],
         seed=config["seed"],
     script:
@@ -62,8 +74,10 @@ if GC_HMM["data"]:
             data=GC_HMM["data"],
         output:
             train=f"results/gc_hmm/{GC_HMM_DATA}/train.tsv",
+            validation=f"results/gc_hmm/{GC_HMM_DATA}/validation.tsv",
             test=f"results/gc_hmm/{GC_HMM_DATA}/test.tsv",
             hmm=f"results/gc_hmm/{GC_HMM_DATA}/hmm.json",
+            split=f"results/gc_hmm/{GC_HMM_DATA}/split.tsv",
         log:
             log_path("split_gc_hmm"),
         benchmark:
@@ -73,7 +87,8 @@ if GC_HMM["data"]:
         threads: 1
         params:
             states=GC_HMM["data_states"],
-            test_fraction=GC_HMM["test_fraction"],
+            test_fraction=GC_HMM["split"]["test_fraction"],
+            validation_fraction=GC_HMM["split"]["validation_fraction"],
             seed=config["seed"],
         script:
             "../scripts/split_gc_hmm.py"
@@ -82,10 +97,10 @@ if GC_HMM["data"]:
 rule train_gc_hmm:
     input:
         train=rules.simulate_gc_hmm.output.train,
+        validation=rules.simulate_gc_hmm.output.validation,
         hmm=rules.simulate_gc_hmm.output.hmm,
     output:
-        gru="results/gc_hmm/{preset}/gru.pt",
-        bigru="results/gc_hmm/{preset}/bigru.pt",
+        model="results/gc_hmm/{preset}/model.pt",
         log_tsv=report(
             "results/gc_hmm/{preset}/training_log.tsv",
             caption="../report/gc_hmm/training_log.rst",
@@ -110,7 +125,7 @@ rule train_gc_hmm:
     resources:
         gpu=track_gpu("gc_hmm"),
     params:
-        sizes=GC_HMM["model"],
+        sizes={**GC_HMM["model"], **GC_HMM["train"]},
         seed=config["seed"],
     script:
         "../scripts/train_gc_hmm.py"
@@ -119,10 +134,11 @@ rule train_gc_hmm:
 rule evaluate_gc_hmm:
     input:
         train=rules.simulate_gc_hmm.output.train,
+        validation=rules.simulate_gc_hmm.output.validation,
         test=rules.simulate_gc_hmm.output.test,
         hmm=rules.simulate_gc_hmm.output.hmm,
-        gru=rules.train_gc_hmm.output.gru,
-        bigru=rules.train_gc_hmm.output.bigru,
+        split=rules.simulate_gc_hmm.output.split,
+        model=rules.train_gc_hmm.output.model,
     output:
         metrics=report(
             "results/gc_hmm/{preset}/metrics.json",

@@ -3,5 +3,6 @@ from seqmux.logs import run_stage
 from seqmux.tracks.gc_hmm.data import simulate
 
 out, p = snakemake.output, snakemake.params
-run_stage(snakemake.log[0], simulate, out.train, out.test, out.hmm, snakemake.wildcards.preset, dict(p.spec),
-          p.n_train, p.n_test, p.length, p.seed)
+sets = {part: out[part] for part in ("train", "validation", "test")}
+run_stage(snakemake.log[0], simulate, sets, out.hmm, out.split, snakemake.wildcards.preset, dict(p.spec),
+          dict(p.counts), p.length, p.seed)

@@ -434,10 +434,11 @@ def test_dag_on_a_user_genome(tmp_path, demo_dir):
 
 def test_default_schedule_converges_to_the_logistic_regression():
     """A source-format case (binary presence of 100 motifs, 4,500 windows, labels from a sparse
-    logistic model): with the default schedule the network stops on its own (converged) at its best
-    validation epoch, and its test AUROC is within 0.06 of scikit-learn's logistic regression on the
-    same split (measured: 0.770 against 0.818; the source's 5-unit network overfits before it
-    matches the regularised linear model); with training disabled it sits at chance.
+    logistic model): with the default settings (scikit-learn's L2 on the weights, its strength
+    circuitsnp.model.c chosen on validation) the network stops on its own (converged) at its best
+    validation epoch, and its test AUROC is within 0.03 of scikit-learn's logistic regression on the
+    same split (measured: 0.816 with C = 0.01 against 0.818; without the penalty, 0.770: the 5-unit
+    network overfits); with training disabled it sits at chance.
     benchmarks/circuitsnp_convergence.py measures the 12,000 x 300 case."""
     import sys
 
@@ -446,15 +447,16 @@ def test_default_schedule_converges_to_the_logistic_regression():
     from scipy.special import expit
     from sklearn.metrics import roc_auc_score
 
-    train = track_section("circuitsnp")["train"]
+    train, c = track_section("circuitsnp")["train"], track_section("circuitsnp")["model"]["c"]
     x, y, _ = source_case(seed=3, n=4500, features=100, active=15, open_fraction=0.2)
     tr, va, te = slice(0, 3000), slice(3000, 3750), slice(3750, 4500)
-    net, history, facts = ct.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], train["lr"], train["max_epochs"], 1,
-                                         patience=train["patience"], min_improvement=train["min_improvement"])
+    fits = [ct.fit_network(x[tr], y[tr], x[va], y[va], [5, 5], train["lr"], train["max_epochs"], 1,
+                           patience=train["patience"], min_improvement=train["min_improvement"], c=v) for v in c]
+    net, history, facts = min(fits, key=lambda fit: fit[2]["best_validation_loss"])  # as the training stage
     assert facts["converged"] and facts["epochs_done"] < train["max_epochs"]
     assert facts["best_epoch"] == int(history["validation_loss"].idxmin()) + 1
     logistic = cm.fit_logistic(x[tr], y[tr], train["logistic_c"])
     auc_lr = roc_auc_score(y[te], cm.logistic_probability(logistic, x[te]))
     auc_net = roc_auc_score(y[te], expit(cm.network_logit(net, x[te])))
-    assert auc_lr > 0.8 and auc_net >= auc_lr - 0.06, (auc_net, auc_lr)
+    assert auc_lr > 0.8 and auc_net >= auc_lr - 0.03, (auc_net, auc_lr)
 

@@ -116,7 +116,7 @@ def test_check_config_names():
 def ragged():
     """60 sticky sequences of 80 bp, the last 20 cut to 35 bp (padding exercised)."""
     hmm = gd.parse_hmm(STICKY)
-    train, _ = gd.simulate_sets(hmm, 60, 1, 80, np.random.default_rng(4))
+    train = gd.simulate_sets(hmm, {"train": 60}, 80, np.random.default_rng(4))["train"]
     train.loc[40:, "dna"] = train["dna"][40:].str[:35]
     train.loc[40:, "hidden_state"] = train["hidden_state"][40:].str[:35]
     return hmm, *gd.encode_rows(train, hmm.states)
@@ -168,15 +168,16 @@ def test_random_match_and_calibration():
 
 def test_simulated_sets_are_disjoint_even_when_short():
     hmm = gd.parse_hmm(TOY)
-    train, test = gd.simulate_sets(hmm, 100, 50, 6, np.random.default_rng(0))  # 4^6 = 4096 strings
-    assert len(set(train["dna"]) | set(test["dna"])) == 150
-    assert not set(train["dna"]) & set(test["dna"])
+    sets = gd.simulate_sets(hmm, {"train": 100, "validation": 20, "test": 30}, 6, np.random.default_rng(0))  # 4^6
+    assert [len(f) for f in sets.values()] == [100, 20, 30]
+    every = pd.concat(sets.values())
+    assert every["dna"].nunique() == 150 and every["id"].tolist() == list(range(1, 151))
     with pytest.raises(InputError, match="too short"):
-        gd.simulate_sets(hmm, 20, 10, 2, np.random.default_rng(0))  # only 16 strings of 2 bp
+        gd.simulate_sets(hmm, {"train": 20, "test": 10}, 2, np.random.default_rng(0))  # only 16 strings of 2 bp
 
 
 def _write_user_tsv(path, hmm, n, length, seed, repeat_first=0):
-    train, _ = gd.simulate_sets(hmm, n, 1, length, np.random.default_rng(seed))
+    train = gd.simulate_sets(hmm, {"train": n}, length, np.random.default_rng(seed))["train"]
     frame = pd.concat([train, train.iloc[:repeat_first]]).assign(note="x")
     frame[["note", "dna", "hidden_state"]].to_csv(path, sep="\t", index=False)
     return frame
@@ -187,9 +188,15 @@ def test_user_tsv_is_split_by_distinct_sequence(tmp_path):
     _write_user_tsv(tmp_path / "user.tsv", hmm, 30, 40, 1, repeat_first=10)
     frame = gd.read_table(tmp_path / "user.tsv", ["H", "L"])
     assert len(frame) == 40 and list(frame.columns) == ["dna", "hidden_state"]
-    train, test = gd.split_table(frame, 0.3, np.random.default_rng(0))
-    assert len(train) + len(test) == 40 and not set(train["dna"]) & set(test["dna"])
-    assert test["dna"].nunique() == 9  # round(0.3 * 30 distinct)
+    sets, split = gd.split_table(frame, 0.3, 0.2, np.random.default_rng(0))
+    assert sorted(pd.concat(sets.values())["id"]) == list(range(1, 41))  # the file's 1-based rows
+    side = {}
+    for part, rows in sets.items():
+        assert rows["id"].map(lambda i: split[i - 1]).eq(part).all()
+        for dna in rows["dna"]:
+            assert side.setdefault(dna, part) == part  # a repeated sequence's rows on one side
+    # whole sequences dealt until each share is met (12 and 8 of 40 rows): at most one repeated pair over
+    assert 12 <= len(sets["test"]) <= 13 and 8 <= len(sets["validation"]) <= 9
 
 
 @pytest.mark.parametrize("row, field, value", [
@@ -207,25 +214,30 @@ def test_bad_user_tsv_is_one_line_naming_the_row(tmp_path, row, field, value):
 
 
 def test_stages_repeat_byte_for_byte(tmp_path):
-    sizes = {"embedding": 4, "hidden": 6, "layers": 1, "lr": 0.02, "epochs": 2, "batch_size": 8}
+    sizes = {"embedding": 4, "hidden": 6, "layers": 1, "lr": 0.02, "schedule": "constant", "max_epochs": 2,
+             "batch_size": 8, "chunk": 0, "record_every": 2, "patience": 0, "min_improvement": 0.0}
     digests = []
     for run in ("a", "b"):
         d = tmp_path / run
-        models = {"gru": d / "gru.pt", "bigru": d / "bigru.pt"}
-        gd.simulate(d / "train.tsv", d / "test.tsv", d / "hmm.json", "sticky", STICKY, 24, 8, 60, seed=1)
-        gt.train(d / "train.tsv", d / "hmm.json", models, d / "log.tsv", d / "loss.png", "sticky", sizes, seed=1)
-        ge.evaluate(d / "test.tsv", d / "hmm.json", models, d / "metrics.json", d / "pred.tsv", d / "cal.png",
-                   d / "acc.png", "sticky", seed=1, random_draws=20, train_tsv=d / "train.tsv")
+        sets = {part: d / f"{part}.tsv" for part in ("train", "validation", "test")}
+        gd.simulate(sets, d / "hmm.json", d / "split.tsv", "sticky", STICKY, {"train": 24, "validation": 6, "test": 8},
+                    60, seed=1)
+        gt.train(sets["train"], sets["validation"], d / "hmm.json", d / "model.pt", d / "log.tsv", d / "loss.png",
+                 "sticky", sizes, seed=1)
+        ge.evaluate(sets, d / "hmm.json", d / "model.pt", d / "split.tsv", d / "metrics.json", d / "pred.tsv",
+                    d / "cal.png", d / "acc.png", "sticky", seed=1, random_draws=20)
         digests.append({f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in
-                        ("train.tsv", "test.tsv", "hmm.json", "gru.pt", "bigru.pt", "log.tsv", "metrics.json",
-                         "pred.tsv")})
+                        ("train.tsv", "validation.tsv", "test.tsv", "split.tsv", "hmm.json", "model.pt", "log.tsv",
+                         "metrics.json", "pred.tsv")})
     assert digests[0] == digests[1]
+    log = pd.read_csv(tmp_path / "a" / "log.tsv", sep="\t")
+    assert log["model"].tolist() == ["gru"] * 3 + ["bigru"] * 3 and log["step"].tolist() == [2, 4, 6] * 2
 
 
 # --- the target rule end to end --------------------------------------------------------------------
 
-SMALL = {"gc_hmm": {"simulate": {"train": 40, "test": 20, "length": 100}, "random_draws": 50,
-                    "model": {"hidden": 8, "epochs": 3, "batch_size": 8}}}
+SMALL = {"gc_hmm": {"simulate": {"train": 40, "validation": 10, "test": 20, "length": 100}, "random_draws": 50,
+                    "model": {"hidden": 8}, "train": {"max_epochs": 3, "batch_size": 8, "record_every": 5}}}
 
 
 @pytest.fixture(scope="session")
@@ -248,23 +260,24 @@ def test_track_builds_every_preset(track_run):
     for preset in summary["preset"]:
         m = json.loads((out / preset / "metrics.json").read_text())
         for key in ("gru_accuracy", "bigru_accuracy", "filtering_accuracy", "posterior_accuracy", "viterbi_accuracy",
-                    "random_match_p", "gru_filtering_ratio", "bigru_posterior_ratio"):
+                    "baseline_random_match_p", "gru_filtering_ratio", "bigru_posterior_ratio", "gru_validation_nll"):
             assert key in m and m[key] is not None
-        assert 0 <= m["random_match_p"] <= 1 and m["test_bases"] == m["test_sequences"] * 100
-        train = pd.read_csv(out / preset / "train.tsv", sep="\t")
-        test = pd.read_csv(out / preset / "test.tsv", sep="\t")
-        assert list(test.columns) == ["dna", "hidden_state"] and not set(train["dna"]) & set(test["dna"])
+        assert 0 <= m["baseline_random_match_p"] <= 1 and m["test_bases"] == m["n_test"] * 100
+        sets = [pd.read_csv(out / preset / f"{part}.tsv", sep="\t") for part in ("train", "validation", "test")]
+        assert all(list(s.columns) == ["id", "dna", "hidden_state"] for s in sets)
+        assert len(set().union(*(set(s["dna"]) for s in sets))) == sum(s["dna"].nunique() for s in sets)
         for name in ("calibration.png", "accuracy.png", "loss_curve.png"):
             assert (out / preset / name).stat().st_size > 1000
     sticky = json.loads((out / "sticky" / "metrics.json").read_text())
     # 2,000 test bases in 20 sequences: the posterior's SE ~0.02 around ~0.72
-    assert 0.62 < sticky["posterior_accuracy"] < 0.82 and sticky["train_sequences"] == 40
-    assert sticky["random_accuracy"] == pytest.approx(0.5, abs=0.01)  # 50 x 2,000 draws: SE 0.0016
+    assert 0.62 < sticky["posterior_accuracy"] < 0.82
+    assert (sticky["n_train"], sticky["n_validation"], sticky["n_test"]) == (40, 10, 20)
+    assert sticky["baseline_random_accuracy"] == pytest.approx(0.5, abs=0.01)  # 50 x 2,000 draws: SE 0.0016
 
 
 def test_predictions_table(track_run):
     pred = pd.read_csv(track_run / "results/gc_hmm/three/test_predictions.tsv", sep="\t")
-    assert list(pred.columns) == ["dna", "hidden_state", "gru_state", "bigru_state", *[
+    assert list(pred.columns) == ["id", "dna", "hidden_state", "gru_state", "bigru_state", *[
         f"{n}_p_{s}" for n in ("gru", "bigru") for s in "abc"]]
     assert len(pred) == 20
     for _, row in pred.iterrows():
@@ -310,18 +323,20 @@ def test_bad_user_tsv_stops_in_one_line_without_outputs(tmp_path):
 
 @pytest.mark.parametrize("bidirectional, ceiling", [(False, "filtering"), (True, "posterior")])
 def test_trained_networks_reach_the_hmm_ceilings(bidirectional, ceiling):
-    """The default sizes and schedule on a tiny case (the sticky HMM, 150 training rows of 200 bp):
-    the GRU reaches at least 0.95 of the filtering accuracy and the biGRU of the posterior's on 100
-    test rows (20,000 bases: the ratio's sampling SE is ~0.01). A network that does not learn sits
-    at chance (0.5 / ~0.8 = ~0.6)."""
+    """The default sizes and schedule on a tiny case (the sticky HMM, 150 training rows of 200 bp,
+    50 for validation): the GRU reaches at least 0.95 of the filtering accuracy and the biGRU of the
+    posterior's on 100 test rows (20,000 bases: the ratio's sampling SE is ~0.01), and stops on its
+    own. A network that does not learn sits at chance (0.5 / ~0.8 = ~0.6)."""
     hmm = gd.parse_hmm(STICKY)
-    train, test = gd.simulate_sets(hmm, 150, 100, 200, np.random.default_rng(0))
-    sizes = track_section("gc_hmm")["model"]
-    pieces = gt.chunk_rows(*gd.encode_rows(train, hmm.states), int(sizes["chunk"]))
-    model, losses = gt.train_model(*pieces, 2, sizes, bidirectional, (1, "sticky"), "cpu", "test")
-    tokens, labels, lengths = gd.encode_rows(test, hmm.states)
+    sets = gd.simulate_sets(hmm, {"train": 150, "validation": 50, "test": 100}, 200, np.random.default_rng(0))
+    sizes = {**track_section("gc_hmm")["model"], **track_section("gc_hmm")["train"]}
+    pieces = gt.chunk_rows(*gd.encode_rows(sets["train"], hmm.states), int(sizes["chunk"]))
+    validation = gd.encode_rows(sets["validation"], hmm.states)
+    model, log, facts = gt.train_model(pieces, validation, 2, sizes, bidirectional, (1, "sticky"), "cpu", "test")
+    assert facts["converged"] and facts["best_step"] == log["step"][log["validation_loss"].idxmin()]
+    tokens, labels, lengths = gd.encode_rows(sets["test"], hmm.states)
     filtered, _ = gi.forward_filter(tokens, lengths, hmm)
     best = filtered if ceiling == "filtering" else gi.backward_smooth(tokens, lengths, hmm, filtered)
     net = ge.accuracy(gm.predict(model, tokens, lengths, "cpu").argmax(-1), labels)
     assert net >= 0.95 * ge.accuracy(best.argmax(-1), labels), (net, ge.accuracy(best.argmax(-1), labels))
-    assert losses[-1] < losses[0]
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]

@@ -123,7 +123,8 @@ def evaluate(model_path, logistic_path, split_paths, true_path, snp_path, simula
         metrics["network_auroc_gap_to_true"] = metrics["true_auroc"] - metrics["network_auroc"]
         predictors["true model"] = p_true
         frame["true"] = p_true
-    metrics.update({"best_epoch": training.get("best_epoch"), "epochs_done": training.get("epochs_done"),
+    metrics.update({"network_c": training.get("c"), "best_epoch": training.get("best_epoch"),
+                    "epochs_done": training.get("epochs_done"),
                     "best_validation_bce": training.get("best_validation_loss"),
                     "baseline_noskill_validation_bce": bce(yv, np.full(len(yv), base))})
     if snp_path:

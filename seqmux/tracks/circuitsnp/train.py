@@ -9,6 +9,7 @@ import pandas as pd
 from ... import seeding
 from ...errors import InputError
 from ...outputs import write_json, write_tsv
+from ..penalty import l2_penalty
 from ..stopping import EarlyStopping
 from .data import TRACK, read_feather_split
 from .model import bce, build_network, fit_logistic, save_network
@@ -17,13 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def fit_network(x_train, y_train, x_val, y_val, hidden, lr, epochs, seed, device="cpu", patience=0,
-                min_improvement=0.0, bias_init="default"):
-    """Full-batch Adam on BCE of both softmax columns against (Y, Y_alt) for at most ``epochs``; the
+                min_improvement=0.0, bias_init="default", c=0.0):
+    """Full-batch Adam on BCE of both softmax columns against (Y, Y_alt) plus, when ``c > 0``,
+    scikit-learn's L2 penalty ``sum(W**2) / (2 c n_train)`` on the weight matrices
+    (:mod:`seqmux.tracks.penalty`; both columns' BCE is the per-window log loss, so with ``c`` equal
+    to the logistic regression's C the two share one objective) for at most ``epochs``; the
     weights of the epoch with the lowest validation loss are kept, and training stops after
     ``patience`` epochs without a loss lower by more than the fraction ``min_improvement``
     (``seqmux.tracks.stopping``; 0: never). Returns ``(net on the CPU, history, facts)``;
-    ``history`` is a DataFrame of epoch (1-based), train_loss (before that epoch's step) and
-    validation_loss (after it); ``facts``: ``best_epoch``, ``epochs_done``, ``converged``,
+    ``history`` is a DataFrame of epoch (1-based), train_loss (the BCE, before that epoch's step)
+    and validation_loss (after it); ``facts``: ``best_epoch``, ``epochs_done``, ``converged``,
     ``best_validation_loss``."""
     import torch
 
@@ -46,7 +50,7 @@ def fit_network(x_train, y_train, x_val, y_val, hidden, lr, epochs, seed, device
     for epoch in progress(range(1, epochs + 1), epochs, "train circuitsnp network"):
         opt.zero_grad()
         loss = loss_fn(net(xt), yt)
-        loss.backward()
+        (loss + l2_penalty(net, c, len(xt))).backward()
         opt.step()
         with torch.no_grad():
             v = loss_fn(net(xv), yv).item()
@@ -77,9 +81,10 @@ def plot_losses(history, best_epoch, noskill, out):
 
 
 def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, hidden, lr, epochs, logistic_c,
-          seed, device="cpu", patience=0, min_improvement=0.0, bias_init="default"):
-    """Step: train the network (early stopping on the validation split) and the logistic regression
-    on the training split."""
+          seed, device="cpu", patience=0, min_improvement=0.0, bias_init="default", c=(0.0,)):
+    """Step: train the network (early stopping on the validation split) once per L2 strength of
+    ``c`` (a list; 0: no penalty), keep the one of the lowest validation BCE (ties: the first), and
+    fit the logistic regression on the training split."""
     from ...runtime import choose_device
 
     dev = choose_device(device, "config", "circuitsnp.device")
@@ -87,10 +92,18 @@ def train(train_path, val_path, out_model, out_logistic, out_history, out_plot, 
     xv, yv, names_v = read_feather_split(val_path, "validation split")
     if names_v != names:
         raise InputError(val_path, "feature columns", len(names_v), f"differ from the training split's ({len(names)})")
+    grid = [float(v) for v in (c if isinstance(c, (list, tuple)) else [c])]
     log.info("training on %d windows x %d features (%d open), validating on %d, at most %d epochs (patience %d), "
-             "lr %g, device %s", len(y), len(names), int(y.sum()), len(yv), epochs, patience, lr, dev)
-    net, history, facts = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev, patience, min_improvement,
-                                      bias_init)
+             "lr %g, L2 C %s, device %s", len(y), len(names), int(y.sum()), len(yv), epochs, patience, lr, grid, dev)
+    net, history, facts = None, None, None
+    for value in grid:
+        fit = fit_network(x, y, xv, yv, hidden, lr, epochs, seed, dev, patience, min_improvement, bias_init, value)
+        log.info("L2 C %g: validation BCE %.5f (kept epoch %d of %d)", value, fit[2]["best_validation_loss"],
+                 fit[2]["best_epoch"], fit[2]["epochs_done"])
+        if facts is None or fit[2]["best_validation_loss"] < facts["best_validation_loss"]:
+            net, history, facts = fit[0], fit[1], dict(fit[2], c=value)
+    if len(grid) > 1:
+        log.info("L2 C %g chosen on the validation BCE", facts["c"])
     best_epoch = facts["best_epoch"]
     base_bce = bce(yv, np.full(len(yv), y.mean()))
     log.info("kept epoch %d of %d: validation BCE %.5f (no-skill %.5f)", best_epoch, facts["epochs_done"],

@@ -185,12 +185,13 @@ def _to_frame(states_idx, symbols_idx, hmm):
                          "hidden_state": [decode_states(row, hmm.states) for row in states_idx]})
 
 
-def simulate_sets(hmm, n_train, n_test, length, rng, max_rounds=20):
-    """Train and test tables (``dna``, ``hidden_state``; ``n_train`` and ``n_test`` rows of
-    ``length`` bp) drawn from ``hmm``, disjoint by construction: every ``dna`` string is kept once
-    (a repeat, possible only for short sequences, is redrawn). InputError when the HMM cannot give
-    that many distinct sequences in ``max_rounds`` rounds of draws."""
-    need = n_train + n_test
+def simulate_sets(hmm, counts, length, rng, max_rounds=20):
+    """Tables ``{split: frame}`` (``id``, ``dna``, ``hidden_state``; ``counts[split]`` rows of
+    ``length`` bp, for the splits of ``counts`` in its order; ids 1-based across them) drawn from
+    ``hmm``, disjoint by construction: every ``dna`` string is kept once (a repeat, possible only for
+    short sequences, is redrawn). InputError when the HMM cannot give that many distinct sequences in
+    ``max_rounds`` rounds of draws."""
+    need = sum(counts.values())
     rows, seen = [], set()
     for _ in range(max_rounds):
         states, symbols = sample_hmm(need - len(rows), length, rng, hmm.transition, hmm.emission, hmm.start)
@@ -207,19 +208,27 @@ def simulate_sets(hmm, n_train, n_test, length, rng, max_rounds=20):
     import pandas as pd
 
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    return table.iloc[:n_train].reset_index(drop=True), table.iloc[n_train:].reset_index(drop=True)
+    table.insert(0, "id", np.arange(1, need + 1))
+    sets, start = {}, 0
+    for part, k in counts.items():
+        sets[part] = table.iloc[start:start + k].reset_index(drop=True)
+        start += k
+    return sets
 
 
-def check_disjoint(train, test, source="gc_hmm"):
-    """Raise ValueError when a ``dna`` string is in both tables (a bug, never the user's fault:
-    both construction paths keep each string on one side)."""
-    shared = set(train["dna"]) & set(test["dna"])
-    if shared:
-        raise InputError(source, "dna", len(shared), "dna strings in both train and test")
+def check_disjoint(sets, source="gc_hmm"):
+    """InputError when a ``dna`` string is in two of the tables ``{split: frame}`` (a bug, never the
+    user's fault: both construction paths keep each string on one side)."""
+    seen = {}
+    for part, frame in sets.items():
+        for dna in set(frame["dna"]):
+            if seen.setdefault(dna, part) != part:
+                raise InputError(source, "dna", dna[:20], f"a sequence in both {seen[dna]} and {part}")
 
 
-def read_table(path, states):
-    """A user's TSV (header with ``dna`` and ``hidden_state``; other columns ignored) as a table.
+def read_table(path, states, keep=()):
+    """A user's TSV (header with ``dna`` and ``hidden_state``; other columns ignored but ``keep``)
+    as a table of the columns ``keep`` then ``dna``, ``hidden_state``.
 
     ``dna``: A, C, G, T (lower case read as upper case); ``hidden_state``: symbols of ``states``,
     as long as ``dna``. InputError naming the file, the row's field and value otherwise.
@@ -233,12 +242,10 @@ def read_table(path, states):
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises several types for malformed files
         raise InputError(path, "gc_hmm.data", str(path), f"not a readable TSV: {err}".splitlines()[0]) from None
-    for col in COLUMNS:
+    for col in (*keep, *COLUMNS):
         if col not in frame.columns:
             raise InputError(path, "columns", list(frame.columns), f"no column {col!r}")
-    if len(frame) < 2:
-        raise InputError(path, "rows", len(frame), "needs at least 2 rows (train and test)")
-    frame = frame[list(COLUMNS)].copy()
+    frame = frame[[*keep, *COLUMNS]].copy()
     frame["dna"] = frame["dna"].str.strip().str.upper()
     frame["hidden_state"] = frame["hidden_state"].str.strip()
     bad_dna = re.compile(r"[^ACGT]")
@@ -257,21 +264,22 @@ def read_table(path, states):
         if m:
             raise InputError(path, f"hidden_state (line {row})", m.group(0),
                              f"not a state of gc_hmm.data_states {list(states)}")
+    if len(frame) < 3:
+        raise InputError(path, "rows", len(frame), "needs at least 3 rows (train, validation and test)")
     return frame.reset_index(drop=True)
 
 
-def split_table(frame, test_fraction, rng):
-    """``(train, test)``: the distinct ``dna`` strings are shuffled and the first
-    ``round(test_fraction * distinct)`` (at least one, at most all but one) go to test, with every
-    row carrying them: a repeated sequence never lands on both sides."""
-    unique = np.array(sorted(set(frame["dna"])), dtype=object)
-    if len(unique) < 2:
-        raise InputError("gc_hmm.data", "dna", len(unique), "needs at least 2 distinct sequences to split")
-    order = rng.permutation(len(unique))
-    n_test = min(max(1, int(round(test_fraction * len(unique)))), len(unique) - 1)
-    test_set = set(unique[order[:n_test]])
-    is_test = frame["dna"].isin(test_set).to_numpy()
-    return frame[~is_test].reset_index(drop=True), frame[is_test].reset_index(drop=True)
+def split_table(frame, test_fraction, validation_fraction, rng, source="gc_hmm.data"):
+    """``(sets, split)``: the rows dealt to test, validation and train by distinct ``dna`` string
+    (:mod:`seqmux.tracks.splitting`: every row carrying a sequence goes with it, so a repeated
+    sequence never lands on two sides), ``sets`` as ``{split: frame}`` with ``id`` = the 1-based row
+    of the file, ``split`` per row. InputError when a split would be empty."""
+    from ..splitting import SPLITS, check_split_sizes, deal_components, linked_components
+
+    split = deal_components(linked_components(list(frame["dna"])), test_fraction, validation_fraction, rng)
+    check_split_sizes(split, 1, source, "dna", "sequences")
+    frame = frame.assign(id=np.arange(1, len(frame) + 1))[["id", *COLUMNS]]
+    return {part: frame[split == part].reset_index(drop=True) for part in SPLITS}, split
 
 
 def estimate_hmm(frame, states):
@@ -302,12 +310,19 @@ def estimate_hmm(frame, states):
                normalise(emission, "emission"))
 
 
-def write_sets(train, test, hmm, train_out, test_out, hmm_out, source):
-    """The two tables as TSV (``dna``, ``hidden_state``) and the HMM as JSON (the config's form,
-    plus ``symbols`` and where the parameters come from)."""
-    check_disjoint(train, test)
-    write_tsv(train[list(COLUMNS)], train_out)
-    write_tsv(test[list(COLUMNS)], test_out)
+def write_sets(sets, hmm, outs, hmm_out, split_out, source):
+    """The tables ``{split: frame}`` as TSV (``id``, ``dna``, ``hidden_state``) to ``outs[split]``,
+    ``split.tsv`` (``id``, ``split`` for every row, in id order) and the HMM as JSON (the config's
+    form, plus ``symbols`` and where the parameters come from)."""
+    import pandas as pd
+
+    from ..splitting import write_split
+
+    check_disjoint(sets)
+    for part, frame in sets.items():
+        write_tsv(frame[["id", *COLUMNS]], outs[part])
+    every = pd.concat([f[["id"]].assign(split=part) for part, f in sets.items()]).sort_values("id", kind="stable")
+    write_split(every["id"], every["split"], split_out)
     write_json({**hmm.to_config(), "symbols": SYMBOLS, "source": source}, hmm_out)
 
 
@@ -318,29 +333,34 @@ def read_hmm(path):
 
 
 def read_sets(path, hmm):
-    """A table written by :func:`write_sets`, read back with the hmm's states."""
-    return read_table(path, hmm.states)
+    """A table written by :func:`write_sets` (``id``, ``dna``, ``hidden_state``), read back with the
+    hmm's states."""
+    frame = read_table(path, hmm.states, keep=("id",))
+    return frame.assign(id=frame["id"].astype(np.int64))
 
 
-def simulate(train_out, test_out, hmm_out, preset, spec, n_train, n_test, length, seed):
-    """Stage: draw a preset's train and test sets (seeded from ``seed`` and the preset's name)."""
+def simulate(outs, hmm_out, split_out, preset, spec, counts, length, seed):
+    """Stage: draw a preset's train, validation and test sets (``counts``: rows per split; seeded
+    from ``seed`` and the preset's name)."""
     hmm = parse_hmm(spec, "config", f"gc_hmm.presets.{preset}")
     rng = preset_rng(seed, preset, "simulate")
-    train, test = simulate_sets(hmm, n_train, n_test, length, rng)
-    write_sets(train, test, hmm, train_out, test_out, hmm_out, f"config preset {preset}")
-    log.info("preset %s: %d train and %d test sequences of %d bp, states %s", preset, len(train), len(test), length,
-             "".join(hmm.states))
+    counts = {part: int(counts[part]) for part in ("train", "validation", "test")}
+    sets = simulate_sets(hmm, counts, length, rng)
+    write_sets(sets, hmm, outs, hmm_out, split_out, f"config preset {preset}")
+    log.info("preset %s: %d train, %d validation and %d test sequences of %d bp, states %s", preset,
+             counts["train"], counts["validation"], counts["test"], length, "".join(hmm.states))
 
 
-def split_data(data, train_out, test_out, hmm_out, states, test_fraction, seed):
+def split_data(data, outs, hmm_out, split_out, states, test_fraction, validation_fraction, seed):
     """Stage: read a user's TSV, split it by distinct sequence, estimate the HMM from the train rows."""
     states = [str(s) for s in states]
     frame = read_table(data, states)
     rng = preset_rng(seed, DATA, "split")
-    train, test = split_table(frame, test_fraction, rng)
-    hmm = estimate_hmm(train, states)
-    write_sets(train, test, hmm, train_out, test_out, hmm_out, f"estimated by counting from {len(train)} train rows "
+    sets, _ = split_table(frame, test_fraction, validation_fraction, rng, str(data))
+    hmm = estimate_hmm(sets["train"], states)
+    write_sets(sets, hmm, outs, hmm_out, split_out, f"estimated by counting from {len(sets['train'])} train rows "
                f"of {data}")
-    log.info("%s: %d rows -> %d train, %d test; estimated HMM: start %s, transition %s, emission (A,G,C,T) %s",
-             data, len(frame), len(train), len(test), np.round(hmm.start, 4).tolist(),
-             np.round(hmm.transition, 4).tolist(), np.round(hmm.emission, 4).tolist())
+    log.info("%s: %d rows -> %d train, %d validation, %d test; estimated HMM: start %s, transition %s, "
+             "emission (A,G,C,T) %s", data, len(frame), len(sets["train"]), len(sets["validation"]),
+             len(sets["test"]), np.round(hmm.start, 4).tolist(), np.round(hmm.transition, 4).tolist(),
+             np.round(hmm.emission, 4).tolist())

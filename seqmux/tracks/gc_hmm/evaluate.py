@@ -11,7 +11,7 @@ import numpy as np
 from ...outputs import write_json, write_tsv
 from .data import COLUMNS, decode_states, encode_rows, preset_rng, read_hmm, read_sets
 from .inference import forward_filter, hmmlearn_decode
-from .model import MODELS, load_model, predict
+from .model import MODELS, load_models, predict
 from .train import nll
 
 log = logging.getLogger(__name__)
@@ -120,34 +120,47 @@ def _prob_strings(prob, lengths, digits=4):
     return [",".join(f"{v:.{digits}f}" for v in prob[i, :lengths[i]]) for i in range(len(prob))]
 
 
-def evaluate(test_tsv, hmm_json, model_paths, metrics_out, predictions_out, calibration_png, accuracy_png, preset,
-             seed, random_draws=1000, device="cpu", train_tsv=None):
-    """Stage: both networks and the HMM's ceilings on the test rows.
+def evaluate(set_paths, hmm_json, model_path, split_tsv, metrics_out, predictions_out, calibration_png,
+             accuracy_png, preset, seed, random_draws=1000, device="cpu"):
+    """Stage: both networks and the HMM's ceilings on the test rows (read here only).
 
-    Writes ``metrics.json`` (keys in the README), the test rows with the networks' states and
+    ``set_paths``: ``{train, validation, test}`` TSVs of the preset (the first two for the counts).
+    Writes ``metrics.json`` (keys in docs/tracks.md), the test rows with the networks' states and
     per-base probabilities of every state, the calibration plot and the accuracy bar chart; logs the
-    key figures and the source's alignment print of the first test sequence.
+    key figures and the source's alignment print of the first test sequence. ``selected_model``: the
+    network with the lower validation NLL (recorded by the training stage).
     """
+    import pandas as pd
+
     from ...plots import plot_bars
     from ...runtime import choose_device
+    from ..splitting import linked_components, split_counts
 
     dev = choose_device(device, "config", "gc_hmm.device")
     hmm = read_hmm(hmm_json)
-    test = read_sets(test_tsv, hmm)
+    test = read_sets(set_paths["test"], hmm)
     tokens, labels, lengths = encode_rows(test, hmm.states)
     S = len(hmm.states)
     filtered, loglik = forward_filter(tokens, lengths, hmm)
     posterior, viterbi = hmmlearn_decode(tokens, lengths, hmm)
-    probs = {name: predict(load_model(model_paths[name], S), tokens, lengths, dev) for name in MODELS}
+    models, meta = load_models(model_path)
+    probs = {name: predict(models[name], tokens, lengths, dev) for name in MODELS}
     probs.update(filtering=filtered, posterior=posterior)
     preds = {k: v.argmax(-1) for k, v in probs.items()}
     preds["viterbi"] = viterbi
     seq_acc = {k: per_sequence_accuracy(v, labels) for k, v in preds.items()}
-    m = {"preset": preset, "states": "".join(hmm.states), "test_sequences": int(len(test)),
-         "test_bases": int(lengths.sum())}
-    if train_tsv is not None:
-        with open(train_tsv) as fh:
-            m["train_sequences"] = sum(1 for _ in fh) - 1  # rows below the header
+    split = pd.read_csv(split_tsv, sep="\t")["split"].to_numpy()
+    every = pd.concat([read_sets(set_paths[p], hmm) for p in ("train", "validation")] + [test]).sort_values("id")
+    duplicates = int(every["dna"].duplicated().sum())
+    m = {"preset": preset, "states": "".join(hmm.states),
+         **split_counts(split, linked_components(list(every["dna"])), duplicates), "test_bases": int(lengths.sum())}
+    training = meta["training"]
+    for name in MODELS:
+        f = training[name]
+        m.update({f"{name}_validation_nll": f["best_validation_loss"], f"{name}_best_step": f["best_step"],
+                  f"{name}_steps_done": f["steps_done"], f"{name}_converged": bool(f["converged"])})
+    m["selected_model"] = min(MODELS, key=lambda name: training[name]["best_validation_loss"])
+    m["converged"] = all(m[f"{name}_converged"] for name in MODELS)
     for k in ("gru", "bigru", "filtering", "posterior", "viterbi"):
         m[f"{k}_accuracy"] = accuracy(preds[k], labels)
         m[f"{k}_accuracy_se"] = standard_error(seq_acc[k], lengths)
@@ -164,11 +177,12 @@ def evaluate(test_tsv, hmm_json, model_paths, metrics_out, predictions_out, cali
     m["loglik_per_base"] = float(loglik.sum() / lengths.sum())
     gru_hits = int(((preds["gru"] == labels) & (labels >= 0)).sum())
     rng = preset_rng(seed, preset, "random_match")
-    m["random_accuracy"], m["random_match_p"] = random_match(labels, S, gru_hits, random_draws, rng)
-    m["random_draws"] = int(random_draws)
+    m["baseline_random_accuracy"], m["baseline_random_match_p"] = random_match(labels, S, gru_hits, random_draws,
+                                                                                rng)
+    m["baseline_random_draws"] = int(random_draws)
     write_json(m, metrics_out)
 
-    table = test[list(COLUMNS)].copy()
+    table = test[["id", *COLUMNS]].copy()
     for name in MODELS:
         table[f"{name}_state"] = [decode_states(preds[name][i, :lengths[i]], hmm.states) for i in range(len(test))]
     for name in MODELS:
@@ -178,7 +192,7 @@ def evaluate(test_tsv, hmm_json, model_paths, metrics_out, predictions_out, cali
     plot_calibration(cal, calibration_png, f"GC-HMM {preset}: calibration on {len(test)} test sequences")
     names = ["GRU", "biGRU", "filtering", "posterior", "Viterbi", "random"]
     values = [m["gru_accuracy"], m["bigru_accuracy"], m["filtering_accuracy"], m["posterior_accuracy"],
-              m["viterbi_accuracy"], m["random_accuracy"]]
+              m["viterbi_accuracy"], m["baseline_random_accuracy"]]
     plot_bars(names, values, accuracy_png, "per-base accuracy (test)", title=f"GC-HMM {preset}: GRU ratio "
               f"{m['gru_filtering_ratio']:.3f} of filtering, biGRU {m['bigru_posterior_ratio']:.3f} of posterior")
 
@@ -191,7 +205,7 @@ def evaluate(test_tsv, hmm_json, model_paths, metrics_out, predictions_out, cali
              "Viterbi %.4f; random %.4f (P(random >= GRU) = %.3g over %d draws)", preset, m["gru_accuracy"],
              m["filtering_accuracy"], m["gru_filtering_ratio"], m["gru_filtering_ratio_se"], m["bigru_accuracy"],
              m["posterior_accuracy"], m["bigru_posterior_ratio"], m["bigru_posterior_ratio_se"], m["viterbi_accuracy"],
-             m["random_accuracy"], m["random_match_p"], random_draws)
+             m["baseline_random_accuracy"], m["baseline_random_match_p"], random_draws)
     return m
 
 
@@ -201,6 +215,7 @@ def summarize(metrics_paths, out):
 
     rows = [json.loads(Path(p).read_text()) for p in metrics_paths]
     keys = ["preset", "states", "gru_accuracy", "filtering_accuracy", "gru_filtering_ratio", "bigru_accuracy",
-            "posterior_accuracy", "bigru_posterior_ratio", "viterbi_accuracy", "random_accuracy", "random_match_p",
-            "posterior_accuracy_se", "test_sequences", "test_bases"]
+            "posterior_accuracy", "bigru_posterior_ratio", "viterbi_accuracy", "baseline_random_accuracy",
+            "baseline_random_match_p", "posterior_accuracy_se", "selected_model", "converged", "n_train",
+            "n_validation", "n_test", "test_bases"]
     write_tsv(pd.DataFrame([{k: r.get(k) for k in keys} for r in rows]), out)

@@ -48,10 +48,13 @@ def predict(model, tokens, lengths, device, batch_size=256):
     return np.concatenate(out)
 
 
-def load_model(path, n_states):
-    """A network written by :func:`train`, in eval mode on the CPU (``seqmux.checkpoint``: an
-    InputError naming the file when it is not one)."""
+def load_models(path):
+    """``({name: network}, meta)`` of the file written by the training stage (both networks, in
+    eval mode on the CPU; ``seqmux.checkpoint``: an InputError naming the file when it is not one)."""
     state, meta = checkpoint.load(path, TRACK, field="gc_hmm model")
-    s = meta["sizes"]
-    model = build_model(n_states, s["embedding"], s["hidden"], s["layers"], meta["bidirectional"])
-    return checkpoint.load_into(model, state, path, TRACK, "gc_hmm model")
+    s, n_states = meta["sizes"], len(meta["states"])
+    models = {}
+    for name, bidirectional in MODELS.items():
+        model = build_model(n_states, s["embedding"], s["hidden"], s["layers"], bidirectional)
+        models[name] = checkpoint.load_into(model, state.get(name, {}), path, TRACK, "gc_hmm model")
+    return models, meta

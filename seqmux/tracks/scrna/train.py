@@ -32,6 +32,7 @@ from ...errors import InputError
 from ...outputs import write_tsv
 from ...plots import plot_curves
 from ...runtime import choose_device, progress
+from ..penalty import l2_penalty
 from ..stopping import EarlyStopping
 from . import STREAM_LOGISTIC, STREAM_MLP, TRACK
 
@@ -72,18 +73,6 @@ def make_model(name, n_genes, hidden, seed):
     """Model ``name`` with its seeded initial weights (torch's global RNG state is left as it was)."""
     with seeding.torch_seeded(seed, TRACK, STREAM_LOGISTIC if name == "logistic" else STREAM_MLP):
         return build_model(name, n_genes, hidden)
-
-
-def weight_matrices(model):
-    """The weight matrices of the model's Linear layers (biases excluded)."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-
-
-def l2_penalty(model, c, n_train):
-    """``sum(W**2) / (2 c n_train)`` over the weight matrices; 0 when ``c`` is 0 (no penalty)."""
-    if not c:
-        return torch.zeros((), device=weight_matrices(model)[0].device)
-    return sum((w ** 2).sum() for w in weight_matrices(model)) / (2.0 * c * n_train)
 
 
 def accuracy(prob, target):

@@ -7,10 +7,14 @@
   is computed; the lowest one gives the best weights. After ``patience`` validations without
   improvement training stops early (0: never).
 - Checkpoints live in ``checkpoint_dir`` (not a declared output, so Snakemake does not delete them
-  when the job fails): ``last.pt`` (model, optimizer, scheduler, scaler, step, RNG states,
-  best validation loss, early-stopping counter, a hash of everything that defines the run),
-  ``best.pt`` (best weights) and ``log.csv`` (one row per step). A rerun with the same hash
-  resumes from ``last.pt``; a different hash (new config or new splits) starts over.
+  when the job fails): ``last.pt`` (a ``seqmux.checkpoint`` of kind ``multiplexer_resume``:
+  model, optimizer, scheduler, scaler, RNG states; as metadata the progress (step, best validation
+  loss, early-stopping counter) and a hash of everything that defines the run), ``best.pt`` (best
+  weights, kind ``multiplexer``) and ``log.csv`` (one row per step). A rerun with the same hash
+  resumes from ``last.pt``; a different hash (new config or new splits) or an unreadable file
+  starts over.
+- Random draws: the network's start and each epoch's batch order come from ``seqmux.seeding``
+  (track ``multiplexer``, streams ``init`` and ``batches:<epoch>``).
   SIGTERM / Ctrl-C write a checkpoint before exiting.
 - Device: ``auto`` takes the CUDA device with the most free memory (Snakemake does not set
   ``CUDA_VISIBLE_DEVICES`` on a local run), else the CPU. Mixed precision (bfloat16, or float16

@@ -67,7 +67,7 @@ PRESETS = {
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
     "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256,
-                 position_embedding=False, global_context=False),
+                 ramp="tent", position_embedding=False, global_context=False),
 }
 
 

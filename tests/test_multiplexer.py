@@ -1,5 +1,6 @@
 import json
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,16 @@ def test_seeded_start_comes_from_the_seeding_stream():
     assert torch.equal(torch.get_rng_state(), before)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+
+
+def test_every_demo_key_of_the_config_reaches_the_network():
+    """Each key of ``multiplexer.demo`` in the schema changes the demo network (none is dropped)."""
+    import yaml
+
+    from seqmux.multiplexer import preset_sizes
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml").read_text())
+    keys = schema["properties"]["multiplexer"]["properties"]["demo"]["properties"]
+    assert set(keys) <= set(preset_sizes("demo")), set(keys) - set(preset_sizes("demo"))
+    model = build_multiplexer("demo", 40, 2, dict(widths=[4], dilations=[1], ramp="linear"))
+    assert model.sizes["ramp"] == "linear" and torch.equal(model.ramp, positional_ramp(40, "linear"))

@@ -36,6 +36,8 @@ reported as 0 (it carries no information about which substitution matters more).
 
 import numpy as np
 
+from . import seeding
+
 
 def _safe_corr(cov, var_x, var_y):
     denom = np.sqrt(var_x * var_y)
@@ -175,8 +177,9 @@ def distance_bin_of(length, bins):
 class Metrics:
     """Every figure of the module docstring, fed batch by batch with ``update(pred, exact, onehot)``
     (``[n, F, 4, L]``, ``[n, F, 4, L]``, ``[n, 4, L]``). Spearman needs ranks of all entries: it is
-    computed on a seeded sample of at most ``spearman_per_window`` non-identity entries per window
-    (all of them when a window has fewer)."""
+    computed on a sample of at most ``spearman_per_window`` non-identity entries per window (all of
+    them when a window has fewer), drawn from the ``seqmux.seeding`` stream ``(seed, "multiplexer",
+    "spearman_sample")``."""
 
     def __init__(self, n_outputs, spearman_per_window=20000, seed=0, distance_bins=10):
         self.n_outputs = n_outputs
@@ -185,7 +188,7 @@ class Metrics:
         self.position = PearsonAccumulator(1)
         self.sq_err, self.sq_exact, self.count = 0.0, 0.0, 0
         self.per_window = spearman_per_window
-        self.rng = np.random.default_rng(seed)
+        self.rng = seeding.rng(seed, "multiplexer", "spearman_sample")
         self.samples = ([], [])
         self.sample_profiles = []
         self.distance_bins = int(distance_bins)

@@ -45,15 +45,19 @@ published dilations are not recorded in the state dict, ours are ``1, 1, 2, 4, 8
 """
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import checkpoint, seeding
 from .errors import InputError
-from .outputs import atomic_path
 
 log = logging.getLogger(__name__)
+
+KIND = "multiplexer"  # the model kind of its ``seqmux.checkpoint`` files
+TRACK = "multiplexer"  # its ``seqmux.seeding`` track
 
 BLOCK_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 
@@ -63,7 +67,7 @@ PRESETS = {
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
     "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256,
-                 position_embedding=False, global_context=False),
+                 ramp="tent", position_embedding=False, global_context=False),
 }
 
 
@@ -202,10 +206,14 @@ def preset_sizes(preset, sizes=None):
     return out
 
 
-def build_multiplexer(preset, length, n_outputs, sizes=None, mask_reference=True, output_scale=1.0):
-    """A ``Multiplexer`` of ``preset`` for windows of ``length`` and ``n_outputs`` outputs."""
-    return Multiplexer(length, n_outputs, mask_reference=mask_reference, output_scale=output_scale,
-                       **preset_sizes(preset, sizes))
+def build_multiplexer(preset, length, n_outputs, sizes=None, mask_reference=True, output_scale=1.0, seed=None):
+    """A ``Multiplexer`` of ``preset`` for windows of ``length`` and ``n_outputs`` outputs. With
+    ``seed`` its random start comes from the ``seqmux.seeding`` stream ``(seed, "multiplexer",
+    "init")`` (torch's global RNG untouched), else from torch's global RNG."""
+    seeded = seeding.torch_seeded(seed, TRACK, "init") if seed is not None else nullcontext()
+    with seeded:
+        return Multiplexer(length, n_outputs, mask_reference=mask_reference, output_scale=output_scale,
+                           **preset_sizes(preset, sizes))
 
 
 def beluga_multiplexer(length=2000, n_outputs=2002):
@@ -221,38 +229,52 @@ def load_published(path, length=2000, n_outputs=2002):
 
 
 def save_multiplexer(model, path, output_names, mode, preset="", extra=None):
-    """``model.pt``: constructor config, state_dict, output names, window length, target mode."""
-    blob = dict(config=model.config(), state_dict=model.state_dict(), output_names=list(output_names),
-                length=model.length, mode=mode, preset=preset, **(extra or {}))
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    """``model.pt`` (a ``seqmux.checkpoint`` of kind ``multiplexer``): the state_dict, and as
+    metadata the constructor config, output names, window length, target mode, preset and
+    ``extra`` (plain values, e.g. the training facts)."""
+    checkpoint.save(path, KIND, model, config=model.config(), output_names=[str(n) for n in output_names],
+                    length=model.length, mode=mode, preset=preset, **(extra or {}))
+
+
+def _old_format_hint(path):
+    """What a ``{"config", "state_dict"}`` file (no checkpoint) holds: a base model of
+    ``seqmux.models`` (its config has ``channels``) or a Multiplexer of the previous format; ""
+    for anything else."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a PyTorch file at all: the checkpoint's own message says so
+        return ""
+    config = blob.get("config") if isinstance(blob, dict) and "state_dict" in blob else None
+    if not isinstance(config, dict):
+        return ""
+    if "channels" in config:
+        return "not a multiplexer model (it holds a base model: give it to --exact --weights)"
+    return "a multiplexer model.pt of the previous file format: rerun the train stage to rewrite it"
 
 
 def load_multiplexer(path, device="cpu"):
     """``(model, info)`` from a ``model.pt`` written by the train stage; ``model`` in eval mode.
 
     ``model(onehot [B, 4, L]) -> [B, F, 4, L]``. ``info``: ``output_names``, ``length``, ``mode``,
-    ``preset``, ``sizes`` (the constructor config), ``n_outputs``.
+    ``preset``, ``sizes`` (the constructor config), ``n_outputs``, ``meta`` (all the file's
+    metadata). One-line InputError on a missing file, a file that is not a Multiplexer checkpoint
+    (a base model's file, a file of the previous format) or weights that do not fit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "multiplexer", str(path), "model file not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(path, "multiplexer", str(path),
-                         f"not a PyTorch model file: {type(err).__name__}: {err}".splitlines()[0]) from None
-    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
-        raise InputError(path, "multiplexer", str(path), "not a multiplexer model.pt (no config/state_dict)")
+        state, meta = checkpoint.load(path, KIND, field="multiplexer")
+    except InputError:
+        hint = _old_format_hint(path) if path.is_file() else ""
+        if not hint:
+            raise
+        raise InputError(path, "multiplexer", str(path), hint) from None
     try:
-        model = Multiplexer(**blob["config"])
-        model.load_state_dict(blob["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as err:  # another model's file (a base model has the same keys)
-        what = " (it holds a base model: give it to --exact --weights)" if "channels" in dict(blob["config"]) else ""
-        raise InputError(path, "multiplexer", str(path), f"not a multiplexer model{what}: "
-                         f"{type(err).__name__}: {err}".splitlines()[0]) from None
-    model.to(device).eval()
-    info = dict(output_names=list(blob.get("output_names", [])), length=int(blob["config"]["length"]),
-                n_outputs=int(blob["config"]["n_outputs"]), mode=blob.get("mode", "logfold"),
-                preset=blob.get("preset", ""), sizes=dict(blob["config"]))
+        model = Multiplexer(**meta["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(path, "multiplexer", str(path), f"not a multiplexer model: bad config "
+                         f"({type(err).__name__}: {err})".splitlines()[0]) from None
+    checkpoint.load_into(model, state, path, KIND, field="multiplexer").to(device)
+    info = dict(output_names=list(meta.get("output_names", [])), length=int(meta["config"]["length"]),
+                n_outputs=int(meta["config"]["n_outputs"]), mode=meta.get("mode", "logfold"),
+                preset=meta.get("preset", ""), sizes=dict(meta["config"]), meta=meta)
     return model, info

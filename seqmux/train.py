@@ -7,10 +7,14 @@
   is computed; the lowest one gives the best weights. After ``patience`` validations without
   improvement training stops early (0: never).
 - Checkpoints live in ``checkpoint_dir`` (not a declared output, so Snakemake does not delete them
-  when the job fails): ``last.pt`` (model, optimizer, scheduler, scaler, step, RNG states,
-  best validation loss, early-stopping counter, a hash of everything that defines the run),
-  ``best.pt`` (best weights) and ``log.csv`` (one row per step). A rerun with the same hash
-  resumes from ``last.pt``; a different hash (new config or new splits) starts over.
+  when the job fails): ``last.pt`` (a ``seqmux.checkpoint`` of kind ``multiplexer_resume``:
+  model, optimizer, scheduler, scaler, RNG states; as metadata the progress (step, best validation
+  loss, early-stopping counter) and a hash of everything that defines the run), ``best.pt`` (best
+  weights, kind ``multiplexer``) and ``log.csv`` (one row per step). A rerun with the same hash
+  resumes from ``last.pt``; a different hash (new config or new splits) or an unreadable file
+  starts over.
+- Random draws: the network's start and each epoch's batch order come from ``seqmux.seeding``
+  (track ``multiplexer``, streams ``init`` and ``batches:<epoch>``).
   SIGTERM / Ctrl-C write a checkpoint before exiting.
 - Device: ``auto`` takes the CUDA device with the most free memory (Snakemake does not set
   ``CUDA_VISIBLE_DEVICES`` on a local run), else the CPU. Mixed precision (bfloat16, or float16
@@ -31,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt
+from . import seeding
 from .errors import InputError
-from .multiplexer import build_multiplexer, n_parameters, save_multiplexer
+from .multiplexer import KIND, TRACK, build_multiplexer, n_parameters, save_multiplexer
 from .outputs import atomic_path
 from .runtime import choose_device, progress
 from .splits import SplitDataset, check_split, target_rms
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CSV_FIELDS = ["step", "epoch", "train_loss", "validation_loss", "lr", "elapsed_s"]
 KILL_ENV = "SEQMUX_KILL_AFTER_STEP"  # tests: SIGKILL the process right after this step
+RESUME_KIND = "multiplexer_resume"  # the checkpoint kind of ``last.pt`` (model, optimizer, progress)
 
 
 def autocast_for(device, enabled):
@@ -54,8 +61,8 @@ def autocast_for(device, enabled):
 
 class StepBatches:
     """Batch sampler: the index lists of steps ``start .. end - 1``. Epoch ``e`` is a permutation
-    drawn from a ``torch.Generator`` seeded with ``(seed, e)``; the last incomplete batch of an
-    epoch is dropped (unless the split is smaller than one batch)."""
+    drawn from the ``seqmux.seeding`` stream ``(seed, "multiplexer", "batches:e")``; the last
+    incomplete batch of an epoch is dropped (unless the split is smaller than one batch)."""
 
     def __init__(self, n, batch_size, seed, start, end):
         self.n, self.seed, self.start, self.end = n, int(seed), int(start), int(end)
@@ -63,7 +70,7 @@ class StepBatches:
         self.per_epoch = max(n // self.batch_size, 1)
 
     def permutation(self, epoch):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = seeding.torch_generator(self.seed, TRACK, f"batches:{epoch}")
         return torch.randperm(self.n, generator=gen)
 
     def __len__(self):
@@ -144,11 +151,6 @@ def validation_loss(model, loader, device, autocast):
     return total / max(count, 1)
 
 
-def _save_atomic(obj, path):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _read_csv(path, upto):
     if not Path(path).is_file():
         return []
@@ -216,14 +218,13 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     last_ck, best_ck, csv_ck = ckdir / "last.pt", ckdir / "best.pt", ckdir / "log.csv"
 
     dev = choose_device(device, "config", "multiplexer.train.device")
-    torch.manual_seed(seed)
     scale, rms = 1.0, None
     if scale_targets or loss_weight:
         rms = target_rms(train)
         log.info("target RMS on the training split: %.6g", rms)
     if scale_targets:
         scale = rms
-    model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale).to(dev)
+    model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale, seed=seed).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = make_scheduler(opt, lr_schedule, steps, lr)
     autocast, scaler = autocast_for(dev, amp)
@@ -231,8 +232,12 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     resumed = None
     if last_ck.is_file():
-        ck = torch.load(last_ck, map_location="cpu", weights_only=False)
-        if ck.get("hash") == key:
+        try:
+            ck, meta = ckpt.load(last_ck, RESUME_KIND, field="training checkpoint")
+        except InputError as err:  # a file of the previous format, or damaged: not resumable
+            log.info("checkpoint %s cannot be resumed (%s): starting over", last_ck, err.problem)
+            ck, meta = {}, {}
+        if meta.get("hash") == key:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -241,13 +246,13 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             torch.set_rng_state(ck["rng"]["torch"])
             if dev.type == "cuda" and ck["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ck["rng"]["cuda"], dev)
-            state.update(ck["state"])
+            state.update(meta["progress"])
             resumed = state["step"]
             log.info("resuming from checkpoint %s at step %d (best validation loss %.6g at step %d)",
                      last_ck, state["step"], state["best_val"], state["best_step"])
-        else:
+        elif meta:
             log.info("checkpoint %s belongs to another run (hash %s, this run %s): starting over",
-                     last_ck, ck.get("hash"), key)
+                     last_ck, meta.get("hash"), key)
     if resumed is None:
         for p in (last_ck, best_ck, csv_ck):
             p.unlink(missing_ok=True)
@@ -260,16 +265,16 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     loader_args = dict(num_workers=num_workers, pin_memory=dev.type == "cuda")
     sampler = StepBatches(len(train_ds), batch_size, seed, state["step"], steps)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
-                                         generator=torch.Generator().manual_seed(seed), **loader_args)
+                                         generator=seeding.torch_generator(seed, TRACK, "loader"), **loader_args)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_args)
 
     def checkpoint():
         _write_csv(csv_ck, rows)
-        _save_atomic(dict(
-            hash=key, hparams=hparams, model=model.state_dict(), optimizer=opt.state_dict(),
-            scheduler=sched.state_dict(), scaler=scaler.state_dict() if scaler is not None else None,
-            rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None),
-            state=dict(state)), last_ck)
+        ckpt.save(last_ck, RESUME_KIND, dict(
+            model=model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+            scaler=scaler.state_dict() if scaler is not None else None,
+            rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)),
+            hash=key, hparams=hparams, progress=dict(state))
 
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     started = time.time() - state["elapsed"]
@@ -309,7 +314,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
                     row["validation_loss"] = f"{vloss:.6g}"
                     if vloss < state["best_val"]:
                         state.update(best_val=vloss, best_step=step, bad=0)
-                        _save_atomic(dict(model=model.state_dict(), step=step, validation_loss=vloss), best_ck)
+                        ckpt.save(best_ck, KIND, model, step=step, validation_loss=vloss)
                     else:
                         state["bad"] += 1
                     stopping = bool(patience) and state["bad"] >= patience
@@ -341,8 +346,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     last_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if best_ck.is_file():
-        best = torch.load(best_ck, map_location="cpu", weights_only=True)
-        best_state, best_step, best_val = best["model"], best["step"], best["validation_loss"]
+        best_state, best = ckpt.load(best_ck, KIND, field="training checkpoint")
+        best_step, best_val = best["step"], best["validation_loss"]
     else:  # no validation windows: the last weights are the best we have
         best_state, best_step, best_val = last_state, state["step"], None
     facts = dict(steps_done=state["step"], best_step=best_step, best_validation_loss=best_val,

@@ -64,7 +64,7 @@ def test_with_defaults_fills_nested_sections_as_snakemake_does():
     assert given == {"seed": 7, "windows": {"count": {"train": 5}}, "multiplexer": {"train": {"steps": 3}},
                      "tracks": []}, "the argument is left as it was"
     assert ours["windows"]["count"] == {"train": 5, "validation": 100, "test": 100}
-    assert ours["multiplexer"]["train"]["steps"] == 3 and ours["multiplexer"]["train"]["lr"] == 0.004
+    assert ours["multiplexer"]["train"]["steps"] == 3 and ours["multiplexer"]["train"]["lr"] == 0.008
     assert ours["targets"]["dtype"] == "float32" and ours["genome"]["demo"]["motifs"] == 12
     theirs = copy.deepcopy(given)
     validate(theirs, str(SCHEMA), set_default=True)  # what rules/common.smk runs

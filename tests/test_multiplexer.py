@@ -1,5 +1,6 @@
 import json
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,52 @@ def test_target_rms(tmp_path):
         float(np.sqrt(np.mean(targets[[0, 4]].astype(np.float64) ** 2))), rel=1e-6)
     write_split(tmp_path / "z.feather", random_sequences(2, 12, rng), np.zeros((2, 2, 4, 12), np.float32), ["a", "b"])
     assert target_rms(open_split(tmp_path / "z.feather")) == 1.0
+
+
+def test_model_file_is_a_checkpoint_and_wrong_files_give_one_line(tmp_path):
+    """``model.pt`` is a ``seqmux.checkpoint`` (loads with weights_only=True); a file of the previous
+    format, a base model's file and another kind's checkpoint each give one InputError line."""
+    from seqmux import checkpoint
+
+    model = build_multiplexer("demo", 40, 2, dict(widths=[4, 4], dilations=[1, 2]), seed=3).eval()
+    save_multiplexer(model, tmp_path / "m.pt", ["a", "b"], "logfold", "demo", extra=dict(train=dict(steps_done=5)))
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert blob["kind"] == "multiplexer" and blob["meta"]["train"] == {"steps_done": 5}
+    assert load_multiplexer(tmp_path / "m.pt")[1]["meta"]["train"]["steps_done"] == 5
+    torch.save(dict(config=model.config(), state_dict=model.state_dict()), tmp_path / "old.pt")
+    torch.save(dict(config=dict(channels=[4]), state_dict={}), tmp_path / "base.pt")
+    checkpoint.save(tmp_path / "other.pt", "sgrna", model)
+    (tmp_path / "text.pt").write_text("not a model\n")
+    for name, fragment in [("old.pt", "previous file format: rerun the train stage"),
+                           ("base.pt", "it holds a base model: give it to --exact --weights"),
+                           ("other.pt", "holds a 'sgrna' model, not a 'multiplexer' model"),
+                           ("text.pt", "not a PyTorch model file")]:
+        with pytest.raises(InputError) as err:
+            load_multiplexer(tmp_path / name)
+        assert fragment in str(err.value) and "\n" not in str(err.value), name
+
+
+def test_seeded_start_comes_from_the_seeding_stream():
+    """``seed``: the same start for the same seed, another for another seed, torch's global RNG
+    untouched."""
+    sizes = dict(widths=[4, 4], dilations=[1, 2])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, b = (build_multiplexer("demo", 40, 2, sizes, seed=5).state_dict() for _ in range(2))
+    c = build_multiplexer("demo", 40, 2, sizes, seed=6).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.endswith("weight"))
+
+
+def test_every_demo_key_of_the_config_reaches_the_network():
+    """Each key of ``multiplexer.demo`` in the schema changes the demo network (none is dropped)."""
+    import yaml
+
+    from seqmux.multiplexer import preset_sizes
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml").read_text())
+    keys = schema["properties"]["multiplexer"]["properties"]["demo"]["properties"]
+    assert set(keys) <= set(preset_sizes("demo")), set(keys) - set(preset_sizes("demo"))
+    model = build_multiplexer("demo", 40, 2, dict(widths=[4], dilations=[1], ramp="linear"))
+    assert model.sizes["ramp"] == "linear" and torch.equal(model.ramp, positional_ramp(40, "linear"))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mux_synthetic import tiny_splits
+from seqmux import checkpoint
 from seqmux.multiplexer import Multiplexer, build_multiplexer, load_multiplexer
 from seqmux.train import train_multiplexer, training_loss
 
@@ -100,6 +101,6 @@ def test_the_weight_reaches_the_training_loop(tmp_path):
         d = tmp_path / str(weight)
         train_multiplexer(splits["train"], splits["validation"], d / "m.pt", d / "l.pt", d / "log.csv", d / "p.png",
                           d / "ck", loss_weight=weight, **args)
-        states.append(torch.load(d / "l.pt", weights_only=True)["state_dict"])
+        states.append(checkpoint.load(d / "l.pt", "multiplexer")[0])
     # the same seed and batches: only the loss differs, and so do the weights it trained
     assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k.endswith("weight"))

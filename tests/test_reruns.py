@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, deep_update, planned_jobs, run_workflow
+from seqmux import checkpoint
 
 
 def planned(workdir, config, *targets, extra=()):
@@ -165,7 +166,7 @@ def test_killed_runs_resume_and_end_as_an_uninterrupted_run(tmp_path):
         if not ck.is_file():
             return False
         try:
-            return torch.load(ck, weights_only=False)["state"]["step"] >= 10
+            return checkpoint.load(ck, "multiplexer_resume")[1]["progress"]["step"] >= 10
         except Exception:  # being written
             return False
 
@@ -178,8 +179,7 @@ def test_killed_runs_resume_and_end_as_an_uninterrupted_run(tmp_path):
     # the same weights (best and last) as the uninterrupted run; model.pt also records the training
     # time and the step it resumed from, which differ by design
     for name in ("model.pt", "model_last.pt"):
-        a, b = (torch.load(d / "results/multiplexer" / name, weights_only=False) for d in (work, reference))
-        sa, sb = a.get("state_dict", a), b.get("state_dict", b)
+        (sa, a), (sb, b) = (checkpoint.load(d / "results/multiplexer" / name, "multiplexer") for d in (work, reference))
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert a["train"]["resumed_from_step"] >= 10 and b["train"]["resumed_from_step"] is None
     assert {k: a["train"][k] for k in ("best_step", "best_validation_loss", "steps_done")} == \

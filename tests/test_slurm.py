@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from conftest import REPO, TINY
+from seqmux import checkpoint
 
 PROFILE = REPO / "profiles/slurm"
 PARTITION = os.environ.get("SEQMUX_SLURM_PARTITION", "main")
@@ -212,7 +213,7 @@ def test_same_products_as_a_local_run(slurm_run, request):
     for name in MULTIPLEXER_FILES:
         assert (mux / name).stat().st_size > 0, name
     for name in ("model.pt", "model_last.pt"):
-        a, b = (torch.load(d / name, map_location="cpu", weights_only=False)["state_dict"] for d in (mux, local))
+        a, b = (checkpoint.load(d / name, "multiplexer")[0] for d in (mux, local))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
     def without_timings(value):

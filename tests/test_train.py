@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mux_synthetic import tiny_splits, write_empty_split, write_split
+from seqmux import checkpoint
 from seqmux.errors import InputError
 from seqmux.multiplexer import load_multiplexer
-from seqmux.train import KILL_ENV, StepBatches, train_multiplexer
+from seqmux.train import KILL_ENV, RESUME_KIND, StepBatches, train_multiplexer
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = dict(widths=[8, 8], dilations=[1, 2], kernel=4)
@@ -54,8 +55,8 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     proc, facts = run_training(splits, tmp_path / "out", tmp_path / "ck", kill_after=5)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert facts is None and not (tmp_path / "out" / "model.pt").exists()
-    ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
-    assert ck["state"]["step"] == 4 and not ck["state"]["done"]
+    _, meta = checkpoint.load(tmp_path / "ck" / "last.pt", RESUME_KIND)  # weights_only: nothing pickled runs
+    assert meta["progress"]["step"] == 4 and not meta["progress"]["done"]
     # the rerun resumes at step 4 and finishes the 8 steps
     proc, facts = run_training(splits, tmp_path / "out", tmp_path / "ck")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -66,7 +67,7 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     # ... and ends exactly where an uninterrupted run ends (same batches, same RNG, same state)
     proc, ref = run_training(splits, tmp_path / "ref", tmp_path / "ck_ref")
     assert proc.returncode == 0 and ref["resumed_from_step"] is None
-    a, b = (torch.load(d / "last.pt", weights_only=True)["state_dict"] for d in (tmp_path / "out", tmp_path / "ref"))
+    a, b = (checkpoint.load(d / "last.pt", "multiplexer")[0] for d in (tmp_path / "out", tmp_path / "ref"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert facts["best_step"] == ref["best_step"]
     # a finished run reruns without training again

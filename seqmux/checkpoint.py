@@ -74,6 +74,16 @@ def load(path, kind, field="model"):
     return blob["state"], dict(blob.get("meta") or {})
 
 
+def kind_of(path):
+    """The model kind a checkpoint file holds, or None (no such file, not a checkpoint): to name a
+    file given in the wrong place in an error message."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return blob.get("kind") if isinstance(blob, dict) and blob.get("format") == FORMAT else None
+
+
 def load_into(module, state, path, kind, field="model"):
     """``module.load_state_dict(state)``, an InputError naming the file when the shapes or keys
     differ (a file of the right kind written with other sizes). Returns ``module`` in eval mode."""

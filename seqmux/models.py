@@ -161,33 +161,36 @@ def build_base_model(kind, weights="", module="", class_name="", length=None, ou
     return model.eval()
 
 
+BASE_KIND = "base_model"
+
+
 def save_model(model, path):
-    """Save a ``BelugaFamily`` with its constructor arguments (one file)."""
-    cfg = dict(length=model.length, n_outputs=model.n_outputs, **model.sizes)
-    torch.save({"config": cfg, "state_dict": model.state_dict()}, path)
+    """Save a ``BelugaFamily`` with its constructor arguments (one ``seqmux.checkpoint`` file, kind
+    ``base_model``)."""
+    from . import checkpoint
+
+    checkpoint.save(path, BASE_KIND, model, config=dict(length=model.length, n_outputs=model.n_outputs,
+                                                        **model.sizes))
 
 
 def load_model(path):
-    """A ``BelugaFamily`` written by ``save_model``."""
+    """A ``BelugaFamily`` written by ``save_model`` (eval mode); one-line InputError on a missing
+    file, another kind of file (a Multiplexer's ``model.pt`` says so) or weights that do not fit."""
+    from . import checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "base_model.weights", str(path), "model file not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(path, "base_model.weights", str(path),
-                         f"not a PyTorch model file: {type(err).__name__}: {err}".splitlines()[0]) from None
-    cfg = blob.get("config") if isinstance(blob, dict) else None
-    if not isinstance(cfg, dict) or "channels" not in cfg or "state_dict" not in blob:
-        if isinstance(cfg, dict) and "widths" in cfg:
-            problem = "the file holds a multiplexer, not a base model (give it to --multiplexer, without --exact)"
-        else:
-            problem = "not a demo base model written by the workflow (no config/state_dict)"
-        raise InputError(path, "base_model.weights", str(path), problem)
+        state, meta = checkpoint.load(path, BASE_KIND, field="base_model.weights")
+    except InputError:
+        if checkpoint.kind_of(path) == "multiplexer":
+            raise InputError(path, "base_model.weights", str(path), "the file holds a multiplexer, not a base "
+                             "model (give it to --multiplexer, without --exact)") from None
+        raise
+    cfg = dict(meta.get("config") or {})
+    if "channels" not in cfg:
+        raise InputError(path, "base_model.weights", str(path), "not a demo base model (no channels in its config)")
     cfg["channels"] = tuple(cfg["channels"])
-    model = BelugaFamily(**cfg)
-    model.load_state_dict(blob["state_dict"])
-    return model
+    return checkpoint.load_into(BelugaFamily(**cfg), state, path, BASE_KIND, field="base_model.weights")
 
 
 DEMO_DOWNSTREAM = ("random", "structured")

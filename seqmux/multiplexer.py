@@ -240,6 +240,8 @@ def _old_format_hint(path):
     """What a ``{"config", "state_dict"}`` file (no checkpoint) holds: a base model of
     ``seqmux.models`` (its config has ``channels``) or a Multiplexer of the previous format; ""
     for anything else."""
+    if checkpoint.kind_of(path) == "base_model":
+        return "not a multiplexer model (it holds a base model: give it to --exact --weights)"
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a PyTorch file at all: the checkpoint's own message says so

@@ -94,6 +94,20 @@ def test_demo_model_round_trip(demo_dir):
     assert build_base_model("demo", weights=str(demo_dir / "model.pt")).training is False
 
 
+def test_demo_model_file_is_a_checkpoint_and_wrong_files_are_one_line(demo_dir, tmp_path):
+    from seqmux import checkpoint
+    from seqmux.multiplexer import build_multiplexer, save_multiplexer
+
+    assert checkpoint.kind_of(demo_dir / "model.pt") == "base_model"
+    save_multiplexer(build_multiplexer("demo", 400, 6), tmp_path / "mux.pt", list("abcdef"), "logfold")
+    torch.save({"config": {"channels": [4]}, "state_dict": {}}, tmp_path / "old.pt")
+    for name, fragment in [("mux.pt", "holds a multiplexer, not a base model"),
+                           ("old.pt", "not a seqmux base_model model file"), ("absent.pt", "model file not found")]:
+        with pytest.raises(InputError) as err:
+            load_model(tmp_path / name)
+        assert fragment in str(err.value) and "\n" not in str(err.value) and err.value.field == "base_model.weights"
+
+
 def test_wrong_number_of_names(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")

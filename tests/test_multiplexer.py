@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from seqmux.errors import InputError
+from seqmux.models import BelugaFamily, save_model
 from seqmux.multiplexer import (Multiplexer, beluga_multiplexer, build_multiplexer, load_multiplexer, n_parameters,
                                 positional_ramp, save_multiplexer)
 
@@ -137,9 +138,11 @@ def test_model_file_is_a_checkpoint_and_wrong_files_give_one_line(tmp_path):
     torch.save(dict(config=model.config(), state_dict=model.state_dict()), tmp_path / "old.pt")
     torch.save(dict(config=dict(channels=[4]), state_dict={}), tmp_path / "base.pt")
     checkpoint.save(tmp_path / "other.pt", "sgrna", model)
+    save_model(BelugaFamily(length=400, channels=(4, 4, 4), hidden=4, n_outputs=2), tmp_path / "base_now.pt")
     (tmp_path / "text.pt").write_text("not a model\n")
     for name, fragment in [("old.pt", "previous file format: rerun the train stage"),
                            ("base.pt", "it holds a base model: give it to --exact --weights"),
+                           ("base_now.pt", "it holds a base model: give it to --exact --weights"),
                            ("other.pt", "holds a 'sgrna' model, not a 'multiplexer' model"),
                            ("text.pt", "not a PyTorch model file")]:
         with pytest.raises(InputError) as err:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import checkpoint
 from .errors import InputError
 from .outputs import atomic_path
 from .motifs import crop_or_pad, log_odds, reverse_complement
@@ -167,8 +168,6 @@ BASE_KIND = "base_model"
 def save_model(model, path):
     """Save a ``BelugaFamily`` with its constructor arguments (one ``seqmux.checkpoint`` file, kind
     ``base_model``)."""
-    from . import checkpoint
-
     checkpoint.save(path, BASE_KIND, model, config=dict(length=model.length, n_outputs=model.n_outputs,
                                                         **model.sizes))
 
@@ -176,8 +175,6 @@ def save_model(model, path):
 def load_model(path):
     """A ``BelugaFamily`` written by ``save_model`` (eval mode); one-line InputError on a missing
     file, another kind of file (a Multiplexer's ``model.pt`` says so) or weights that do not fit."""
-    from . import checkpoint
-
     path = Path(path)
     try:
         state, meta = checkpoint.load(path, BASE_KIND, field="base_model.weights")

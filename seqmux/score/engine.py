@@ -97,7 +97,9 @@ class MultiplexerScorer:
             rows, cols, bases = [], [], []
             for b, ((_, _, alts), (unique, inverse)) in enumerate(zip(chunk, columns)):
                 positions[b, :len(unique)] = unique
-                rows.append(np.full(len(inverse), b)), cols.append(inverse.ravel()), bases.append(np.asarray(alts))
+                rows.append(np.full(len(inverse), b))
+                cols.append(inverse.ravel())
+                bases.append(np.asarray(alts))
             x = torch.from_numpy(one_hot(np.stack([t for t, _, _ in chunk]))).to(self.device)
             maps = self.model(x, torch.from_numpy(positions).to(self.device))  # [B, F, 4, P]
             index = [torch.from_numpy(np.concatenate(a).astype(np.int64)).to(self.device) for a in (rows, bases, cols)]

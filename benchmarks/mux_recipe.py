@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ from seqmux.train import train_multiplexer
 REPO = Path(__file__).resolve().parents[1]
 # the published recipe: the BelugaMultiplexer's training, sized for the demo (600 windows)
 OLD = dict(windows=600, sizes=dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8,
-                                   head_hidden=256, ramp="tent", position_embedding=False, global_context=False),
+                                   head_hidden=256, ramp="tent", position_embedding=False, global_context=False,
+                                   head="conv", rank=64),
            train=dict(lr=0.004, lr_schedule="onecycle", batch_size=16, steps=1200, validate_every=100, patience=5,
                       scale_targets=True, loss_weight=0.0))
 
@@ -59,7 +61,7 @@ def schema_defaults():
 
 def with_changes(recipe, changes):
     out = json.loads(json.dumps(recipe))
-    for item in filter(None, changes.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", changes)):  # commas inside [...] belong to a list
         key, value = item.split("=", 1)
         value = yaml.safe_load(value)
         if key == "windows":

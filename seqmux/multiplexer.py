@@ -67,8 +67,10 @@ PRESETS = {
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
     "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256,
-                 ramp="tent", position_embedding=False, global_context=False),
+                 ramp="tent", position_embedding=False, global_context=False, head="conv", rank=64),
 }
+
+HEADS = ("conv", "bilinear", "relu")
 
 
 def block_name(i):
@@ -115,17 +117,22 @@ class Multiplexer(nn.Module):
     """One forward pass: one-hot ``[B, 4, L]`` -> substitution effects ``[B, F, 4, L]``."""
 
     def __init__(self, length, n_outputs, widths, dilations=None, kernel=8, head_hidden=0, ramp="tent",
-                 mask_reference=True, output_scale=1.0, position_embedding=False, global_context=False):
+                 mask_reference=True, output_scale=1.0, position_embedding=False, global_context=False,
+                 head="conv", rank=64):
         super().__init__()
         widths = [int(w) for w in widths]
         dilations = [int(d) for d in (dilations or [1] * len(widths))]
         if not widths or len(dilations) != len(widths):
             raise ValueError(f"need one dilation per block: widths {widths}, dilations {dilations}")
         self.length, self.n_outputs = int(length), int(n_outputs)
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}, expected one of {HEADS}")
         head_hidden = int(head_hidden) or 4 * self.n_outputs
         self.sizes = dict(widths=widths, dilations=dilations, kernel=int(kernel), head_hidden=head_hidden,
                           ramp=ramp, mask_reference=bool(mask_reference), output_scale=float(output_scale),
                           position_embedding=bool(position_embedding), global_context=bool(global_context))
+        if head != "conv":  # absent for the published head, so that its config (and file) stays as before
+            self.sizes.update(head=head, rank=int(rank))
         self.register_buffer("ramp", positional_ramp(self.length, ramp), persistent=False)
         c_in = 5
         self.residual = []
@@ -136,10 +143,21 @@ class Multiplexer(nn.Module):
             self.block_names.append(name)
             self.residual.append(c_in == w)
             c_in = w
-        self.model_final = nn.Sequential(
-            nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
-            nn.Conv1d(head_hidden, 4 * self.n_outputs, 1),
-        )
+        if head == "conv":
+            self.model_final = nn.Sequential(
+                nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
+                nn.Conv1d(head_hidden, 4 * self.n_outputs, 1),
+            )
+        else:
+            k = int(rank)
+            # per position: K values for each of the 4 bases (the change of K hidden units)
+            self.head_local = nn.Conv1d(c_in, 4 * k, 1)
+            # per window, from the mean and max of the trunk's features over the positions:
+            # bilinear: a gate [F, K]; relu: K hidden pre-activations (the weights [F, K] are global)
+            n_window = self.n_outputs * k if head == "bilinear" else k
+            self.head_window = nn.Sequential(nn.Linear(2 * c_in, c_in), nn.ReLU(), nn.Linear(c_in, n_window))
+            if head == "relu":
+                self.head_weight = nn.Parameter(torch.randn(self.n_outputs, k) / k ** 0.5)
         # zero at the start (and made after every published layer, so that the random start of
         # those is the same with and without them): the untrained network is the published one
         if position_embedding:
@@ -177,17 +195,42 @@ class Multiplexer(nn.Module):
         In eval mode the columns equal those of the full output; in train mode BatchNorm would
         see only them."""
         h = self.trunk(x)
+        window = None
+        if self.sizes.get("head", "conv") != "conv":  # the window's summary, before any column is picked
+            window = self.head_window(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
         if positions is not None:
             idx = torch.as_tensor(positions, dtype=torch.long, device=x.device)
             idx = idx.expand(x.shape[0], -1) if idx.dim() == 1 else idx
             h = h.gather(2, idx[:, None, :].expand(-1, h.shape[1], -1))
             x = x.gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
-        y = self.model_final(h).view(x.shape[0], self.n_outputs, 4, h.shape[-1])
+        if window is None:
+            y = self.model_final(h).view(x.shape[0], self.n_outputs, 4, h.shape[-1])
+        else:
+            y = self.factored_head(h, x, window)
         if self.sizes["output_scale"] != 1.0:
             y = y * self.sizes["output_scale"]
         if self.sizes["mask_reference"]:
             y = y * (1 - x).unsqueeze(1).to(y.dtype)
         return y
+
+
+    def factored_head(self, h, x, window):
+        """The ``bilinear`` and ``relu`` heads, built like the base model's dense part: a
+        substitution changes K hidden units by a local amount ``d[k, a, p] = v[k, a, p] -
+        v[k, ref, p]`` (``v``: a 1x1 convolution of the trunk; 0 for the reference base, as in a
+        linear model), and the window decides how much each change counts. ``bilinear``:
+        ``sum_k G[f, k] d[k, a, p]`` with a per-window gate ``G``; ``relu``: ``sum_k W[f, k]
+        (relu(h_k + d[k, a, p]) - relu(h_k))`` with per-window ``h`` and global ``W``. Per position
+        ``C 4K + 4FK`` multiply-adds."""
+        b, n = x.shape[0], h.shape[-1]
+        k = self.sizes["rank"]
+        v = self.head_local(h).view(b, k, 4, n)
+        d = v - (v * x.unsqueeze(1).to(v.dtype)).sum(dim=2, keepdim=True)
+        if self.sizes["head"] == "bilinear":
+            return torch.einsum("bfk,bkap->bfap", window.view(b, self.n_outputs, k), d)
+        hid = window.view(b, k, 1, 1)
+        change = torch.relu(hid + d) - torch.relu(hid)
+        return torch.einsum("fk,bkap->bfap", self.head_weight.to(change.dtype), change)
 
 
 def n_parameters(model):

@@ -60,7 +60,8 @@ def test_length_is_kept_for_even_kernels_and_dilations():
     assert model.residual == [False, False, True]
 
 
-@pytest.mark.parametrize("extras", [{}, dict(position_embedding=True, global_context=True)])
+@pytest.mark.parametrize("extras", [{}, dict(position_embedding=True, global_context=True),
+                                    dict(head="bilinear", rank=3), dict(head="relu", rank=3, position_embedding=True)])
 def test_positions_give_the_columns_of_the_full_output(extras):
     torch.manual_seed(1)
     model = Multiplexer(30, 3, widths=[5, 5], dilations=[1, 2], head_hidden=7, output_scale=0.5, **extras).eval()
@@ -76,6 +77,37 @@ def test_positions_give_the_columns_of_the_full_output(extras):
     assert torch.allclose(per_window[1], full[1][:, :, [3, 3, 12]], atol=1e-6)
     assert torch.allclose(shared, full[:, :, :, 5:7], atol=1e-6)
     assert torch.all(per_window[0, :, :, 0][:, x[0, :, 0].bool()] == 0)  # the reference base masked
+
+
+@pytest.mark.parametrize("head", ["bilinear", "relu"])
+def test_factored_heads_compute_their_formula(head):
+    """``bilinear``: ``sum_k G[f, k] (v[k, alt] - v[k, ref])`` with the window's gate ``G``;
+    ``relu``: ``sum_k W[f, k] (relu(h_k + v[k, alt] - v[k, ref]) - relu(h_k))``; the reference base
+    gives exactly 0 without the mask; an N position (no reference base) gives the effect of ``v[alt]``."""
+    torch.manual_seed(2)
+    length, n_out, k = 20, 3, 5
+    model = Multiplexer(length, n_out, widths=[6, 6], dilations=[1, 2], head=head, rank=k, mask_reference=False,
+                        output_scale=2.0).eval()
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (2, length)), 4).transpose(1, 2).float()
+    x[1, :, 4] = 0  # an N
+    with torch.no_grad():
+        y = model(x)
+        h = model.trunk(x)
+        v = model.head_local(h).view(2, k, 4, length)
+        window = model.head_window(torch.cat([h.mean(2), h.amax(2)], 1))
+    d = v - (v * x[:, None]).sum(2, keepdim=True)
+    if head == "bilinear":
+        expected = torch.einsum("bfk,bkap->bfap", window.view(2, n_out, k), d)
+    else:
+        hid = window[:, :, None, None]
+        expected = torch.einsum("fk,bkap->bfap", model.head_weight, torch.relu(hid + d) - torch.relu(hid))
+    assert y.shape == (2, n_out, 4, length)
+    assert torch.allclose(y, 2.0 * expected, atol=1e-5)
+    assert torch.all(y.permute(0, 1, 3, 2)[x.transpose(1, 2)[:, None].expand(-1, n_out, -1, -1).bool()] == 0)
+    assert torch.all(y[1, :, :, 4] != 0)
+    assert model.config()["head"] == head and model.config()["rank"] == k
+    with pytest.raises(ValueError, match="unknown head"):
+        Multiplexer(length, n_out, widths=[6], head="dense")
 
 
 def test_save_and_load(tmp_path):
@@ -174,3 +206,5 @@ def test_every_demo_key_of_the_config_reaches_the_network():
     assert set(keys) <= set(preset_sizes("demo")), set(keys) - set(preset_sizes("demo"))
     model = build_multiplexer("demo", 40, 2, dict(widths=[4], dilations=[1], ramp="linear"))
     assert model.sizes["ramp"] == "linear" and torch.equal(model.ramp, positional_ramp(40, "linear"))
+    model = build_multiplexer("demo", 40, 2, dict(widths=[4], dilations=[1], head="relu", rank=3))
+    assert model.head_local.out_channels == 12 and model.head_weight.shape == (2, 3)

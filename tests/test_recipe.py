@@ -62,7 +62,8 @@ def test_global_context_sees_the_whole_window_and_embedding_each_position():
 
 
 @pytest.mark.parametrize("options", [dict(loss_weight=1.0), dict(sizes=dict(SIZES, position_embedding=True,
-                                                                                  global_context=True))])
+                                                                                  global_context=True)),
+                                     dict(sizes=dict(SIZES, head="relu", rank=8, position_embedding=True))])
 def test_training_with_each_option_learns(tmp_path, options):
     torch.set_num_threads(1)
     splits = tiny_splits(tmp_path)
@@ -75,6 +76,8 @@ def test_training_with_each_option_learns(tmp_path, options):
     assert info["sizes"]["position_embedding"] == bool(options.get("sizes", {}).get("position_embedding"))
     if "loss_weight" in options:
         assert facts["hparams"]["loss_weight"] == 1.0
+    elif info["sizes"].get("head") == "relu":
+        assert model.position_embedding.abs().sum() > 0 and model.head_weight.shape == (2, 8)
     else:
         assert model.position_embedding.abs().sum() > 0 and model.model_context.weight.abs().sum() > 0
     # against the untrained network: the validation error fell by more than half

@@ -35,15 +35,14 @@ import yaml
 from seqmux.evaluate import predict, time_speed
 from seqmux.metrics import Metrics
 from seqmux.models import build_base_model
-from seqmux.multiplexer import load_multiplexer
+from seqmux.multiplexer import PRESETS, load_multiplexer
 from seqmux.splits import SplitDataset, check_split
 from seqmux.train import train_multiplexer
 
 REPO = Path(__file__).resolve().parents[1]
 # the published recipe: the BelugaMultiplexer's training, sized for the demo (600 windows)
 OLD = dict(windows=600, sizes=dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8,
-                                   head_hidden=256, ramp="tent", position_embedding=False, global_context=False,
-                                   head="conv", rank=64),
+                                   head_hidden=256, ramp="tent", position_embedding=False, global_context=False),
            train=dict(lr=0.004, lr_schedule="onecycle", batch_size=16, steps=1200, validate_every=100, patience=5,
                       scale_targets=True, loss_weight=0.0))
 
@@ -66,7 +65,7 @@ def with_changes(recipe, changes):
         value = yaml.safe_load(value)
         if key == "windows":
             out["windows"] = int(value)
-        elif key in out["sizes"]:
+        elif key in out["sizes"] or key in PRESETS["demo"]:
             out["sizes"][key] = value
         elif key in out["train"]:
             out["train"][key] = value

@@ -39,6 +39,12 @@ multiply-adds:
   effect of a substitution depends on the whole window through the base model's saturating
   outputs, which a stack of local convolutions sees only near its receptive field's limit.
 
+``head`` (demo preset; ``conv``, the published head, by default): ``bilinear`` and ``relu`` replace
+the 1x1 head by one built like the base model's dense part (``Multiplexer.factored_head``): per
+position ``K`` values a base, per window a gate (``bilinear``) or ``K`` hidden pre-activations
+(``relu``) from the trunk's mean and max over positions. Their config carries ``head`` and
+``rank``; the ``conv`` head's config is unchanged.
+
 ``PRESETS["beluga"]`` with ``n_outputs = 2002`` has exactly the published ``state_dict`` keys and
 shapes (202,273,376 parameters), so the published weights load with ``load_published``; the
 published dilations are not recorded in the state dict, ours are ``1, 1, 2, 4, 8, 16``.

@@ -187,6 +187,7 @@ class Plan:
     full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
+    schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -310,7 +311,7 @@ def _params_signature(model):
     """Changes when a parameter or buffer is replaced, moved or modified in place."""
     sig = []
     for t in list(model.parameters()) + list(model.buffers()):
-        sig.append((t.data_ptr(), t._version, str(t.device), t.dtype))
+        sig.append((t.data_ptr(), t._version, t.device, t.dtype))
     return tuple(sig)
 
 
@@ -1085,15 +1086,24 @@ class _Change:
         return self.delta
 
 
-def _cached_window(plan, onehot):
+def _cached_window(plan, onehot, reference, model):
     """``_window_cache`` of ``onehot``, reused while the same window comes again (a caller that
     splits one window's substitutions over several calls, as tangermeme's fast path reuses an
-    example's activations): the plan keeps its last window (a copy) and that window's state."""
+    example's activations): the plan keeps its last window (a copy) and that window's state.
+    A new window's plan output is checked against the model's ``reference``: where they differ
+    the model is marked not analysable (logged) and ``(None, None, None)`` returned."""
     last = plan.window
     if last is not None and last[0].shape == onehot.shape and last[0].dtype == onehot.dtype \
             and last[0].device == onehot.device and torch.equal(last[0], onehot):
         return last[1]
     state = _window_cache(plan, onehot)
+    ref_out = state[0][plan.output][0]
+    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
+                                                              equal_nan=True):
+        reason = "its captured graph does not reproduce the model's output"
+        _PLANS[model][plan.length] = (plan.signature, reason)
+        _report(model, reason)
+        return None, None, None
     plan.window = (onehot.clone(), state)
     return state
 
@@ -1262,23 +1272,50 @@ def _dense_whole(n, w, src, hidden, groups, device):
     return extra < ops * cost["op"]
 
 
-def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
-    """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
-    whose windows start within DENSE_SPAN positions (their union window, zero-filled), or one
-    GEMM over the whole activation when that is expected to be faster (``_dense_whole``)."""
+def _dense_way(dense, src, starts, device):
+    """How one chunk's first-dense-layer update runs (window-independent: a function of the
+    mutants' window ``starts`` only, built once per schedule): ``("gathered", W)``: each mutant's
+    own weight columns ``W [N, w C, H]`` (zero where its window hangs over the activation), one
+    batched GEMM, when they are few (``GATHERED_ENTRIES``); ``("whole", rows, outside)``: the
+    changes scattered into the whole flattened activation, one GEMM (``_dense_whole``);
+    ``("groups", groups)``: one GEMM per group of window starts (``_dense_groups``)."""
+    n = len(starts)
+    c, w, p = src.c, src.width, src.length
+    hidden = dense.weight_pm.shape[0]
+    cols = starts[:, None] + np.arange(w)
+    outside = (cols < 0) | (cols >= p)
+    if n * w * c * hidden <= GATHERED_ENTRIES:
+        idx = (np.clip(cols, 0, p - 1)[:, :, None] * c + np.arange(c)).reshape(-1)
+        gathered = dense.weight_pm.T.index_select(0, torch.as_tensor(idx, device=device))
+        if outside.any():
+            gathered[torch.as_tensor(np.repeat(outside.reshape(-1), c), device=device)] = 0.0
+        return ("gathered", gathered.view(n, w * c, hidden))
+    groups = _dense_groups(starts)
+    if _dense_whole(n, w, src, hidden, groups, device):
+        rows = np.clip(cols, 0, p - 1) + (np.arange(n) * p)[:, None]
+        mask = torch.as_tensor(outside, device=device)[:, :, None] if outside.any() else None
+        return ("whole", torch.as_tensor(rows.reshape(-1), device=device), mask)
+    return ("groups", groups)
+
+
+def _dense_update(dense, src, delta, ref_pre, way):
+    """First dense layer's pre-activation ``[N, H]`` of the mutants, the way ``_dense_way`` chose:
+    their own weight columns times their changes (one batched GEMM), one GEMM over the whole
+    activation, or one GEMM per run of mutants whose windows start within DENSE_SPAN positions
+    (their union window, zero-filled)."""
     n = delta.shape[0]
     c, w, p = src.c, delta.shape[1], src.length
-    groups = _dense_groups(starts)
-    if _dense_whole(n, w, src, dense.weight_pm.shape[0], groups, delta.device):
+    if way[0] == "gathered":
+        return torch.bmm(delta.reshape(n, 1, w * c), way[1]).view(n, -1).add_(ref_pre)
+    if way[0] == "whole":
+        _, rows, outside = way
+        if outside is not None:
+            delta = delta.masked_fill(outside, 0.0)
         x = delta.new_zeros(n * p, c)
-        idx = tab["st"][pos][:, None] + torch.arange(w, device=pos.device)
-        if (starts < 0).any() or (starts + w > p).any():
-            delta = delta.masked_fill(((idx < 0) | (idx >= p))[:, :, None], 0.0)
-        rows = idx.clamp(0, p - 1) + (torch.arange(n, device=pos.device) * p)[:, None]
-        x.index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+        x.index_add_(0, rows, delta.reshape(n * w, c))
         return torch.addmm(ref_pre, x.view(n, p * c), dense.weight_pm.T)
     hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
-    for r0, r1, runs in groups:
+    for r0, r1, runs in way[1]:
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
         if b <= a:
             hidden[r0:r1] = ref_pre
@@ -1297,16 +1334,15 @@ def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
     return hidden
 
 
-def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
-    """Outputs ``[N, F]`` of the mutants putting base ``alts`` at positions ``pos`` (sorted;
-    ``pos_np`` the same on the host)."""
+def _run_chunk(plan, env, acts, padded, onehot, chunk, alts):
+    """Outputs ``[N, F]`` of the mutants of one ``_Chunk`` of the schedule putting base ``alts``
+    at its positions."""
+    pos, pos_np = chunk.pos, chunk.pos_np
     n = pos.shape[0]
     changes = _run_locals(plan, padded, onehot, pos, pos_np, alts)
     values = dict(plan.static)
-    for d in plan.dense:
-        src = plan.locals[d.src]
-        delta = changes[d.src].get()
-        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np], plan.tables[d.src], pos)
+    for d, way in zip(plan.dense, chunk.dense):
+        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), env[d.node][0], way)
     spliced = {}
 
     def value(node):
@@ -1375,6 +1411,59 @@ def _chunks(starts, batch_size):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+GATHERED_ENTRIES = 1 << 21   # a chunk's dense-layer weight columns gathered per mutant up to this size
+SCHEDULES = 8                # schedules kept per plan (the last ones used)
+
+
+@dataclass
+class _Chunk:
+    """One chunk of a schedule: rows ``a:b`` of the sorted mutants, their positions (device and
+    host) and how each first dense layer updates (``_dense_way``)."""
+    a: int
+    b: int
+    pos: torch.Tensor
+    pos_np: np.ndarray
+    dense: list
+
+
+@dataclass
+class _Schedule:
+    """What a call does with a set of substituted positions, built once and kept by the plan
+    (``SCHEDULES``): it depends on the positions only (sorted, identity and unreachable ones
+    left out), not on the window or the bases, so every window of a run with the same offsets
+    reuses it. ``naive``: the cost model's reason to run naive ISM (empty: incremental)."""
+    naive: str
+    chunks: list
+
+
+def _schedule(plan, pos_np, batch_size, choose, dtype, device):
+    """The plan's ``_Schedule`` of the sorted positions ``pos_np`` (cached)."""
+    key = (pos_np.tobytes(), int(batch_size), bool(choose), dtype, str(device))
+    found = plan.schedules.get(key)
+    if found is not None:
+        return found
+    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
+    bounds = _chunks(starts, chunk_size(plan, batch_size, dtype, device))
+    naive = ""
+    chunks = []
+    for a, b in bounds:
+        ways = [_dense_way(d, plan.locals[d.src], plan.locals[d.src].st[pos_np[a:b]], device)
+                for d in plan.dense]
+        chunks.append(_Chunk(a, b, torch.from_numpy(pos_np[a:b]).to(device), pos_np[a:b], ways))
+    if choose and len(pos_np):
+        groups = sum(len(w[1]) if w[0] == "groups" else 1 for c in chunks for w in c.dense)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, device)
+        if naive_s < fast_s:
+            naive = f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive " \
+                    f"for {len(pos_np)} substitutions of this {plan.length} bp window"
+            chunks = []
+    schedule = _Schedule(naive, chunks)
+    if len(plan.schedules) >= SCHEDULES:
+        plan.schedules.pop(next(iter(plan.schedules)))
+    plan.schedules[key] = schedule
+    return schedule
+
+
 @torch.no_grad()
 def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
                                   identity=None):
@@ -1397,56 +1486,47 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         _report(model, plan)
         return None
     m = offsets.shape[0]
-    out = reference.new_empty((m,) + tuple(reference.shape))
     if m == 0:
-        return out
+        return reference.new_empty((m,) + tuple(reference.shape))
     # the bookkeeping on the host (views of CPU tensors, no torch operations): identity
     # substitutions (the column already is that base) and substitutions whose change cannot reach
-    # the output get exactly the reference; the others run sorted by position
+    # the output get exactly the reference; the others run sorted by position, as the plan's
+    # schedule of those positions says (built once per set of positions)
     off_np = offsets.cpu().numpy().astype(np.int64, copy=False)
     alt_np = alts.cpu().numpy().astype(np.int64, copy=False)
     if identity is None:
         identity = identity_np(onehot, off_np, alt_np)
     else:
         identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
-    todo = np.flatnonzero(~identity & plan.live[off_np])
-    order_np = todo[np.argsort(off_np[todo], kind="stable")]
+    todo = ~identity & plan.live[off_np]
+    order_np = np.flatnonzero(todo)
     pos_np = off_np[order_np]
-    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
-    if choose and len(pos_np):
-        groups = 0
-        for d in plan.dense:
-            src = plan.locals[d.src]
-            for a, b in chunks:
-                g = _dense_groups(starts[a:b])
-                groups += 1 if _dense_whole(b - a, src.width, src, d.weight_pm.shape[0], g, onehot.device) else len(g)
-        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
-        if naive_s < fast_s:
-            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
-                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
-            return None
-    env, acts, padded = _cached_window(plan, onehot)
-    ref_out = env[plan.output][0]
-    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
-                                                              equal_nan=True):
-        reason = "its captured graph does not reproduce the model's output"
-        _PLANS[model][length] = (plan.signature, reason)
-        _report(model, reason)
+    if len(pos_np) > 1 and (pos_np[1:] < pos_np[:-1]).any():
+        by_pos = np.argsort(pos_np, kind="stable")
+        order_np, pos_np = order_np[by_pos], pos_np[by_pos]
+    schedule = _schedule(plan, pos_np, batch_size, choose, onehot.dtype, onehot.device)
+    if schedule.naive:
+        _report(model, schedule.naive, "is faster with naive ISM")
         return None
+    env, acts, padded = _cached_window(plan, onehot, reference, model)
+    if env is None:
+        return None
+    out = reference.new_empty((m,) + tuple(reference.shape))
+    device = offsets.device
     if len(order_np) < m:
-        rest = np.ones(m, dtype=bool)
-        rest[order_np] = False
-        out[torch.from_numpy(np.flatnonzero(rest)).to(out.device)] = reference
+        out[torch.from_numpy(~todo).to(device)] = reference
     if not len(order_np):
         return out
-    device = offsets.device
-    order = torch.from_numpy(order_np).to(device)
-    pos = torch.from_numpy(pos_np).to(device)
+    whole = len(order_np) == m and schedule.chunks[0].a == 0 and len(schedule.chunks) == 1 \
+        and (order_np[1:] > order_np[:-1]).all()
+    order = None if whole else torch.from_numpy(order_np).to(device)
     alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
-    for a, b in chunks:
-        out.index_copy_(0, order[a:b], _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
-                                                  alt_sorted[a:b]).to(out.dtype))
+    for chunk in schedule.chunks:
+        y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b])
+        if whole:
+            out.copy_(y)
+        else:
+            out.index_copy_(0, order[chunk.a:chunk.b], y.to(out.dtype))
     return out
 
 
@@ -1455,7 +1535,8 @@ def identity_np(onehot, offsets, alts):
     ``offsets[i]`` (numpy ints; an N or multi-hot column has none)."""
     x = onehot.detach().cpu()
     x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
-    return (x[:, offsets] == np.eye(4, dtype=x.dtype)[:, alts]).all(0)
+    hot = (x != 0).sum(0) == 1               # [L]: one non-zero base; identity if it is alts[i] and 1
+    return hot[offsets] & (x[alts, offsets] == 1)
 
 
 def _report(model, reason, what="cannot be analysed"):

@@ -210,10 +210,13 @@ def output_key(raw, output=None):
     tensor, an index into a tuple or list (``output``: an index, or a field name of a named
     tuple), a key of a dict (``output``: a key, or an index into its keys in order). A result
     with one element needs no ``output``. ``OutputSelectionError`` naming the choices otherwise."""
+    if isinstance(raw, torch.Tensor) and output is None:
+        return None
+    if isinstance(raw, (tuple, list)) and isinstance(output, int) and not isinstance(output, bool) \
+            and -len(raw) <= output < len(raw) and isinstance(raw[output], torch.Tensor):
+        return output % len(raw)           # the common case, without describing the outputs
     what = describe_outputs(raw)
     if isinstance(raw, torch.Tensor):
-        if output is None:
-            return None
         raise OutputSelectionError(f"output={output!r}, but the model returns {what}: leave output unset")
     if isinstance(raw, dict):
         keys = list(raw)
@@ -329,9 +332,10 @@ def bind(model, args=(), kwargs=None, key=None):
 def model_dtype_device(model, fallback=None):
     """``(dtype, device)`` of a model's first floating-point parameter or buffer; for a model
     without one, those of ``fallback`` (float32 unless it is floating-point; the CPU)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
+    for tensors in (model.parameters(), model.buffers()):
+        for t in tensors:
+            if t.is_floating_point():
+                return t.dtype, t.device
     if isinstance(fallback, torch.Tensor):
         return (fallback.dtype if fallback.is_floating_point() else torch.float32), fallback.device
     return torch.float32, torch.device("cpu")
@@ -342,12 +346,14 @@ def eval_mode(model):
     """``model`` in eval mode inside the block (no dropout, batch norm on its running statistics);
     every module's own mode restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(training for _, training in modes):
+        model.eval()
     try:
         yield model
     finally:
         for m, training in modes:
-            m.training = training
+            if m.training != training:
+                m.training = training
 
 
 def checked_substitutions(offsets, alts, length, device):

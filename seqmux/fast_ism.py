@@ -287,9 +287,10 @@ def _full_macs(graph, modules, values):
 # operation of each kind of device, measured on this project's CPU (tangermeme's toy models,
 # 1 thread: the small convolutions of naive ISM reach ~4 G multiply-adds/s) and GPU machines;
 # ``op_scale``: torch operations dispatched per operation the plan counts (incremental, naive)
-COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (2, 3)},
-        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (2, 3)}}
-SPLICE_PASSES = 4
+COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (1, 3)},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (1, 3)}}
+SPLICE_PASSES = 2
+FIXED_OPS = 5      # operations of an incremental call besides its chunks' (the schedule, the window's check)
 
 
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
@@ -299,7 +300,7 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
         plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
     ops_per_chunk, macs, numbers, n_nodes = plan.costs
     fast_scale, naive_scale = cost["op_scale"]
-    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20)
+    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups) + FIXED_OPS
     fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
     naive_ops = naive_scale * -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
     naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["naive_number"]) \
@@ -903,6 +904,12 @@ def get_plan(model, length):
                 plan.tables.append(tab)
                 if loc.op == "conv":
                     plan.weights[loc.id] = _conv_operand(loc.fn().detach(), loc.groups, loc.delta)
+                    if loc.delta and loc.groups == 1 and loc.d == 1 and plan.locals[loc.src[0]].width == 1:
+                        # a change one position wide: its transposed convolution is one GEMM with
+                        # the taps in reverse order ([C, k C'], output position j takes tap k - 1 - j)
+                        w = plan.weights[loc.id]
+                        plan.weights[("reversed", loc.id)] = w.view(w.shape[0], loc.k, -1).flip(1).reshape(
+                            w.shape[0], -1).contiguous()
             for _, starts, width, _, margins in plan.reads:
                 plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
                 rows = (starts + margins[0])[:, None] + np.arange(width)
@@ -1117,6 +1124,8 @@ def _window_cache(plan, onehot):
     for node, i in plan.node_local.items():
         if i not in acts and i in needed:
             acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].length).T.contiguous()   # [l, C]
+        if plan.locals[i].keep and ("cm", i) not in acts:                                          # [C, l]
+            acts[("cm", i)] = env[node].reshape(plan.locals[i].c, plan.locals[i].length)
     padded = []
     for src, _, _, pad_value, margins in plan.reads:
         a = acts[src]
@@ -1146,7 +1155,7 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
     """The ``_Change`` of one local activation from its sources' (``changes``)."""
     op = loc.op
     if op == "input":             # [N, 1, 4]: e_alt - reference column, rows of the window's table
-        return _Change(padded[-1].index_select(0, pos * 4 + alts).unsqueeze(1))
+        return _Change(padded[-1].index_select(0, alts.add(pos, alpha=4)).unsqueeze(1))
     src = changes[loc.src[0]]
     if op == "alias":
         return src
@@ -1165,7 +1174,10 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         else:
             ref, new = loc.fn(ref), loc.fn(new)
         return _Change(None, ref, new)
-    if op == "conv" and loc.delta:
+    if op == "conv" and loc.delta and ("reversed", loc.id) in plan.weights:
+        d = src.get()
+        delta = (d.reshape(d.shape[0], d.shape[2]) @ plan.weights[("reversed", loc.id)]).view(d.shape[0], loc.k, -1)
+    elif op == "conv" and loc.delta:
         delta = _transposed_conv(src.get(), plan.weights[loc.id], loc)
     elif op == "conv":
         delta = _direct_conv(_rel_shift(loc, 0, src.get(), tab, pos, pos_np), plan.weights[loc.id], loc)
@@ -1241,22 +1253,44 @@ def _free(plan, changes, loc):
             changes[s].get(last=True)
 
 
-def _spliced(plan, loc, act, change, pos, n):
-    """The mutants' whole activation ``[N, *shape[1:]]``: the reference ``act [l, C]`` with each
-    mutant's changed window added in."""
+def _spliced(plan, loc, acts, change, chunk, out=None):
+    """The mutants' whole activation ``[N, C, l]`` (channel-major: the node's own layout): the
+    reference with each mutant's changed window added in, written into ``out`` when given. Small
+    chunks add the windows with one element-wise ``index_add_`` whose index the schedule's chunk
+    keeps; larger ones add them as rows of a position-major copy (index built per call)."""
     delta = change.get()
-    full = act.unsqueeze(0).repeat(n, 1, 1)
-    w = delta.shape[1]
-    if w == loc.length and not loc.st.any():
-        full += delta
-    else:
-        idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
-        outside = (idx < 0) | (idx >= loc.length)
-        if outside.any():
-            delta = delta.masked_fill(outside[:, :, None], 0.0)
-        rows = idx.clamp(0, loc.length - 1) + (torch.arange(n, device=pos.device) * loc.length)[:, None]
-        full.view(n * loc.length, loc.c).index_add_(0, rows.flatten(), delta.reshape(n * w, loc.c))
-    return full.transpose(1, 2).reshape((n,) + loc.shape[1:])
+    n, w = delta.shape[0], delta.shape[1]
+    c, length = loc.c, loc.length
+    if w == length and not loc.st[chunk.pos_np].any():
+        full = out if out is not None else delta.new_empty((n, c, length))
+        return torch.add(acts[("cm", loc.id)], delta.transpose(1, 2), out=full)
+    index = chunk.splice.get(loc.id)
+    if index is None and n * w * c <= TABLE_ENTRIES:
+        cols = loc.st[chunk.pos_np][:, None] + np.arange(w)
+        outside = (cols < 0) | (cols >= length)
+        flat = (np.arange(n)[:, None, None] * (c * length) + np.arange(c) * length
+                + np.clip(cols, 0, length - 1)[:, :, None])
+        index = chunk.splice[loc.id] = (torch.as_tensor(flat.reshape(-1), device=delta.device),
+                                        torch.as_tensor(outside, device=delta.device)[:, :, None]
+                                        if outside.any() else None)
+    if index is not None:
+        flat, outside = index
+        if outside is not None:
+            delta = delta.masked_fill(outside, 0.0)
+        full = out if out is not None else delta.new_empty((n, c, length))
+        full.copy_(acts[("cm", loc.id)].expand(n, c, length))
+        return full.view(-1).index_add_(0, flat, delta.reshape(-1)).view(n, c, length)
+    pos = chunk.pos
+    full = acts[loc.id].unsqueeze(0).repeat(n, 1, 1)
+    idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
+    outside = (idx < 0) | (idx >= length)
+    if outside.any():
+        delta = delta.masked_fill(outside[:, :, None], 0.0)
+    rows = idx.clamp(0, length - 1) + (torch.arange(n, device=pos.device) * length)[:, None]
+    full.view(n * length, c).index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+    if out is None:
+        return full.transpose(1, 2)
+    return out.view(n, c, length).copy_(full.transpose(1, 2))
 
 
 def _dense_whole(n, w, src, hidden, groups, device):
@@ -1334,9 +1368,9 @@ def _dense_update(dense, src, delta, ref_pre, way):
     return hidden
 
 
-def _run_chunk(plan, env, acts, padded, onehot, chunk, alts):
+def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
     """Outputs ``[N, F]`` of the mutants of one ``_Chunk`` of the schedule putting base ``alts``
-    at its positions."""
+    at its positions; a local output activation is written into ``out`` when given."""
     pos, pos_np = chunk.pos, chunk.pos_np
     n = pos.shape[0]
     changes = _run_locals(plan, padded, onehot, pos, pos_np, alts)
@@ -1350,8 +1384,8 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts):
             return values[node]
         i = plan.node_local[node]
         if i not in spliced:
-            loc = plan.locals[i]
-            spliced[i] = _spliced(plan, loc, acts[i], changes[i], pos, n)
+            dest = out if node is plan.output else None
+            spliced[i] = _spliced(plan, plan.locals[i], acts, changes[i], chunk, dest)
         return spliced[i].reshape((n,) + tuple(env[node].shape[1:]))
 
     for node in plan.replay:
@@ -1424,6 +1458,7 @@ class _Chunk:
     pos: torch.Tensor
     pos_np: np.ndarray
     dense: list
+    splice: dict = field(default_factory=dict)    # local id -> _spliced's index of this chunk
 
 
 @dataclass
@@ -1521,10 +1556,13 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         and (order_np[1:] > order_np[:-1]).all()
     order = None if whole else torch.from_numpy(order_np).to(device)
     alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
+    direct = whole and plan.output in plan.node_local and out.is_contiguous()
     for chunk in schedule.chunks:
-        y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b])
+        y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b], out if direct else None)
+        if direct:
+            continue
         if whole:
-            out.copy_(y)
+            out.copy_(y.reshape(out.shape))
         else:
             out.index_copy_(0, order[chunk.a:chunk.b], y.to(out.dtype))
     return out

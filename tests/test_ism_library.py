@@ -285,15 +285,20 @@ def test_count_outputs_names_the_heads_and_the_config_field(tmp_path):
 
 
 def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, caplog):
-    """On a model too small for incremental ISM to pay off (one dense layer on a 48 bp window),
-    ``fast`` runs naive ISM, says so once in the log, and gives naive ISM's answer."""
+    """On a model too small for incremental ISM to pay off (two convolutions, each with a max
+    pooling, on a 16 bp window: incremental ISM's small operations per layer outnumber naive ISM's
+    one batched forward pass), ``fast`` runs naive ISM, says so once in the log, and gives naive
+    ISM's answer."""
     import logging
 
     from seqmux import fast_ism
 
-    model = seeded(nn.Sequential(nn.Flatten(), nn.Linear(4 * L, 3)), 10)
-    x, (off, alt) = window(10), every_substitution()
-    assert analysable(model, L)[0]
+    length = 16
+    model = seeded(nn.Sequential(nn.Conv1d(4, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                                 nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                 nn.Flatten(), nn.Linear(length, 3)), 10)
+    x, (off, alt) = window(10, length), every_substitution(length)
+    assert analysable(model, length)[0]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("incremental ISM ran")
@@ -301,7 +306,7 @@ def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, capl
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="seqmux.fast_ism"):
         patch.setattr(fast_ism, "_run_chunk", forbidden)
         _, out = predict_substitutions(model, x, off, alt, "fast")
-        predict_substitutions(model, window(11), off, alt, "fast")
+        predict_substitutions(model, window(11, length), off, alt, "fast")
     lines = [r.getMessage() for r in caplog.records if "naive ISM" in r.getMessage()]
     assert len(lines) == 1 and "is faster with naive ISM (the cost model expects" in lines[0], lines
     assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)

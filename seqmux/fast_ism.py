@@ -188,6 +188,7 @@ class Plan:
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
     schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
+    inputs: dict = field(default_factory=dict)      # replayed node -> the nodes it reads
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -308,11 +309,16 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
     return fast, naive
 
 
-def _params_signature(model):
-    """Changes when a parameter or buffer is replaced, moved or modified in place."""
+def _state_signature(model):
+    """Changes when a module's mode changes or a parameter or buffer is replaced, moved or
+    modified in place (one walk over the modules)."""
     sig = []
-    for t in list(model.parameters()) + list(model.buffers()):
-        sig.append((t.data_ptr(), t._version, t.device, t.dtype))
+    for m in model.modules():
+        sig.append(m.training)
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    sig.append((t.data_ptr(), t._version, t.device, t.dtype))
     return tuple(sig)
 
 
@@ -876,7 +882,7 @@ TABLE_ENTRIES = 1 << 20   # index tables [L, width] kept per plan up to this siz
 def get_plan(model, length):
     """The cached ``Plan`` of ``model`` for windows of ``length`` (tables and derived weights on
     the model's device), or the reason string why it cannot be analysed."""
-    sig = _params_signature(model) + tuple(m.training for m in model.modules())
+    sig = _state_signature(model)
     per_model = _PLANS.setdefault(model, {})
     entry = per_model.get(length)
     if entry is not None and entry[0] == sig:
@@ -957,7 +963,12 @@ def analysable(model, length):
 
 def _call(plan, node, env):
     """Run one graph node on the values in ``env`` (a module that works in place gets a copy)."""
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+    if not node.kwargs and not any(isinstance(a, (tuple, list, dict, slice)) for a in node.args):
+        # flat arguments (most nodes): no map_arg
+        args = tuple(env[a] if isinstance(a, fx.Node) else a for a in node.args)
+        kwargs = {}
+    else:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
     if node.op == "call_module":
         m = plan.modules[node.target]
         if getattr(m, "inplace", False) and args and isinstance(args[0], torch.Tensor):
@@ -1394,8 +1405,10 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
         if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
             values[node] = n if node.args[1:] == (0,) else (n,) + tuple(env[node.args[0]].shape[1:])
             continue
-        local_env = {a: value(a) for a in _node_inputs(node)}
-        values[node] = _call(plan, node, local_env)
+        inputs = plan.inputs.get(node)
+        if inputs is None:
+            inputs = plan.inputs[node] = _node_inputs(node)
+        values[node] = _call(plan, node, {a: value(a) for a in inputs})
     return value(plan.output)
 
 
@@ -1536,7 +1549,8 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     todo = ~identity & plan.live[off_np]
     order_np = np.flatnonzero(todo)
     pos_np = off_np[order_np]
-    if len(pos_np) > 1 and (pos_np[1:] < pos_np[:-1]).any():
+    in_order = not (pos_np[1:] < pos_np[:-1]).any()
+    if not in_order:
         by_pos = np.argsort(pos_np, kind="stable")
         order_np, pos_np = order_np[by_pos], pos_np[by_pos]
     schedule = _schedule(plan, pos_np, batch_size, choose, onehot.dtype, onehot.device)
@@ -1552,10 +1566,9 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         out[torch.from_numpy(~todo).to(device)] = reference
     if not len(order_np):
         return out
-    whole = len(order_np) == m and schedule.chunks[0].a == 0 and len(schedule.chunks) == 1 \
-        and (order_np[1:] > order_np[:-1]).all()
+    whole = len(order_np) == m and in_order and len(schedule.chunks) == 1     # rows already in order
     order = None if whole else torch.from_numpy(order_np).to(device)
-    alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
+    alt_sorted = alts if len(order_np) == m and in_order else torch.from_numpy(alt_np[order_np]).to(device)
     direct = whole and plan.output in plan.node_local and out.is_contiguous()
     for chunk in schedule.chunks:
         y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b], out if direct else None)

@@ -370,8 +370,11 @@ def checked_substitutions(offsets, alts, length, device):
     if not off.numel():
         return off, alt
     # one bounds check of both (on the host: numpy views of CPU tensors, no torch operations)
-    o, a = (off.numpy(), alt.numpy()) if off.device.type == "cpu" else (off, alt)
-    if not (o.min() >= 0 and o.max() < length and a.min() >= 0 and a.max() < 4):
+    if off.device.type == "cpu":      # viewed as unsigned, a negative value is larger than any bound
+        ok = off.numpy().view(np.uint64).max() < length and alt.numpy().view(np.uint64).max() < 4
+    else:
+        ok = bool(((off >= 0) & (off < length)).all() and ((alt >= 0) & (alt < 4)).all())
+    if not ok:
         for name, t, top, what in (("offset", off, length,
                                     f"outside the window of {length} positions (0..{length - 1})"),
                                    ("alt", alt, 4, "not a base index (0..3: A, G, C, T)")):
@@ -405,10 +408,31 @@ def prepared(model, onehot, args=(), kwargs=None, output=None):
         x = onehot.to(device, dtype)
         args = tuple(_on_model(a, dtype, device) for a in args)
         kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}
-        raw = model(x.unsqueeze(0), *args, **kwargs)
-        key = output_key(raw, output)
-        ref = (raw if key is None else raw[key])[0]
+        key, ref = _reference_output(model, x, args, kwargs, output)
         yield bind(model, args, kwargs, key), x, ref
+
+
+_REFERENCES = weakref.WeakKeyDictionary()   # model -> (state, window, output key, its output, arguments): the last
+
+
+def _reference_output(model, x, args, kwargs, output):
+    """``(key, ref)``: the key of the selected output (``output_key``) and the model's output on
+    the window ``x [4, L]`` (batch dimension dropped). The last window's is kept per model and
+    reused (a copy) while the same window comes again with the same weights, buffers, modes and
+    arguments (``seqmux.fast_ism`` keeps that window's activations the same way)."""
+    from .fast_ism import _state_signature
+
+    state = (_state_signature(model), tuple(_signature(a) for a in args),
+             tuple((k, _signature(v)) for k, v in sorted(kwargs.items())), _signature(output))
+    last = _REFERENCES.get(model)
+    if last is not None and last[0] == state and last[1].shape == x.shape and last[1].dtype == x.dtype \
+            and last[1].device == x.device and torch.equal(last[1], x):
+        return last[2], last[3].clone()
+    raw = model(x.unsqueeze(0), *args, **kwargs)
+    key = output_key(raw, output)
+    ref = (raw if key is None else raw[key])[0]
+    _REFERENCES[model] = (state, x.clone(), key, ref.clone(), args, kwargs)   # the arguments kept alive: their
+    return key, ref                                                           # ids stay theirs
 
 
 @torch.no_grad()

@@ -312,3 +312,38 @@ def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, capl
     assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
     _, incremental = predict_substitutions(model, x, off, alt, "incremental")     # still available
     assert torch.allclose(incremental, out, rtol=0, atol=1e-12)
+
+
+def test_the_reference_output_is_reused_only_while_nothing_changed():
+    """A repeated call on the same window reuses the model's reference output (a copy: the
+    caller may change it); new weights (changed in place), a window changed in place or another
+    argument give the new reference and the new answer."""
+    model = seeded(nn.Sequential(nn.Conv1d(4, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(3 * (L - 4), 2)), 3)
+    x, (off, alt) = window(3), every_substitution()
+    ref, out = predict_substitutions(model, x, off, alt, "fast")
+    ref.add_(1.0)
+    again, out2 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(again, model(x[None])[0]) and torch.equal(out2, out)
+    with torch.no_grad():
+        model[3].bias.add_(1.0)
+    ref3, out3 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(ref3, model(x[None])[0])
+    assert torch.allclose(out3, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+    x[:, 10] = torch.tensor([0.0, 0.0, 0.0, 1.0]) if x[3, 10] == 0 else torch.tensor([1.0, 0.0, 0.0, 0.0])
+    ref4, out4 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(ref4, model(x[None])[0])
+    assert torch.allclose(out4, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x, scale):
+            return self.net(x) * scale
+
+    scaled = Scaled().eval()
+    for s in (2.0, 3.0):
+        ref5, out5 = predict_substitutions(scaled, x, off, alt, "fast", args=(torch.tensor(s),))
+        assert torch.equal(ref5, model(x[None])[0] * s)
+        assert torch.allclose(out5, brute_force(model, x, off, alt) * s, rtol=0, atol=1e-12)

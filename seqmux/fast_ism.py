@@ -189,6 +189,7 @@ class Plan:
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
     schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
     inputs: dict = field(default_factory=dict)      # replayed node -> the nodes it reads
+    live_all: bool = None        # every position can change the output
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -1343,15 +1344,24 @@ def _dense_way(dense, src, starts, device):
     return ("groups", groups)
 
 
-def _dense_update(dense, src, delta, ref_pre, way):
+def _dense_update(dense, src, delta, ref_pre, way, out=None):
     """First dense layer's pre-activation ``[N, H]`` of the mutants, the way ``_dense_way`` chose:
     their own weight columns times their changes (one batched GEMM), one GEMM over the whole
     activation, or one GEMM per run of mutants whose windows start within DENSE_SPAN positions
-    (their union window, zero-filled)."""
+    (their union window, zero-filled). Written into ``out`` when given."""
+    n = delta.shape[0]
+    c, w = src.c, delta.shape[1]
+    if way[0] == "gathered":
+        h = torch.bmm(delta.reshape(n, 1, w * c), way[1], out=None if out is None else out.view(n, 1, -1))
+        return h.view(n, -1).add_(ref_pre)
+    hidden = _dense_other(dense, src, delta, ref_pre, way)
+    return hidden if out is None else out.view(n, -1).copy_(hidden)
+
+
+def _dense_other(dense, src, delta, ref_pre, way):
+    """``_dense_update`` of the ways ``whole`` and ``groups``."""
     n = delta.shape[0]
     c, w, p = src.c, delta.shape[1], src.length
-    if way[0] == "gathered":
-        return torch.bmm(delta.reshape(n, 1, w * c), way[1]).view(n, -1).add_(ref_pre)
     if way[0] == "whole":
         _, rows, outside = way
         if outside is not None:
@@ -1381,13 +1391,15 @@ def _dense_update(dense, src, delta, ref_pre, way):
 
 def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
     """Outputs ``[N, F]`` of the mutants of one ``_Chunk`` of the schedule putting base ``alts``
-    at its positions; a local output activation is written into ``out`` when given."""
+    at its positions; an output that is a local activation or a first dense layer is written
+    into ``out`` when given."""
     pos, pos_np = chunk.pos, chunk.pos_np
     n = pos.shape[0]
     changes = _run_locals(plan, padded, onehot, pos, pos_np, alts)
     values = dict(plan.static)
     for d, way in zip(plan.dense, chunk.dense):
-        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), env[d.node][0], way)
+        dest = out if d.node is plan.output else None
+        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), env[d.node][0], way, dest)
     spliced = {}
 
     def value(node):
@@ -1512,7 +1524,6 @@ def _schedule(plan, pos_np, batch_size, choose, dtype, device):
     return schedule
 
 
-@torch.no_grad()
 def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
                                   identity=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
@@ -1526,6 +1537,10 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
     outgrow ``CHUNK_BYTES``, see ``chunk_size``).
     """
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return fast_substitution_predictions(model, onehot, offsets, alts, reference, batch_size, choose,
+                                                 identity)
     length = onehot.shape[-1]
     plan = get_plan(model, length)
     if reference is None:
@@ -1546,9 +1561,12 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         identity = identity_np(onehot, off_np, alt_np)
     else:
         identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
-    todo = ~identity & plan.live[off_np]
-    order_np = np.flatnonzero(todo)
-    pos_np = off_np[order_np]
+    if plan.live_all is None:
+        plan.live_all = bool(plan.live.all())
+    todo = ~identity if plan.live_all else ~identity & plan.live[off_np]
+    every = bool(todo.all())
+    order_np = np.arange(m) if every else np.flatnonzero(todo)
+    pos_np = off_np if every else off_np[order_np]
     in_order = not (pos_np[1:] < pos_np[:-1]).any()
     if not in_order:
         by_pos = np.argsort(pos_np, kind="stable")
@@ -1562,14 +1580,15 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
         return None
     out = reference.new_empty((m,) + tuple(reference.shape))
     device = offsets.device
-    if len(order_np) < m:
+    if not every:
         out[torch.from_numpy(~todo).to(device)] = reference
     if not len(order_np):
         return out
-    whole = len(order_np) == m and in_order and len(schedule.chunks) == 1     # rows already in order
+    whole = every and in_order and len(schedule.chunks) == 1     # rows already in order
     order = None if whole else torch.from_numpy(order_np).to(device)
-    alt_sorted = alts if len(order_np) == m and in_order else torch.from_numpy(alt_np[order_np]).to(device)
-    direct = whole and plan.output in plan.node_local and out.is_contiguous()
+    alt_sorted = alts if every and in_order else torch.from_numpy(alt_np[order_np]).to(device)
+    direct = whole and out.is_contiguous() and (plan.output in plan.node_local
+                                                 or any(d.node is plan.output for d in plan.dense))
     for chunk in schedule.chunks:
         y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b], out if direct else None)
         if direct:

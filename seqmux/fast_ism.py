@@ -310,11 +310,12 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
     return fast, naive
 
 
-def _state_signature(model):
+def _state_signature(model, modules=None):
     """Changes when a module's mode changes or a parameter or buffer is replaced, moved or
-    modified in place (one walk over the modules)."""
+    modified in place (one walk over the modules; ``modules``: ``list(model.modules())`` when the
+    caller has it)."""
     sig = []
-    for m in model.modules():
+    for m in model.modules() if modules is None else modules:
         sig.append(m.training)
         for tensors in (m._parameters, m._buffers):
             for t in tensors.values():
@@ -880,10 +881,11 @@ _REPORTED = weakref.WeakKeyDictionary()
 TABLE_ENTRIES = 1 << 20   # index tables [L, width] kept per plan up to this size (fewer ops per chunk)
 
 
-def get_plan(model, length):
+def get_plan(model, length, state=None):
     """The cached ``Plan`` of ``model`` for windows of ``length`` (tables and derived weights on
-    the model's device), or the reason string why it cannot be analysed."""
-    sig = _state_signature(model)
+    the model's device), or the reason string why it cannot be analysed. ``state``: the model's
+    ``_state_signature`` when the caller has just computed it."""
+    sig = _state_signature(model) if state is None else state
     per_model = _PLANS.setdefault(model, {})
     entry = per_model.get(length)
     if entry is not None and entry[0] == sig:
@@ -1525,7 +1527,7 @@ def _schedule(plan, pos_np, batch_size, choose, dtype, device):
 
 
 def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
-                                  identity=None):
+                                  identity=None, state=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
     computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
     (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
@@ -1535,14 +1537,15 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     plan's reference must match it, else the model counts as not analysable. Identity
     substitutions get exactly ``reference`` (``identity``: their ``[M]`` bool mask when the caller
     has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
-    outgrow ``CHUNK_BYTES``, see ``chunk_size``).
+    outgrow ``CHUNK_BYTES``, see ``chunk_size``). ``state``: the model's ``_state_signature`` when
+    the caller has just computed it.
     """
     if torch.is_grad_enabled():
         with torch.no_grad():
             return fast_substitution_predictions(model, onehot, offsets, alts, reference, batch_size, choose,
-                                                 identity)
+                                                 identity, state)
     length = onehot.shape[-1]
-    plan = get_plan(model, length)
+    plan = get_plan(model, length, state)
     if reference is None:
         reference = model(onehot.unsqueeze(0))[0]
     if not isinstance(plan, Plan):

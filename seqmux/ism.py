@@ -342,10 +342,11 @@ def model_dtype_device(model, fallback=None):
 
 
 @contextlib.contextmanager
-def eval_mode(model):
+def eval_mode(model, modules=None):
     """``model`` in eval mode inside the block (no dropout, batch norm on its running statistics);
-    every module's own mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
+    every module's own mode restored afterwards. ``modules``: ``list(model.modules())`` when the
+    caller has it."""
+    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
     if any(training for _, training in modes):
         model.eval()
     try:
@@ -395,44 +396,51 @@ def _on_model(value, dtype, device):
 
 @contextlib.contextmanager
 def prepared(model, onehot, args=(), kwargs=None, output=None):
-    """Inside the block, ``(net, x, ref)``: the model in eval mode narrowed to one input and one
-    output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device (so are
-    the tensors among ``args`` / ``kwargs``, ``_on_model``), and the model's output ``[F]`` (or
-    any shape) on it. Restores the model's mode afterwards."""
+    """Inside the block, ``(net, x, ref, state)``: the model in eval mode narrowed to one input
+    and one output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device
+    (so are the tensors among ``args`` / ``kwargs``, ``_on_model``), the model's output ``[F]``
+    (or any shape) on it, and ``net``'s ``seqmux.fast_ism._state_signature`` (the plan's key).
+    Restores the model's mode afterwards."""
     onehot = torch.as_tensor(onehot)
     if onehot.dim() != 2 or onehot.shape[0] != 4:
         raise ValueError(f"onehot must be [4, L], got shape {list(onehot.shape)}")
     kwargs = dict(kwargs or {})
-    with eval_mode(model), torch.no_grad():
+    modules = list(model.modules())
+    with eval_mode(model, modules), torch.no_grad():
         dtype, device = model_dtype_device(model, onehot)
         x = onehot.to(device, dtype)
         args = tuple(_on_model(a, dtype, device) for a in args)
         kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}
-        key, ref = _reference_output(model, x, args, kwargs, output)
-        yield bind(model, args, kwargs, key), x, ref
+        key, ref, state = _reference_output(model, x, args, kwargs, output, modules)
+        net = bind(model, args, kwargs, key)
+        if net is not model:   # a Bound: its own mode, then the model's modules (no tensors of its own)
+            state = (net.training,) + state
+        yield net, x, ref, state
 
 
 _REFERENCES = weakref.WeakKeyDictionary()   # model -> (state, window, output key, its output, arguments): the last
 
 
-def _reference_output(model, x, args, kwargs, output):
-    """``(key, ref)``: the key of the selected output (``output_key``) and the model's output on
-    the window ``x [4, L]`` (batch dimension dropped). The last window's is kept per model and
-    reused (a copy) while the same window comes again with the same weights, buffers, modes and
-    arguments (``seqmux.fast_ism`` keeps that window's activations the same way)."""
+def _reference_output(model, x, args, kwargs, output, modules=None):
+    """``(key, ref, state)``: the key of the selected output (``output_key``), the model's output
+    on the window ``x [4, L]`` (batch dimension dropped) and the model's ``_state_signature``.
+    The last window's output is kept per model and reused (a copy) while the same window comes
+    again with the same weights, buffers, modes and arguments (``seqmux.fast_ism`` keeps that
+    window's activations the same way)."""
     from .fast_ism import _state_signature
 
-    state = (_state_signature(model), tuple(_signature(a) for a in args),
-             tuple((k, _signature(v)) for k, v in sorted(kwargs.items())), _signature(output))
+    state = _state_signature(model, modules)
+    call = (state, tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())),
+            _signature(output))
     last = _REFERENCES.get(model)
-    if last is not None and last[0] == state and last[1].shape == x.shape and last[1].dtype == x.dtype \
+    if last is not None and last[0] == call and last[1].shape == x.shape and last[1].dtype == x.dtype \
             and last[1].device == x.device and torch.equal(last[1], x):
-        return last[2], last[3].clone()
+        return last[2], last[3].clone(), state
     raw = model(x.unsqueeze(0), *args, **kwargs)
     key = output_key(raw, output)
     ref = (raw if key is None else raw[key])[0]
-    _REFERENCES[model] = (state, x.clone(), key, ref.clone(), args, kwargs)   # the arguments kept alive: their
-    return key, ref                                                           # ids stay theirs
+    _REFERENCES[model] = (call, x.clone(), key, ref.clone(), args, kwargs)   # the arguments kept alive: their
+    return key, ref, state                                                   # ids stay theirs
 
 
 @torch.no_grad()
@@ -454,13 +462,14 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
     device; the model runs in eval mode and gets its own mode back. Identity substitutions are
     exactly the reference, on every path. Results are on the model's device.
     """
-    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
         offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
-        return ref, _predict(net, x, offsets, alts, ref, method, batch_size)
+        return ref, _predict(net, x, offsets, alts, ref, method, batch_size, state)
 
 
-def _predict(net, x, offsets, alts, ref, method, batch_size):
-    """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model."""
+def _predict(net, x, offsets, alts, ref, method, batch_size, state=None):
+    """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model
+    (``state``: its ``_state_signature``, from ``prepared``)."""
     if method not in METHODS:
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
     from .fast_ism import fast_substitution_predictions, identity_np
@@ -468,7 +477,7 @@ def _predict(net, x, offsets, alts, ref, method, batch_size):
     identity = identity_np(x, offsets.cpu().numpy(), alts.cpu().numpy())
     if method in ("fast", "incremental"):
         alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast",
-                                            identity=identity)
+                                            identity=identity, state=state)
         if alt is not None:   # identity rows are the reference already
             return alt
     # naive, or not analysable (logged once): naive ISM gives the same values
@@ -492,12 +501,13 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     A model ending in a sigmoid runs without it (``logit_model``) and the effects come from its
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
-    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
         offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
         head = logit_model(net, x.shape[-1])
         if head is not None:
             ref = head(x.unsqueeze(0))[0]
-        alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size)
+        alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size,
+                       state if head is None else None)
     check_outputs(ref, mode, head is not None, "on the reference")
     check_outputs(alt, mode, head is not None, "on a substitution")
     with one_cpu_thread(alt.device):

@@ -1527,7 +1527,7 @@ def _schedule(plan, pos_np, batch_size, choose, dtype, device):
 
 
 def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
-                                  identity=None, state=None):
+                                  identity=None, state=None, host=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
     computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
     (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
@@ -1538,12 +1538,13 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     substitutions get exactly ``reference`` (``identity``: their ``[M]`` bool mask when the caller
     has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
     outgrow ``CHUNK_BYTES``, see ``chunk_size``). ``state``: the model's ``_state_signature`` when
-    the caller has just computed it.
+    the caller has just computed it; ``host``: ``offsets`` and ``alts`` as int64 numpy arrays when
+    it has them.
     """
     if torch.is_grad_enabled():
         with torch.no_grad():
             return fast_substitution_predictions(model, onehot, offsets, alts, reference, batch_size, choose,
-                                                 identity, state)
+                                                 identity, state, host)
     length = onehot.shape[-1]
     plan = get_plan(model, length, state)
     if reference is None:
@@ -1558,8 +1559,8 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     # substitutions (the column already is that base) and substitutions whose change cannot reach
     # the output get exactly the reference; the others run sorted by position, as the plan's
     # schedule of those positions says (built once per set of positions)
-    off_np = offsets.cpu().numpy().astype(np.int64, copy=False)
-    alt_np = alts.cpu().numpy().astype(np.int64, copy=False)
+    off_np, alt_np = host if host is not None else (offsets.cpu().numpy(), alts.cpu().numpy())
+    off_np, alt_np = off_np.astype(np.int64, copy=False), alt_np.astype(np.int64, copy=False)
     if identity is None:
         identity = identity_np(onehot, off_np, alt_np)
     else:
@@ -1606,7 +1607,7 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
 def identity_np(onehot, offsets, alts):
     """``[M]`` bool numpy array: substitution ``i`` puts the base the window already has at
     ``offsets[i]`` (numpy ints; an N or multi-hot column has none)."""
-    x = onehot.detach().cpu()
+    x = onehot if onehot.device.type == "cpu" and not onehot.requires_grad else onehot.detach().cpu()
     x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     hot = (x != 0).sum(0) == 1               # [L]: one non-zero base; identity if it is alts[i] and 1
     return hot[offsets] & (x[alts, offsets] == 1)

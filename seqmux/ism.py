@@ -474,10 +474,11 @@ def _predict(net, x, offsets, alts, ref, method, batch_size, state=None):
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
     from .fast_ism import fast_substitution_predictions, identity_np
 
-    identity = identity_np(x, offsets.cpu().numpy(), alts.cpu().numpy())
+    host = (offsets.cpu().numpy(), alts.cpu().numpy())
+    identity = identity_np(x, *host)
     if method in ("fast", "incremental"):
         alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast",
-                                            identity=identity, state=state)
+                                            identity=identity, state=state, host=host)
         if alt is not None:   # identity rows are the reference already
             return alt
     # naive, or not analysable (logged once): naive ISM gives the same values

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import model_name, trace
+from .fast_ism import _state_signature, fast_substitution_predictions, identity_np
 from .encoding import one_hot
 from .errors import InputError
 from .outputs import atomic_path
@@ -427,8 +428,6 @@ def _reference_output(model, x, args, kwargs, output, modules=None):
     The last window's output is kept per model and reused (a copy) while the same window comes
     again with the same weights, buffers, modes and arguments (``seqmux.fast_ism`` keeps that
     window's activations the same way)."""
-    from .fast_ism import _state_signature
-
     state = _state_signature(model, modules)
     call = (state, tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())),
             _signature(output))
@@ -472,8 +471,6 @@ def _predict(net, x, offsets, alts, ref, method, batch_size, state=None):
     (``state``: its ``_state_signature``, from ``prepared``)."""
     if method not in METHODS:
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
-    from .fast_ism import fast_substitution_predictions, identity_np
-
     host = (offsets.cpu().numpy(), alts.cpu().numpy())
     identity = identity_np(x, *host)
     if method in ("fast", "incremental"):

@@ -353,7 +353,7 @@ def bench_toys(args, device, rng):
             for _ in range(max(5 * args.rounds, 15)):    # tiny runs: many rounds, the fastest counts
                 # the methods in another (seeded) random order each round, every method timed right
                 # after one untimed call of its own: each is measured warm, whatever ran before it
-                # (the first call after another method's runs up to 25% slower on this CPU)
+                # (the first call after another method's ran 20 to 35% slower on this CPU)
                 for key in order.permutation(keys):
                     calls[key]()
                     t = timed(calls[key], device)[1]

@@ -164,6 +164,17 @@ class _Dense:
 
 
 @dataclass
+class _Reduce:
+    """A sum or mean over the length axis of a local activation ``src`` (``[1, C, l]`` ->
+    ``[1, C]``, or ``[1, C, 1]`` with keepdim): the reference's plus the sum of the change window
+    (zero outside the activation), divided by ``l`` for a mean."""
+    node: fx.Node
+    src: int
+    kind: str
+    length: int
+
+
+@dataclass
 class Plan:
     """What ``analyse`` found for one model and window length."""
     length: int
@@ -190,6 +201,7 @@ class Plan:
     schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
     inputs: dict = field(default_factory=dict)      # replayed node -> the nodes it reads
     live_all: bool = None        # every position can change the output
+    reductions: list = field(default_factory=list)  # _Reduce
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -211,6 +223,8 @@ class Plan:
         for d in self.dense:
             s = self.locals[d.src]
             parts.append(f"dense {s.c}x{s.length}->{d.linear.out_features}")
+        for r in self.reductions:
+            parts.append(f"{r.kind}[{self.locals[r.src].width}]")
         full = [n for n in self.replay if n.op in ("call_module", "call_function", "call_method")
                 and not (n.op == "call_method" and n.target == "size")
                 and not isinstance(self.modules.get(n.target) if n.op == "call_module" else None,
@@ -237,7 +251,7 @@ class Plan:
             else:
                 total += ops[loc.op]
         frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
-        return total + len(self.replay) + 5 * len(frontier) + 6
+        return total + len(self.replay) + 5 * len(frontier) + 3 * len(self.reductions) + 6
 
     def numbers_per_mutant(self):
         """Numbers one mutant's incremental computation writes: its change windows, the whole
@@ -410,6 +424,7 @@ class _Analyser:
         _prune(self.graph, dict(model.named_modules()))
         self.modules = dict(model.named_modules())
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
+        self.reductions = []
         self.depends = set()                    # nodes that depend on the input
 
     def new_local(self, n, op, src, c, length, **kw):
@@ -447,7 +462,8 @@ class _Analyser:
                 self.static[n] = self.values[n]
                 continue
             self.depends.add(n)
-            if not self.try_local(n) and not any(d.node is n for d in self.dense):
+            if not self.try_local(n) and not any(d.node is n for d in self.dense) \
+                    and not any(r.node is n for r in self.reductions):
                 self.replay.append(n)
         if output is None or not isinstance(output.args[0], fx.Node):
             raise Unsupported("forward does not return one tensor")
@@ -456,7 +472,7 @@ class _Analyser:
             raise Unsupported(f"forward returns {_describe(value)}, not one [batch, ...] tensor")
         self.output = output.args[0]
         # a local activation read by a layer run in full is the frontier of the local part
-        if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense:
+        if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense and not self.reductions:
             first = self.replay[0].name if self.replay else "the output"
             raise Unsupported(f"no position-local layer before {first}")
         return self.finish()
@@ -515,6 +531,8 @@ class _Analyser:
             return False
         if n.op not in ("call_function", "call_method"):
             return False
+        if len(loc_ins) == 1 and self.reduction(n, src, loc_ins[0], value):
+            return False                      # its output is computed from the change's sum
         target = n.target
         name = target if n.op == "call_method" else getattr(target, "__name__", str(target))
         fn = getattr(torch.Tensor, target, None) if n.op == "call_method" else target
@@ -562,6 +580,27 @@ class _Analyser:
             return self.pointwise(n, src, self.bound(fn, n, loc_ins[0], four_d),
                                   relu=target in (torch.relu, F.relu, "relu") and len(n.args) == 1 and not n.kwargs)
         return False
+
+    def reduction(self, n, src, cur, value):
+        """``x.mean(-1)`` / ``x.sum(-1)`` (``torch.mean``, ``torch.sum``; ``dim`` -1 or 2, with or
+        without keepdim) of a ``[1, C, l]`` local activation: a ``_Reduce``."""
+        kind = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+        if kind not in ("mean", "sum") or (n.op == "call_function" and n.target not in (torch.mean, torch.sum)):
+            return False
+        if src.flat or src.hw or len(src.shape) != 3 or not n.args or n.args[0] is not cur:
+            return False
+        if set(n.kwargs) - {"dim", "keepdim"} or len(n.args) > 3:
+            return False
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        if isinstance(dim, (list, tuple)) and len(dim) == 1:
+            dim = dim[0]
+        want = (1, src.c, 1) if keepdim else (1, src.c)
+        if dim not in (-1, 2) or not isinstance(keepdim, bool) or tuple(value.shape) != want \
+                or value.dtype != self.values[cur].dtype:
+            return False
+        self.reductions.append(_Reduce(n, src.id, kind, src.length))
+        return True
 
     def bound(self, fn, n, cur, four_d):
         static = self.static
@@ -748,6 +787,8 @@ class _Analyser:
                     frontier.add(self.node_local[a])
         for d in self.dense:
             frontier.add(d.src)
+        for r in self.reductions:
+            frontier.add(r.src)
         if self.output in self.node_local:
             frontier.add(self.node_local[self.output])
         for loc in locs:
@@ -788,6 +829,7 @@ class _Analyser:
         plan = Plan(L, self.graph, self.modules, locs, self.node_local, self.dense, self.replay, self.static,
                     self.output, reads, live)
         plan.order_src = self.dense[0].src if self.dense else None
+        plan.reductions = self.reductions
         plan.full_macs = _full_macs(self.graph, self.modules, self.values)
         plan.full_values = sum(v.numel() for n, v in self.values.items()
                                if n in self.depends and isinstance(v, torch.Tensor))
@@ -1402,6 +1444,12 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
     for d, way in zip(plan.dense, chunk.dense):
         dest = out if d.node is plan.output else None
         values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), env[d.node][0], way, dest)
+    for r in plan.reductions:         # the reference's sum or mean plus the change window's
+        ref = env[r.node]
+        total = changes[r.src].get().sum(1)
+        if r.kind == "mean":
+            total = total.div_(r.length)
+        values[r.node] = total.add_(ref.reshape(1, -1)).view((n,) + tuple(ref.shape[1:]))
     spliced = {}
 
     def value(node):

@@ -656,3 +656,27 @@ def test_every_way_of_the_first_dense_layer_equals_naive_ism(way, monkeypatch):
     ways = {w[0] for schedule in plan.schedules.values() for chunk in schedule.chunks for w in chunk.dense}
     assert ways == {way}
     assert len(plan.schedules) == 1     # substitutions(tokens): three a position, the same positions
+
+
+class LengthReductions(nn.Module):
+    """Sums and means over the length axis of local activations (with and without keepdim, as a
+    method and as a function), then dense layers: ``_Reduce`` nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.conv2 = nn.Conv1d(6, 6, 3)
+        self.dense = nn.Linear(18, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        g = torch.tanh(self.conv2(h))
+        pooled = [h.sum(-1, keepdim=True).flatten(1), torch.mean(h, dim=2), g.mean(-1)]
+        return torch.sigmoid(self.dense(torch.cat(pooled, 1)))
+
+
+def test_sums_and_means_over_the_length_take_the_fast_path():
+    model = randomize(LengthReductions(), 8)
+    ok, detail = analysable(model, 90)
+    assert ok and detail.count("sum[") == 1 and detail.count("mean[") == 2, detail
+    assert_exact(model, random_tokens(np.random.default_rng(8), 90), batch_size=64)

@@ -26,7 +26,10 @@ depends on the input is one of three kinds:
   reference's pre-activation, ``h = h_ref + W[:, cols] @ change[cols]``, over the window's
   columns only (``W``'s columns stored position-major, so one window's columns are one block).
 
-* **full**: everything else (later dense layers, global pooling, softmax, recurrent layers,
+* **length reduction**: a sum or mean over the length axis of a local activation is the
+  reference's plus the sum of the change window (divided by the length for a mean).
+
+* **full**: everything else (later dense layers, global max pooling, softmax, recurrent layers,
   anything without a rule) runs in full on the mutants' whole activations: the cached reference
   with each mutant's changed window written in. An operation without a rule is computed in
   full, never approximated.

@@ -1320,6 +1320,8 @@ def _spliced(plan, loc, acts, change, chunk, out=None):
     delta = change.get()
     n, w = delta.shape[0], delta.shape[1]
     c, length = loc.c, loc.length
+    if out is not None:               # the result rows: [N, C, l], [N, C, 1, l] or [N, C l], one layout
+        out = out.view(n, c, length)
     if w == length and not loc.st[chunk.pos_np].any():
         full = out if out is not None else delta.new_empty((n, c, length))
         return torch.add(acts[("cm", loc.id)], delta.transpose(1, 2), out=full)
@@ -1349,7 +1351,7 @@ def _spliced(plan, loc, acts, change, chunk, out=None):
     full.view(n * length, c).index_add_(0, rows.flatten(), delta.reshape(n * w, c))
     if out is None:
         return full.transpose(1, 2)
-    return out.view(n, c, length).copy_(full.transpose(1, 2))
+    return out.copy_(full.transpose(1, 2))
 
 
 def _dense_whole(n, w, src, hidden, groups, device):

@@ -347,3 +347,30 @@ def test_the_reference_output_is_reused_only_while_nothing_changed():
         ref5, out5 = predict_substitutions(scaled, x, off, alt, "fast", args=(torch.tensor(s),))
         assert torch.equal(ref5, model(x[None])[0] * s)
         assert torch.allclose(out5, brute_force(model, x, off, alt) * s, rtol=0, atol=1e-12)
+
+
+class Unsqueezed(nn.Module):
+    """A (1, k) Conv2d on ``x.unsqueeze(2)``: a ``[B, C, 1, L]`` output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 3, (1, 5))
+
+    def forward(self, x):
+        return torch.relu(self.conv(x.unsqueeze(2)))
+
+
+@pytest.mark.parametrize("head", ["flatten", "profile", "unsqueezed"])
+def test_a_local_output_written_straight_into_the_result(head):
+    """Substitutions without identity rows, in order (the incremental path writes a local output
+    activation straight into the result rows): a flattened, a profile and a 4-d output each
+    equal brute force."""
+    conv = nn.Conv1d(4, 3, 5, padding=2 if head != "flatten" else 0)
+    layers = {"flatten": [conv, nn.Flatten()], "profile": [conv, nn.ReLU()], "unsqueezed": [Unsqueezed()]}[head]
+    model = seeded(nn.Sequential(*layers), 1)
+    assert analysable(model, L)[0]
+    x, (off, alt) = window(1, n_columns=()), every_substitution()
+    keep = x[alt, off] != 1
+    off, alt = off[keep], alt[keep]
+    _, out = predict_substitutions(model, x, off, alt, "incremental")
+    assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)

@@ -202,6 +202,7 @@ class Plan:
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
     schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
+    calls: dict = field(default_factory=dict)       # _call_plan's cache: substitutions -> _CallPlan
     inputs: dict = field(default_factory=dict)      # replayed node -> the nodes it reads
     live_all: bool = None        # every position can change the output
     reductions: list = field(default_factory=list)  # _Reduce
@@ -1608,27 +1609,15 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     m = offsets.shape[0]
     if m == 0:
         return reference.new_empty((m,) + tuple(reference.shape))
-    # the bookkeeping on the host (views of CPU tensors, no torch operations): identity
-    # substitutions (the column already is that base) and substitutions whose change cannot reach
-    # the output get exactly the reference; the others run sorted by position, as the plan's
-    # schedule of those positions says (built once per set of positions)
+    # the bookkeeping on the host (views of CPU tensors), built once per set of substitutions
     off_np, alt_np = host if host is not None else (offsets.cpu().numpy(), alts.cpu().numpy())
     off_np, alt_np = off_np.astype(np.int64, copy=False), alt_np.astype(np.int64, copy=False)
     if identity is None:
         identity = identity_np(onehot, off_np, alt_np)
     else:
         identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
-    if plan.live_all is None:
-        plan.live_all = bool(plan.live.all())
-    todo = ~identity if plan.live_all else ~identity & plan.live[off_np]
-    every = bool(todo.all())
-    order_np = np.arange(m) if every else np.flatnonzero(todo)
-    pos_np = off_np if every else off_np[order_np]
-    in_order = not (pos_np[1:] < pos_np[:-1]).any()
-    if not in_order:
-        by_pos = np.argsort(pos_np, kind="stable")
-        order_np, pos_np = order_np[by_pos], pos_np[by_pos]
-    schedule = _schedule(plan, pos_np, batch_size, choose, onehot.dtype, onehot.device)
+    call = _call_plan(plan, off_np, alt_np, identity, batch_size, choose, onehot, offsets.device)
+    schedule = call.schedule
     if schedule.naive:
         _report(model, schedule.naive, "is faster with naive ISM")
         return None
@@ -1636,25 +1625,73 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     if env is None:
         return None
     out = reference.new_empty((m,) + tuple(reference.shape))
-    device = offsets.device
-    if not every:
-        out[torch.from_numpy(~todo).to(device)] = reference
-    if not len(order_np):
+    if call.kept is not None:
+        out[call.kept] = reference
+    if call.order is False:
         return out
-    whole = every and in_order and len(schedule.chunks) == 1     # rows already in order
-    order = None if whole else torch.from_numpy(order_np).to(device)
-    alt_sorted = alts if every and in_order else torch.from_numpy(alt_np[order_np]).to(device)
-    direct = whole and out.is_contiguous() and (plan.output in plan.node_local
-                                                 or any(d.node is plan.output for d in plan.dense))
+    alt_sorted = alts if call.alts is None else call.alts
+    direct = call.whole and out.is_contiguous() and call.direct
     for chunk in schedule.chunks:
         y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b], out if direct else None)
         if direct:
             continue
-        if whole:
+        if call.whole:
             out.copy_(y.reshape(out.shape))
         else:
-            out.index_copy_(0, order[chunk.a:chunk.b], y.to(out.dtype))
+            out.index_copy_(0, call.order[chunk.a:chunk.b], y.to(out.dtype))
     return out
+
+
+@dataclass
+class _CallPlan:
+    """The bookkeeping of one set of substitutions (``_call_plan``): the ``_Schedule``, the rows
+    that get the reference (``kept``, a bool tensor, or ``None``), the rows' order (``order``: an
+    index tensor, ``None`` when they are in order, ``False`` when no row runs), the sorted bases
+    (``alts``; ``None``: the caller's, already in order), whether the rows are in order in one
+    chunk (``whole``) and whether the output is written straight into the result (``direct``)."""
+    schedule: object
+    kept: object
+    order: object
+    alts: object
+    whole: bool
+    direct: bool
+
+
+CALL_PLANS = 16              # _call_plan's entries kept per plan (the last ones used)
+
+
+def _call_plan(plan, off_np, alt_np, identity, batch_size, choose, onehot, device):
+    """The plan's ``_CallPlan`` of these substitutions, built on the host once per set of offsets,
+    bases and identity rows (cached on the plan by their bytes: a caller that runs the same
+    substitutions of many windows, or of one window again, skips this bookkeeping). Identity
+    substitutions (the column already is that base) and substitutions whose change cannot reach
+    the output get exactly the reference; the others run sorted by position, as the plan's
+    schedule of those positions says."""
+    key = (off_np.tobytes(), alt_np.tobytes(), identity.tobytes(), int(batch_size), bool(choose), onehot.dtype,
+           str(onehot.device), str(device))
+    found = plan.calls.get(key)
+    if found is not None:
+        return found
+    if plan.live_all is None:
+        plan.live_all = bool(plan.live.all())
+    todo = ~identity if plan.live_all else ~identity & plan.live[off_np]
+    every = bool(todo.all())
+    order_np = np.arange(len(off_np)) if every else np.flatnonzero(todo)
+    pos_np = off_np if every else off_np[order_np]
+    in_order = not (pos_np[1:] < pos_np[:-1]).any()
+    if not in_order:
+        by_pos = np.argsort(pos_np, kind="stable")
+        order_np, pos_np = order_np[by_pos], pos_np[by_pos]
+    schedule = _schedule(plan, pos_np, batch_size, choose, onehot.dtype, onehot.device)
+    whole = every and in_order and len(schedule.chunks) == 1     # rows already in order
+    order = False if not len(order_np) else None if whole else torch.from_numpy(order_np).to(device)
+    call = _CallPlan(schedule, None if every else torch.from_numpy(~todo).to(device), order,
+                     None if every and in_order else torch.from_numpy(alt_np[order_np]).to(device), whole,
+                     plan.output in plan.node_local or any(d.node is plan.output for d in plan.dense))
+    if len(plan.calls) >= CALL_PLANS:
+        plan.calls.pop(next(iter(plan.calls)))
+    plan.calls[key] = call
+    return call
 
 
 def identity_np(onehot, offsets, alts):

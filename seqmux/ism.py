@@ -387,6 +387,45 @@ def checked_substitutions(offsets, alts, length, device):
     return off, alt
 
 
+_CHECKED = {}          # _substitutions' cache: (substitutions, window) bytes -> (offsets, alts, host, identity)
+CHECKED_ENTRIES = 16   # the last ones used
+CHECKED_BYTES = 1 << 16   # the most bytes of offsets, bases and window one key holds (small calls)
+
+
+def _host_bytes(value):
+    """A CPU tensor's or numpy array's ``(dtype, shape, bytes)``; ``None`` for anything else, or
+    when larger than ``CHECKED_BYTES`` (a list, a tensor on another device or with a gradient)."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu" or value.requires_grad or value.nbytes > CHECKED_BYTES:
+            return None
+        value = value.numpy()
+    elif not isinstance(value, np.ndarray) or value.nbytes > CHECKED_BYTES:
+        return None
+    return value.dtype.str, value.shape, value.tobytes()
+
+
+def _substitutions(offsets, alts, x):
+    """``(offsets, alts, host, identity)``: ``checked_substitutions`` of the window ``x [4, L]``,
+    their int64 numpy copies ``host`` and the identity rows (``identity_np``). Small calls with
+    host inputs (``_host_bytes``) keep the result by the bytes of the offsets, bases and window,
+    so that the same substitutions of the same window (or of a window with the same bytes) are
+    checked once (the tensors kept are copies of their own)."""
+    keys = (_host_bytes(offsets), _host_bytes(alts), _host_bytes(x))
+    key = None if None in keys else keys + (str(x.device), x.dtype)
+    found = _CHECKED.get(key) if key is not None else None
+    if found is not None:
+        return found
+    off, alt = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+    host = (off.cpu().numpy(), alt.cpu().numpy())
+    result = (off, alt, host, identity_np(x, *host))
+    if key is not None:
+        result = (off.clone(), alt.clone(), (host[0].copy(), host[1].copy()), result[3])
+        if len(_CHECKED) >= CHECKED_ENTRIES:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = result
+    return result
+
+
 def _on_model(value, dtype, device):
     """A tensor argument on the model's device, in its dtype if floating-point (integer ones, such
     as indices, keep theirs); anything else unchanged."""
@@ -462,17 +501,19 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
     exactly the reference, on every path. Results are on the model's device.
     """
     with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
-        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
-        return ref, _predict(net, x, offsets, alts, ref, method, batch_size, state)
+        offsets, alts, host, identity = _substitutions(offsets, alts, x)
+        return ref, _predict(net, x, offsets, alts, ref, method, batch_size, state, host, identity)
 
 
-def _predict(net, x, offsets, alts, ref, method, batch_size, state=None):
+def _predict(net, x, offsets, alts, ref, method, batch_size, state=None, host=None, identity=None):
     """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model
-    (``state``: its ``_state_signature``, from ``prepared``)."""
+    (``state``: its ``_state_signature``, from ``prepared``; ``host``, ``identity``: from
+    ``_substitutions``)."""
     if method not in METHODS:
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
-    host = (offsets.cpu().numpy(), alts.cpu().numpy())
-    identity = identity_np(x, *host)
+    if host is None:
+        host = (offsets.cpu().numpy(), alts.cpu().numpy())
+        identity = identity_np(x, *host)
     if method in ("fast", "incremental"):
         alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast",
                                             identity=identity, state=state, host=host)
@@ -500,12 +541,12 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
     with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
-        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+        offsets, alts, host, identity = _substitutions(offsets, alts, x)
         head = logit_model(net, x.shape[-1])
         if head is not None:
             ref = head(x.unsqueeze(0))[0]
         alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size,
-                       state if head is None else None)
+                       state if head is None else None, host, identity)
     check_outputs(ref, mode, head is not None, "on the reference")
     check_outputs(alt, mode, head is not None, "on a substitution")
     with one_cpu_thread(alt.device):

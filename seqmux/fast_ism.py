@@ -203,7 +203,7 @@ class Plan:
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
     schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
     calls: dict = field(default_factory=dict)       # _call_plan's cache: substitutions -> _CallPlan
-    inputs: dict = field(default_factory=dict)      # replayed node -> the nodes it reads
+    steps: list = None           # _replay_steps: the replayed nodes, how each runs
     live_all: bool = None        # every position can change the output
     reductions: list = field(default_factory=list)  # _Reduce
 
@@ -1449,7 +1449,10 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
     values = dict(plan.static)
     for d, way in zip(plan.dense, chunk.dense):
         dest = out if d.node is plan.output else None
-        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), env[d.node][0], way, dest)
+        ref_pre = acts.get(("pre", d.node))
+        if ref_pre is None:           # the window's own pre-activation [H], kept with its activations
+            ref_pre = acts[("pre", d.node)] = env[d.node][0]
+        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), ref_pre, way, dest)
     for r in plan.reductions:         # the reference's sum or mean plus the change window's
         ref = env[r.node]
         total = changes[r.src].get().sum(1)
@@ -1467,17 +1470,30 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
             spliced[i] = _spliced(plan, plan.locals[i], acts, changes[i], chunk, dest)
         return spliced[i].reshape((n,) + tuple(env[node].shape[1:]))
 
-    for node in plan.replay:
+    steps = plan.steps
+    if steps is None:
+        steps = plan.steps = _replay_steps(plan, env)
+    for node, size, inputs in steps:
         if node in values:
             continue
-        if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
-            values[node] = n if node.args[1:] == (0,) else (n,) + tuple(env[node.args[0]].shape[1:])
+        if size is not None:          # a local activation's size: the chunk's batch, else the reference's
+            values[node] = n if size == () else (n,) + size
             continue
-        inputs = plan.inputs.get(node)
-        if inputs is None:
-            inputs = plan.inputs[node] = _node_inputs(node)
         values[node] = _call(plan, node, {a: value(a) for a in inputs})
     return value(plan.output)
+
+
+def _replay_steps(plan, env):
+    """``(node, size, inputs)`` of each replayed node, built once per plan: ``size`` (for a
+    ``size`` call on a local activation) ``()`` when it asks for the batch dimension, else the
+    activation's shape after it; ``None`` for any other node, which runs on ``inputs``."""
+    steps = []
+    for node in plan.replay:
+        if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
+            steps.append((node, () if node.args[1:] == (0,) else tuple(env[node.args[0]].shape[1:]), None))
+        else:
+            steps.append((node, None, _node_inputs(node)))
+    return steps
 
 
 DENSE_SPAN = 4   # window starts merged into one dense GEMM (more rows; a little more width)

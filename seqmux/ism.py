@@ -330,13 +330,16 @@ def bind(model, args=(), kwargs=None, key=None):
     return bound
 
 
-def model_dtype_device(model, fallback=None):
+def model_dtype_device(model, fallback=None, modules=None):
     """``(dtype, device)`` of a model's first floating-point parameter or buffer; for a model
-    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU)."""
-    for tensors in (model.parameters(), model.buffers()):
-        for t in tensors:
-            if t.is_floating_point():
-                return t.dtype, t.device
+    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU).
+    ``modules``: ``list(model.modules())`` when the caller has it."""
+    modules = list(model.modules()) if modules is None else modules
+    for kind in ("_parameters", "_buffers"):
+        for m in modules:
+            for t in getattr(m, kind).values():
+                if t is not None and t.is_floating_point():
+                    return t.dtype, t.device
     if isinstance(fallback, torch.Tensor):
         return (fallback.dtype if fallback.is_floating_point() else torch.float32), fallback.device
     return torch.float32, torch.device("cpu")
@@ -447,7 +450,7 @@ def prepared(model, onehot, args=(), kwargs=None, output=None):
     kwargs = dict(kwargs or {})
     modules = list(model.modules())
     with eval_mode(model, modules), torch.no_grad():
-        dtype, device = model_dtype_device(model, onehot)
+        dtype, device = model_dtype_device(model, onehot, modules)
         x = onehot.to(device, dtype)
         args = tuple(_on_model(a, dtype, device) for a in args)
         kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}

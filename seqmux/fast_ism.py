@@ -1478,19 +1478,25 @@ def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
             continue
         if size is not None:          # a local activation's size: the chunk's batch, else the reference's
             values[node] = n if size == () else (n,) + size
-            continue
-        values[node] = _call(plan, node, {a: value(a) for a in inputs})
+        elif inputs is None:          # a function of flat positional arguments
+            values[node] = node.target(*[value(a) if isinstance(a, fx.Node) else a for a in node.args])
+        else:
+            values[node] = _call(plan, node, {a: value(a) for a in inputs})
     return value(plan.output)
 
 
 def _replay_steps(plan, env):
     """``(node, size, inputs)`` of each replayed node, built once per plan: ``size`` (for a
     ``size`` call on a local activation) ``()`` when it asks for the batch dimension, else the
-    activation's shape after it; ``None`` for any other node, which runs on ``inputs``."""
+    activation's shape after it; ``None`` for any other node, which runs on ``inputs``, or
+    (``inputs`` ``None`` too) a function called on its flat positional arguments."""
     steps = []
     for node in plan.replay:
         if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
             steps.append((node, () if node.args[1:] == (0,) else tuple(env[node.args[0]].shape[1:]), None))
+        elif node.op == "call_function" and not node.kwargs and \
+                not any(isinstance(a, (tuple, list, dict, slice)) for a in node.args):
+            steps.append((node, None, None))
         else:
             steps.append((node, None, _node_inputs(node)))
     return steps

@@ -349,6 +349,29 @@ def test_the_reference_output_is_reused_only_while_nothing_changed():
         assert torch.allclose(out5, brute_force(model, x, off, alt) * s, rtol=0, atol=1e-12)
 
 
+def test_kept_substitutions_follow_the_offsets_the_bases_and_the_window():
+    """The checks, identity rows and schedule of a set of substitutions are kept between calls by
+    their bytes: offsets changed in place (also through their numpy view, which a tensor's version
+    does not see), other bases, another window with the same substitutions, or a bad offset after
+    good calls, each gives its own answer (brute force), identity rows and error."""
+    model = seeded(nn.Sequential(nn.Conv1d(4, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(3 * (L - 4), 2)), 5)
+    x, y = window(5), window(6)
+    off, alt = torch.arange(L).repeat_interleave(2), torch.tensor([0, 2]).repeat(L)
+    for _ in range(2):
+        _, out = predict_substitutions(model, x, off, alt, "fast")
+        assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+    off.numpy()[:4] = [40, 41, 42, 43]          # in place through numpy: the tensor's version unchanged
+    alt[-1] = 3
+    for window_ in (x, y, x):
+        ref, out = predict_substitutions(model, window_, off, alt, "fast")
+        assert torch.allclose(out, brute_force(model, window_, off, alt), rtol=0, atol=1e-12)
+        identity = window_[alt, off] == 1.0
+        assert identity.any() and torch.equal(out[identity], ref.expand(int(identity.sum()), -1))
+    off[0] = L
+    with pytest.raises(ValueError, match=r"offset 48 \(substitution 0\) is outside the window"):
+        predict_substitutions(model, x, off, alt, "fast")
+
+
 class Unsqueezed(nn.Module):
     """A (1, k) Conv2d on ``x.unsqueeze(2)``: a ``[B, C, 1, L]`` output."""
 

@@ -37,7 +37,11 @@ window), and their ratio printed.
 the ported tests), every substitution of one window, rounds interleaved: this project's library
 call ``predict_substitutions(method="fast")`` (the cost model's choice of incremental or naive
 ISM included), its incremental path forced (``method="incremental"``), its naive ISM, and
-tangermeme's fast=True built once (``predict_edits``, the best of its batch sizes).
+tangermeme's fast=True built once (``predict_edits``, the best of its batch sizes). Each round
+runs the methods in another (seeded) random order and times every method right after one untimed
+call of its own, so each is measured warm whatever ran before it. 'same window': both keep the window's reference (this
+project's plan its activations, ``predict_substitutions`` its output; tangermeme its example's);
+'new window': both forget it before each call.
 
 ``beluga_steady``: Beluga's fast ISM against tangermeme's fast path built once on the substitutions
 of ``--positions`` positions in the middle of one window, rounds interleaved with the GEMM peak:
@@ -294,7 +298,7 @@ def bench_toys(args, device, rng):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_ism_peer import TOYS, toy
 
-    from seqmux.ism import bind, predict_substitutions
+    from seqmux.ism import _REFERENCES, bind, predict_substitutions
 
     rows = []
     for name in TOYS:
@@ -314,6 +318,7 @@ def bench_toys(args, device, rng):
             plan = get_plan(net, TOY_LENGTH)
             if not isinstance(plan, str):
                 plan.window = None
+            _REFERENCES.pop(model, None)
             if tg is not None:
                 tg._example = None
 
@@ -339,18 +344,19 @@ def bench_toys(args, device, rng):
                 calls[f"tangermeme new {bs}"] = (lambda b: lambda: (new_window(), tg.predict_edits(0, chars, positions,
                                                                                                    b)))(bs)
                 same[f"tangermeme {bs}"] = (lambda b: lambda: tg.predict_edits(0, chars, positions, b))(bs)
-        calls["warm"] = lambda: (predict_substitutions(model, x, off[:8], alt[:8], "incremental", output=output),
-                                 tg is not None and tg.predict_edits(0, chars[:8], positions[:8], 8))
         calls.update(same)
+        keys = list(calls)
         with torch.no_grad():
             for fn in calls.values():
                 fn()                                         # plans, captures, warm-up
+            order = np.random.default_rng(args.seed)
             for _ in range(max(5 * args.rounds, 15)):    # tiny runs: many rounds, the fastest counts
-                for key, fn in calls.items():
-                    if key == "warm":
-                        fn()
-                        continue
-                    t = timed(fn, device)[1]
+                # the methods in another (seeded) random order each round, every method timed right
+                # after one untimed call of its own: each is measured warm, whatever ran before it
+                # (the first call after another method's ran 20 to 35% slower on this CPU)
+                for key in order.permutation(keys):
+                    calls[key]()
+                    t = timed(calls[key], device)[1]
                     key = key.rsplit(" ", 1)[0] if key.startswith("tangermeme") else key
                     times[key] = min(times[key], t)
         from seqmux.fast_ism import _REPORTED

@@ -26,7 +26,10 @@ depends on the input is one of three kinds:
   reference's pre-activation, ``h = h_ref + W[:, cols] @ change[cols]``, over the window's
   columns only (``W``'s columns stored position-major, so one window's columns are one block).
 
-* **full**: everything else (later dense layers, global pooling, softmax, recurrent layers,
+* **length reduction**: a sum or mean over the length axis of a local activation is the
+  reference's plus the sum of the change window (divided by the length for a mean).
+
+* **full**: everything else (later dense layers, global max pooling, softmax, recurrent layers,
   anything without a rule) runs in full on the mutants' whole activations: the cached reference
   with each mutant's changed window written in. An operation without a rule is computed in
   full, never approximated.
@@ -164,6 +167,17 @@ class _Dense:
 
 
 @dataclass
+class _Reduce:
+    """A sum or mean over the length axis of a local activation ``src`` (``[1, C, l]`` ->
+    ``[1, C]``, or ``[1, C, 1]`` with keepdim): the reference's plus the sum of the change window
+    (zero outside the activation), divided by ``l`` for a mean."""
+    node: fx.Node
+    src: int
+    kind: str
+    length: int
+
+
+@dataclass
 class Plan:
     """What ``analyse`` found for one model and window length."""
     length: int
@@ -187,6 +201,11 @@ class Plan:
     full_values: int = 0         # numbers one full forward pass computes (naive ISM, per mutant)
     costs: tuple = ()            # (ops_per_chunk, macs_per_mutant, values_per_mutant, graph nodes): cost model
     window: tuple = None         # (the last window, its _window_cache): reused while the same window comes
+    schedules: dict = field(default_factory=dict)   # _schedule's cache: positions -> _Schedule
+    calls: dict = field(default_factory=dict)       # _call_plan's cache: substitutions -> _CallPlan
+    steps: list = None           # _replay_steps: the replayed nodes, how each runs
+    live_all: bool = None        # every position can change the output
+    reductions: list = field(default_factory=list)  # _Reduce
 
     def values_per_mutant(self):
         """The largest activation one mutant carries: a local change window, or a whole
@@ -208,6 +227,8 @@ class Plan:
         for d in self.dense:
             s = self.locals[d.src]
             parts.append(f"dense {s.c}x{s.length}->{d.linear.out_features}")
+        for r in self.reductions:
+            parts.append(f"{r.kind}[{self.locals[r.src].width}]")
         full = [n for n in self.replay if n.op in ("call_module", "call_function", "call_method")
                 and not (n.op == "call_method" and n.target == "size")
                 and not isinstance(self.modules.get(n.target) if n.op == "call_module" else None,
@@ -234,7 +255,7 @@ class Plan:
             else:
                 total += ops[loc.op]
         frontier = {self.node_local[a] for n in self.replay for a in _node_inputs(n) if a in self.node_local}
-        return total + len(self.replay) + 5 * len(frontier) + 6
+        return total + len(self.replay) + 5 * len(frontier) + 3 * len(self.reductions) + 6
 
     def numbers_per_mutant(self):
         """Numbers one mutant's incremental computation writes: its change windows, the whole
@@ -286,9 +307,10 @@ def _full_macs(graph, modules, values):
 # operation of each kind of device, measured on this project's CPU (tangermeme's toy models,
 # 1 thread: the small convolutions of naive ISM reach ~4 G multiply-adds/s) and GPU machines;
 # ``op_scale``: torch operations dispatched per operation the plan counts (incremental, naive)
-COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (2, 3)},
-        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (2, 3)}}
-SPLICE_PASSES = 4
+COST = {"cpu": {"mac": 2.5e-10, "number": 1e-9, "naive_number": 3e-10, "op": 1.5e-5, "op_scale": (1, 3)},
+        "cuda": {"mac": 1 / 2e13, "number": 1e-12, "naive_number": 1e-12, "op": 1.5e-5, "op_scale": (1, 3)}}
+SPLICE_PASSES = 2
+FIXED_OPS = 5      # operations of an incremental call besides its chunks' (the schedule, the window's check)
 
 
 def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, device):
@@ -298,7 +320,7 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
         plan.costs = (plan.ops_per_chunk(), plan.macs_per_mutant(), plan.numbers_per_mutant(), len(plan.graph.nodes))
     ops_per_chunk, macs, numbers, n_nodes = plan.costs
     fast_scale, naive_scale = cost["op_scale"]
-    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups + n_nodes + 20)
+    fast_ops = fast_scale * (n_chunks * ops_per_chunk + 2 * n_dense_groups) + FIXED_OPS
     fast = n_mutants * (macs * cost["mac"] + numbers * cost["number"]) + fast_ops * cost["op"]
     naive_ops = naive_scale * -(-n_mutants // max(1, int(batch_size))) * (n_nodes + 4)
     naive = n_mutants * (plan.full_macs * cost["mac"] + plan.full_values * cost["naive_number"]) \
@@ -306,11 +328,17 @@ def estimated_seconds(plan, n_mutants, n_chunks, n_dense_groups, batch_size, dev
     return fast, naive
 
 
-def _params_signature(model):
-    """Changes when a parameter or buffer is replaced, moved or modified in place."""
+def _state_signature(model, modules=None):
+    """Changes when a module's mode changes or a parameter or buffer is replaced, moved or
+    modified in place (one walk over the modules; ``modules``: ``list(model.modules())`` when the
+    caller has it)."""
     sig = []
-    for t in list(model.parameters()) + list(model.buffers()):
-        sig.append((t.data_ptr(), t._version, str(t.device), t.dtype))
+    for m in model.modules() if modules is None else modules:
+        sig.append(m.training)
+        for tensors in (m._parameters, m._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    sig.append((t.data_ptr(), t._version, t.device, t.dtype))
     return tuple(sig)
 
 
@@ -400,6 +428,7 @@ class _Analyser:
         _prune(self.graph, dict(model.named_modules()))
         self.modules = dict(model.named_modules())
         self.locals, self.node_local, self.dense, self.replay, self.static = [], {}, [], [], {}
+        self.reductions = []
         self.depends = set()                    # nodes that depend on the input
 
     def new_local(self, n, op, src, c, length, **kw):
@@ -437,7 +466,8 @@ class _Analyser:
                 self.static[n] = self.values[n]
                 continue
             self.depends.add(n)
-            if not self.try_local(n) and not any(d.node is n for d in self.dense):
+            if not self.try_local(n) and not any(d.node is n for d in self.dense) \
+                    and not any(r.node is n for r in self.reductions):
                 self.replay.append(n)
         if output is None or not isinstance(output.args[0], fx.Node):
             raise Unsupported("forward does not return one tensor")
@@ -446,7 +476,7 @@ class _Analyser:
             raise Unsupported(f"forward returns {_describe(value)}, not one [batch, ...] tensor")
         self.output = output.args[0]
         # a local activation read by a layer run in full is the frontier of the local part
-        if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense:
+        if not any(loc.op in ("conv", "pool") for loc in self.locals) and not self.dense and not self.reductions:
             first = self.replay[0].name if self.replay else "the output"
             raise Unsupported(f"no position-local layer before {first}")
         return self.finish()
@@ -505,6 +535,8 @@ class _Analyser:
             return False
         if n.op not in ("call_function", "call_method"):
             return False
+        if len(loc_ins) == 1 and self.reduction(n, src, loc_ins[0], value):
+            return False                      # its output is computed from the change's sum
         target = n.target
         name = target if n.op == "call_method" else getattr(target, "__name__", str(target))
         fn = getattr(torch.Tensor, target, None) if n.op == "call_method" else target
@@ -552,6 +584,27 @@ class _Analyser:
             return self.pointwise(n, src, self.bound(fn, n, loc_ins[0], four_d),
                                   relu=target in (torch.relu, F.relu, "relu") and len(n.args) == 1 and not n.kwargs)
         return False
+
+    def reduction(self, n, src, cur, value):
+        """``x.mean(-1)`` / ``x.sum(-1)`` (``torch.mean``, ``torch.sum``; ``dim`` -1 or 2, with or
+        without keepdim) of a ``[1, C, l]`` local activation: a ``_Reduce``."""
+        kind = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+        if kind not in ("mean", "sum") or (n.op == "call_function" and n.target not in (torch.mean, torch.sum)):
+            return False
+        if src.flat or src.hw or len(src.shape) != 3 or not n.args or n.args[0] is not cur:
+            return False
+        if set(n.kwargs) - {"dim", "keepdim"} or len(n.args) > 3:
+            return False
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        if isinstance(dim, (list, tuple)) and len(dim) == 1:
+            dim = dim[0]
+        want = (1, src.c, 1) if keepdim else (1, src.c)
+        if dim not in (-1, 2) or not isinstance(keepdim, bool) or tuple(value.shape) != want \
+                or value.dtype != self.values[cur].dtype:
+            return False
+        self.reductions.append(_Reduce(n, src.id, kind, src.length))
+        return True
 
     def bound(self, fn, n, cur, four_d):
         static = self.static
@@ -738,6 +791,8 @@ class _Analyser:
                     frontier.add(self.node_local[a])
         for d in self.dense:
             frontier.add(d.src)
+        for r in self.reductions:
+            frontier.add(r.src)
         if self.output in self.node_local:
             frontier.add(self.node_local[self.output])
         for loc in locs:
@@ -778,6 +833,7 @@ class _Analyser:
         plan = Plan(L, self.graph, self.modules, locs, self.node_local, self.dense, self.replay, self.static,
                     self.output, reads, live)
         plan.order_src = self.dense[0].src if self.dense else None
+        plan.reductions = self.reductions
         plan.full_macs = _full_macs(self.graph, self.modules, self.values)
         plan.full_values = sum(v.numel() for n, v in self.values.items()
                                if n in self.depends and isinstance(v, torch.Tensor))
@@ -871,10 +927,11 @@ _REPORTED = weakref.WeakKeyDictionary()
 TABLE_ENTRIES = 1 << 20   # index tables [L, width] kept per plan up to this size (fewer ops per chunk)
 
 
-def get_plan(model, length):
+def get_plan(model, length, state=None):
     """The cached ``Plan`` of ``model`` for windows of ``length`` (tables and derived weights on
-    the model's device), or the reason string why it cannot be analysed."""
-    sig = _params_signature(model) + tuple(m.training for m in model.modules())
+    the model's device), or the reason string why it cannot be analysed. ``state``: the model's
+    ``_state_signature`` when the caller has just computed it."""
+    sig = _state_signature(model) if state is None else state
     per_model = _PLANS.setdefault(model, {})
     entry = per_model.get(length)
     if entry is not None and entry[0] == sig:
@@ -902,6 +959,12 @@ def get_plan(model, length):
                 plan.tables.append(tab)
                 if loc.op == "conv":
                     plan.weights[loc.id] = _conv_operand(loc.fn().detach(), loc.groups, loc.delta)
+                    if loc.delta and loc.groups == 1 and loc.d == 1 and plan.locals[loc.src[0]].width == 1:
+                        # a change one position wide: its transposed convolution is one GEMM with
+                        # the taps in reverse order ([C, k C'], output position j takes tap k - 1 - j)
+                        w = plan.weights[loc.id]
+                        plan.weights[("reversed", loc.id)] = w.view(w.shape[0], loc.k, -1).flip(1).reshape(
+                            w.shape[0], -1).contiguous()
             for _, starts, width, _, margins in plan.reads:
                 plan.read_starts.append(torch.as_tensor(starts + margins[0], device=dev))
                 rows = (starts + margins[0])[:, None] + np.arange(width)
@@ -949,7 +1012,12 @@ def analysable(model, length):
 
 def _call(plan, node, env):
     """Run one graph node on the values in ``env`` (a module that works in place gets a copy)."""
-    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
+    if not node.kwargs and not any(isinstance(a, (tuple, list, dict, slice)) for a in node.args):
+        # flat arguments (most nodes): no map_arg
+        args = tuple(env[a] if isinstance(a, fx.Node) else a for a in node.args)
+        kwargs = {}
+    else:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: env[n])
     if node.op == "call_module":
         m = plan.modules[node.target]
         if getattr(m, "inplace", False) and args and isinstance(args[0], torch.Tensor):
@@ -1085,15 +1153,24 @@ class _Change:
         return self.delta
 
 
-def _cached_window(plan, onehot):
+def _cached_window(plan, onehot, reference, model):
     """``_window_cache`` of ``onehot``, reused while the same window comes again (a caller that
     splits one window's substitutions over several calls, as tangermeme's fast path reuses an
-    example's activations): the plan keeps its last window (a copy) and that window's state."""
+    example's activations): the plan keeps its last window (a copy) and that window's state.
+    A new window's plan output is checked against the model's ``reference``: where they differ
+    the model is marked not analysable (logged) and ``(None, None, None)`` returned."""
     last = plan.window
     if last is not None and last[0].shape == onehot.shape and last[0].dtype == onehot.dtype \
             and last[0].device == onehot.device and torch.equal(last[0], onehot):
         return last[1]
     state = _window_cache(plan, onehot)
+    ref_out = state[0][plan.output][0]
+    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
+                                                              equal_nan=True):
+        reason = "its captured graph does not reproduce the model's output"
+        _PLANS[model][plan.length] = (plan.signature, reason)
+        _report(model, reason)
+        return None, None, None
     plan.window = (onehot.clone(), state)
     return state
 
@@ -1107,6 +1184,8 @@ def _window_cache(plan, onehot):
     for node, i in plan.node_local.items():
         if i not in acts and i in needed:
             acts[i] = env[node].reshape(plan.locals[i].c, plan.locals[i].length).T.contiguous()   # [l, C]
+        if plan.locals[i].keep and ("cm", i) not in acts:                                          # [C, l]
+            acts[("cm", i)] = env[node].reshape(plan.locals[i].c, plan.locals[i].length)
     padded = []
     for src, _, _, pad_value, margins in plan.reads:
         a = acts[src]
@@ -1136,7 +1215,7 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
     """The ``_Change`` of one local activation from its sources' (``changes``)."""
     op = loc.op
     if op == "input":             # [N, 1, 4]: e_alt - reference column, rows of the window's table
-        return _Change(padded[-1].index_select(0, pos * 4 + alts).unsqueeze(1))
+        return _Change(padded[-1].index_select(0, alts.add(pos, alpha=4)).unsqueeze(1))
     src = changes[loc.src[0]]
     if op == "alias":
         return src
@@ -1155,7 +1234,10 @@ def _local_change(plan, loc, tab, changes, padded, onehot, pos, pos_np, alts):
         else:
             ref, new = loc.fn(ref), loc.fn(new)
         return _Change(None, ref, new)
-    if op == "conv" and loc.delta:
+    if op == "conv" and loc.delta and ("reversed", loc.id) in plan.weights:
+        d = src.get()
+        delta = (d.reshape(d.shape[0], d.shape[2]) @ plan.weights[("reversed", loc.id)]).view(d.shape[0], loc.k, -1)
+    elif op == "conv" and loc.delta:
         delta = _transposed_conv(src.get(), plan.weights[loc.id], loc)
     elif op == "conv":
         delta = _direct_conv(_rel_shift(loc, 0, src.get(), tab, pos, pos_np), plan.weights[loc.id], loc)
@@ -1231,22 +1313,46 @@ def _free(plan, changes, loc):
             changes[s].get(last=True)
 
 
-def _spliced(plan, loc, act, change, pos, n):
-    """The mutants' whole activation ``[N, *shape[1:]]``: the reference ``act [l, C]`` with each
-    mutant's changed window added in."""
+def _spliced(plan, loc, acts, change, chunk, out=None):
+    """The mutants' whole activation ``[N, C, l]`` (channel-major: the node's own layout): the
+    reference with each mutant's changed window added in, written into ``out`` when given. Small
+    chunks add the windows with one element-wise ``index_add_`` whose index the schedule's chunk
+    keeps; larger ones add them as rows of a position-major copy (index built per call)."""
     delta = change.get()
-    full = act.unsqueeze(0).repeat(n, 1, 1)
-    w = delta.shape[1]
-    if w == loc.length and not loc.st.any():
-        full += delta
-    else:
-        idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
-        outside = (idx < 0) | (idx >= loc.length)
-        if outside.any():
-            delta = delta.masked_fill(outside[:, :, None], 0.0)
-        rows = idx.clamp(0, loc.length - 1) + (torch.arange(n, device=pos.device) * loc.length)[:, None]
-        full.view(n * loc.length, loc.c).index_add_(0, rows.flatten(), delta.reshape(n * w, loc.c))
-    return full.transpose(1, 2).reshape((n,) + loc.shape[1:])
+    n, w = delta.shape[0], delta.shape[1]
+    c, length = loc.c, loc.length
+    if out is not None:               # the result rows: [N, C, l], [N, C, 1, l] or [N, C l], one layout
+        out = out.view(n, c, length)
+    if w == length and not loc.st[chunk.pos_np].any():
+        full = out if out is not None else delta.new_empty((n, c, length))
+        return torch.add(acts[("cm", loc.id)], delta.transpose(1, 2), out=full)
+    index = chunk.splice.get(loc.id)
+    if index is None and n * w * c <= TABLE_ENTRIES:
+        cols = loc.st[chunk.pos_np][:, None] + np.arange(w)
+        outside = (cols < 0) | (cols >= length)
+        flat = (np.arange(n)[:, None, None] * (c * length) + np.arange(c) * length
+                + np.clip(cols, 0, length - 1)[:, :, None])
+        index = chunk.splice[loc.id] = (torch.as_tensor(flat.reshape(-1), device=delta.device),
+                                        torch.as_tensor(outside, device=delta.device)[:, :, None]
+                                        if outside.any() else None)
+    if index is not None:
+        flat, outside = index
+        if outside is not None:
+            delta = delta.masked_fill(outside, 0.0)
+        full = out if out is not None else delta.new_empty((n, c, length))
+        full.copy_(acts[("cm", loc.id)].expand(n, c, length))
+        return full.view(-1).index_add_(0, flat, delta.reshape(-1)).view(n, c, length)
+    pos = chunk.pos
+    full = acts[loc.id].unsqueeze(0).repeat(n, 1, 1)
+    idx = plan.tables[loc.id]["st"][pos][:, None] + torch.arange(w, device=pos.device)
+    outside = (idx < 0) | (idx >= length)
+    if outside.any():
+        delta = delta.masked_fill(outside[:, :, None], 0.0)
+    rows = idx.clamp(0, length - 1) + (torch.arange(n, device=pos.device) * length)[:, None]
+    full.view(n * length, c).index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+    if out is None:
+        return full.transpose(1, 2)
+    return out.copy_(full.transpose(1, 2))
 
 
 def _dense_whole(n, w, src, hidden, groups, device):
@@ -1262,23 +1368,59 @@ def _dense_whole(n, w, src, hidden, groups, device):
     return extra < ops * cost["op"]
 
 
-def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
-    """First dense layer's pre-activation ``[N, H]`` of the mutants: one GEMM per run of mutants
-    whose windows start within DENSE_SPAN positions (their union window, zero-filled), or one
-    GEMM over the whole activation when that is expected to be faster (``_dense_whole``)."""
+def _dense_way(dense, src, starts, device):
+    """How one chunk's first-dense-layer update runs (window-independent: a function of the
+    mutants' window ``starts`` only, built once per schedule): ``("gathered", W)``: each mutant's
+    own weight columns ``W [N, w C, H]`` (zero where its window hangs over the activation), one
+    batched GEMM, when they are few (``GATHERED_ENTRIES``); ``("whole", rows, outside)``: the
+    changes scattered into the whole flattened activation, one GEMM (``_dense_whole``);
+    ``("groups", groups)``: one GEMM per group of window starts (``_dense_groups``)."""
+    n = len(starts)
+    c, w, p = src.c, src.width, src.length
+    hidden = dense.weight_pm.shape[0]
+    cols = starts[:, None] + np.arange(w)
+    outside = (cols < 0) | (cols >= p)
+    if n * w * c * hidden <= GATHERED_ENTRIES:
+        idx = (np.clip(cols, 0, p - 1)[:, :, None] * c + np.arange(c)).reshape(-1)
+        gathered = dense.weight_pm.T.index_select(0, torch.as_tensor(idx, device=device))
+        if outside.any():
+            gathered[torch.as_tensor(np.repeat(outside.reshape(-1), c), device=device)] = 0.0
+        return ("gathered", gathered.view(n, w * c, hidden))
+    groups = _dense_groups(starts)
+    if _dense_whole(n, w, src, hidden, groups, device):
+        rows = np.clip(cols, 0, p - 1) + (np.arange(n) * p)[:, None]
+        mask = torch.as_tensor(outside, device=device)[:, :, None] if outside.any() else None
+        return ("whole", torch.as_tensor(rows.reshape(-1), device=device), mask)
+    return ("groups", groups)
+
+
+def _dense_update(dense, src, delta, ref_pre, way, out=None):
+    """First dense layer's pre-activation ``[N, H]`` of the mutants, the way ``_dense_way`` chose:
+    their own weight columns times their changes (one batched GEMM), one GEMM over the whole
+    activation, or one GEMM per run of mutants whose windows start within DENSE_SPAN positions
+    (their union window, zero-filled). Written into ``out`` when given."""
+    n = delta.shape[0]
+    c, w = src.c, delta.shape[1]
+    if way[0] == "gathered":
+        h = torch.bmm(delta.reshape(n, 1, w * c), way[1], out=None if out is None else out.view(n, 1, -1))
+        return h.view(n, -1).add_(ref_pre)
+    hidden = _dense_other(dense, src, delta, ref_pre, way)
+    return hidden if out is None else out.view(n, -1).copy_(hidden)
+
+
+def _dense_other(dense, src, delta, ref_pre, way):
+    """``_dense_update`` of the ways ``whole`` and ``groups``."""
     n = delta.shape[0]
     c, w, p = src.c, delta.shape[1], src.length
-    groups = _dense_groups(starts)
-    if _dense_whole(n, w, src, dense.weight_pm.shape[0], groups, delta.device):
+    if way[0] == "whole":
+        _, rows, outside = way
+        if outside is not None:
+            delta = delta.masked_fill(outside, 0.0)
         x = delta.new_zeros(n * p, c)
-        idx = tab["st"][pos][:, None] + torch.arange(w, device=pos.device)
-        if (starts < 0).any() or (starts + w > p).any():
-            delta = delta.masked_fill(((idx < 0) | (idx >= p))[:, :, None], 0.0)
-        rows = idx.clamp(0, p - 1) + (torch.arange(n, device=pos.device) * p)[:, None]
-        x.index_add_(0, rows.flatten(), delta.reshape(n * w, c))
+        x.index_add_(0, rows, delta.reshape(n * w, c))
         return torch.addmm(ref_pre, x.view(n, p * c), dense.weight_pm.T)
     hidden = torch.empty(n, dense.weight_pm.shape[0], device=delta.device, dtype=delta.dtype)
-    for r0, r1, runs in groups:
+    for r0, r1, runs in way[1]:
         a, b = max(runs[0][2], 0), min(runs[-1][2] + w, p)       # union of the windows, clipped
         if b <= a:
             hidden[r0:r1] = ref_pre
@@ -1297,16 +1439,26 @@ def _dense_update(dense, src, delta, ref_pre, starts, tab, pos):
     return hidden
 
 
-def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
-    """Outputs ``[N, F]`` of the mutants putting base ``alts`` at positions ``pos`` (sorted;
-    ``pos_np`` the same on the host)."""
+def _run_chunk(plan, env, acts, padded, onehot, chunk, alts, out=None):
+    """Outputs ``[N, F]`` of the mutants of one ``_Chunk`` of the schedule putting base ``alts``
+    at its positions; an output that is a local activation or a first dense layer is written
+    into ``out`` when given."""
+    pos, pos_np = chunk.pos, chunk.pos_np
     n = pos.shape[0]
     changes = _run_locals(plan, padded, onehot, pos, pos_np, alts)
     values = dict(plan.static)
-    for d in plan.dense:
-        src = plan.locals[d.src]
-        delta = changes[d.src].get()
-        values[d.node] = _dense_update(d, src, delta, env[d.node][0], src.st[pos_np], plan.tables[d.src], pos)
+    for d, way in zip(plan.dense, chunk.dense):
+        dest = out if d.node is plan.output else None
+        ref_pre = acts.get(("pre", d.node))
+        if ref_pre is None:           # the window's own pre-activation [H], kept with its activations
+            ref_pre = acts[("pre", d.node)] = env[d.node][0]
+        values[d.node] = _dense_update(d, plan.locals[d.src], changes[d.src].get(), ref_pre, way, dest)
+    for r in plan.reductions:         # the reference's sum or mean plus the change window's
+        ref = env[r.node]
+        total = changes[r.src].get().sum(1)
+        if r.kind == "mean":
+            total = total.div_(r.length)
+        values[r.node] = total.add_(ref.reshape(1, -1)).view((n,) + tuple(ref.shape[1:]))
     spliced = {}
 
     def value(node):
@@ -1314,19 +1466,40 @@ def _run_chunk(plan, env, acts, padded, onehot, pos, pos_np, alts):
             return values[node]
         i = plan.node_local[node]
         if i not in spliced:
-            loc = plan.locals[i]
-            spliced[i] = _spliced(plan, loc, acts[i], changes[i], pos, n)
+            dest = out if node is plan.output else None
+            spliced[i] = _spliced(plan, plan.locals[i], acts, changes[i], chunk, dest)
         return spliced[i].reshape((n,) + tuple(env[node].shape[1:]))
 
-    for node in plan.replay:
+    steps = plan.steps
+    if steps is None:
+        steps = plan.steps = _replay_steps(plan, env)
+    for node, size, inputs in steps:
         if node in values:
             continue
-        if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
-            values[node] = n if node.args[1:] == (0,) else (n,) + tuple(env[node.args[0]].shape[1:])
-            continue
-        local_env = {a: value(a) for a in _node_inputs(node)}
-        values[node] = _call(plan, node, local_env)
+        if size is not None:          # a local activation's size: the chunk's batch, else the reference's
+            values[node] = n if size == () else (n,) + size
+        elif inputs is None:          # a function of flat positional arguments
+            values[node] = node.target(*[value(a) if isinstance(a, fx.Node) else a for a in node.args])
+        else:
+            values[node] = _call(plan, node, {a: value(a) for a in inputs})
     return value(plan.output)
+
+
+def _replay_steps(plan, env):
+    """``(node, size, inputs)`` of each replayed node, built once per plan: ``size`` (for a
+    ``size`` call on a local activation) ``()`` when it asks for the batch dimension, else the
+    activation's shape after it; ``None`` for any other node, which runs on ``inputs``, or
+    (``inputs`` ``None`` too) a function called on its flat positional arguments."""
+    steps = []
+    for node in plan.replay:
+        if node.op == "call_method" and node.target == "size" and node.args[0] in plan.node_local:
+            steps.append((node, () if node.args[1:] == (0,) else tuple(env[node.args[0]].shape[1:]), None))
+        elif node.op == "call_function" and not node.kwargs and \
+                not any(isinstance(a, (tuple, list, dict, slice)) for a in node.args):
+            steps.append((node, None, None))
+        else:
+            steps.append((node, None, _node_inputs(node)))
+    return steps
 
 
 DENSE_SPAN = 4   # window starts merged into one dense GEMM (more rows; a little more width)
@@ -1375,9 +1548,62 @@ def _chunks(starts, batch_size):
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-@torch.no_grad()
+GATHERED_ENTRIES = 1 << 21   # a chunk's dense-layer weight columns gathered per mutant up to this size
+SCHEDULES = 8                # schedules kept per plan (the last ones used)
+
+
+@dataclass
+class _Chunk:
+    """One chunk of a schedule: rows ``a:b`` of the sorted mutants, their positions (device and
+    host) and how each first dense layer updates (``_dense_way``)."""
+    a: int
+    b: int
+    pos: torch.Tensor
+    pos_np: np.ndarray
+    dense: list
+    splice: dict = field(default_factory=dict)    # local id -> _spliced's index of this chunk
+
+
+@dataclass
+class _Schedule:
+    """What a call does with a set of substituted positions, built once and kept by the plan
+    (``SCHEDULES``): it depends on the positions only (sorted, identity and unreachable ones
+    left out), not on the window or the bases, so every window of a run with the same offsets
+    reuses it. ``naive``: the cost model's reason to run naive ISM (empty: incremental)."""
+    naive: str
+    chunks: list
+
+
+def _schedule(plan, pos_np, batch_size, choose, dtype, device):
+    """The plan's ``_Schedule`` of the sorted positions ``pos_np`` (cached)."""
+    key = (pos_np.tobytes(), int(batch_size), bool(choose), dtype, str(device))
+    found = plan.schedules.get(key)
+    if found is not None:
+        return found
+    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
+    bounds = _chunks(starts, chunk_size(plan, batch_size, dtype, device))
+    naive = ""
+    chunks = []
+    for a, b in bounds:
+        ways = [_dense_way(d, plan.locals[d.src], plan.locals[d.src].st[pos_np[a:b]], device)
+                for d in plan.dense]
+        chunks.append(_Chunk(a, b, torch.from_numpy(pos_np[a:b]).to(device), pos_np[a:b], ways))
+    if choose and len(pos_np):
+        groups = sum(len(w[1]) if w[0] == "groups" else 1 for c in chunks for w in c.dense)
+        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, device)
+        if naive_s < fast_s:
+            naive = f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive " \
+                    f"for {len(pos_np)} substitutions of this {plan.length} bp window"
+            chunks = []
+    schedule = _Schedule(naive, chunks)
+    if len(plan.schedules) >= SCHEDULES:
+        plan.schedules.pop(next(iter(plan.schedules)))
+    plan.schedules[key] = schedule
+    return schedule
+
+
 def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, batch_size=256, choose=True,
-                                  identity=None):
+                                  identity=None, state=None, host=None):
     """Outputs ``[M, F]`` of the model on each substitution of ``onehot [4, L]``, by incremental
     computation; ``None`` when the model cannot be analysed, or (``choose``) when the cost model
     (``estimated_seconds``) expects naive ISM to be faster on these substitutions (the caller
@@ -1387,75 +1613,116 @@ def fast_substitution_predictions(model, onehot, offsets, alts, reference=None, 
     plan's reference must match it, else the model counts as not analysable. Identity
     substitutions get exactly ``reference`` (``identity``: their ``[M]`` bool mask when the caller
     has it). ``batch_size``: the most mutants per chunk (fewer when their activations would
-    outgrow ``CHUNK_BYTES``, see ``chunk_size``).
+    outgrow ``CHUNK_BYTES``, see ``chunk_size``). ``state``: the model's ``_state_signature`` when
+    the caller has just computed it; ``host``: ``offsets`` and ``alts`` as int64 numpy arrays when
+    it has them.
     """
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return fast_substitution_predictions(model, onehot, offsets, alts, reference, batch_size, choose,
+                                                 identity, state, host)
     length = onehot.shape[-1]
-    plan = get_plan(model, length)
+    plan = get_plan(model, length, state)
     if reference is None:
         reference = model(onehot.unsqueeze(0))[0]
     if not isinstance(plan, Plan):
         _report(model, plan)
         return None
     m = offsets.shape[0]
-    out = reference.new_empty((m,) + tuple(reference.shape))
     if m == 0:
-        return out
-    # the bookkeeping on the host (views of CPU tensors, no torch operations): identity
-    # substitutions (the column already is that base) and substitutions whose change cannot reach
-    # the output get exactly the reference; the others run sorted by position
-    off_np = offsets.cpu().numpy().astype(np.int64, copy=False)
-    alt_np = alts.cpu().numpy().astype(np.int64, copy=False)
+        return reference.new_empty((m,) + tuple(reference.shape))
+    # the bookkeeping on the host (views of CPU tensors), built once per set of substitutions
+    off_np, alt_np = host if host is not None else (offsets.cpu().numpy(), alts.cpu().numpy())
+    off_np, alt_np = off_np.astype(np.int64, copy=False), alt_np.astype(np.int64, copy=False)
     if identity is None:
         identity = identity_np(onehot, off_np, alt_np)
     else:
         identity = np.asarray(identity.cpu() if isinstance(identity, torch.Tensor) else identity, dtype=bool)
-    todo = np.flatnonzero(~identity & plan.live[off_np])
-    order_np = todo[np.argsort(off_np[todo], kind="stable")]
-    pos_np = off_np[order_np]
-    starts = plan.locals[plan.order_src].st[pos_np] if plan.order_src is not None else pos_np
-    chunks = _chunks(starts, chunk_size(plan, batch_size, onehot.dtype, onehot.device))
-    if choose and len(pos_np):
-        groups = 0
-        for d in plan.dense:
-            src = plan.locals[d.src]
-            for a, b in chunks:
-                g = _dense_groups(starts[a:b])
-                groups += 1 if _dense_whole(b - a, src.width, src, d.weight_pm.shape[0], g, onehot.device) else len(g)
-        fast_s, naive_s = estimated_seconds(plan, len(pos_np), len(chunks), groups, batch_size, onehot.device)
-        if naive_s < fast_s:
-            _report(model, f"the cost model expects {fast_s * 1e3:.2g} ms incremental, {naive_s * 1e3:.2g} ms naive "
-                    f"for {len(pos_np)} substitutions of this {length} bp window", "is faster with naive ISM")
-            return None
-    env, acts, padded = _cached_window(plan, onehot)
-    ref_out = env[plan.output][0]
-    if ref_out.shape != reference.shape or not torch.allclose(ref_out, reference, rtol=1e-4, atol=1e-5,
-                                                              equal_nan=True):
-        reason = "its captured graph does not reproduce the model's output"
-        _PLANS[model][length] = (plan.signature, reason)
-        _report(model, reason)
+    call = _call_plan(plan, off_np, alt_np, identity, batch_size, choose, onehot, offsets.device)
+    schedule = call.schedule
+    if schedule.naive:
+        _report(model, schedule.naive, "is faster with naive ISM")
         return None
-    if len(order_np) < m:
-        rest = np.ones(m, dtype=bool)
-        rest[order_np] = False
-        out[torch.from_numpy(np.flatnonzero(rest)).to(out.device)] = reference
-    if not len(order_np):
+    env, acts, padded = _cached_window(plan, onehot, reference, model)
+    if env is None:
+        return None
+    out = reference.new_empty((m,) + tuple(reference.shape))
+    if call.kept is not None:
+        out[call.kept] = reference
+    if call.order is False:
         return out
-    device = offsets.device
-    order = torch.from_numpy(order_np).to(device)
-    pos = torch.from_numpy(pos_np).to(device)
-    alt_sorted = torch.from_numpy(alt_np[order_np]).to(device)
-    for a, b in chunks:
-        out.index_copy_(0, order[a:b], _run_chunk(plan, env, acts, padded, onehot, pos[a:b], pos_np[a:b],
-                                                  alt_sorted[a:b]).to(out.dtype))
+    alt_sorted = alts if call.alts is None else call.alts
+    direct = call.whole and out.is_contiguous() and call.direct
+    for chunk in schedule.chunks:
+        y = _run_chunk(plan, env, acts, padded, onehot, chunk, alt_sorted[chunk.a:chunk.b], out if direct else None)
+        if direct:
+            continue
+        if call.whole:
+            out.copy_(y.reshape(out.shape))
+        else:
+            out.index_copy_(0, call.order[chunk.a:chunk.b], y.to(out.dtype))
     return out
+
+
+@dataclass
+class _CallPlan:
+    """The bookkeeping of one set of substitutions (``_call_plan``): the ``_Schedule``, the rows
+    that get the reference (``kept``, a bool tensor, or ``None``), the rows' order (``order``: an
+    index tensor, ``None`` when they are in order, ``False`` when no row runs), the sorted bases
+    (``alts``; ``None``: the caller's, already in order), whether the rows are in order in one
+    chunk (``whole``) and whether the output is written straight into the result (``direct``)."""
+    schedule: object
+    kept: object
+    order: object
+    alts: object
+    whole: bool
+    direct: bool
+
+
+CALL_PLANS = 16              # _call_plan's entries kept per plan (the last ones used)
+
+
+def _call_plan(plan, off_np, alt_np, identity, batch_size, choose, onehot, device):
+    """The plan's ``_CallPlan`` of these substitutions, built on the host once per set of offsets,
+    bases and identity rows (cached on the plan by their bytes: a caller that runs the same
+    substitutions of many windows, or of one window again, skips this bookkeeping). Identity
+    substitutions (the column already is that base) and substitutions whose change cannot reach
+    the output get exactly the reference; the others run sorted by position, as the plan's
+    schedule of those positions says."""
+    key = (off_np.tobytes(), alt_np.tobytes(), identity.tobytes(), int(batch_size), bool(choose), onehot.dtype,
+           str(onehot.device), str(device))
+    found = plan.calls.get(key)
+    if found is not None:
+        return found
+    if plan.live_all is None:
+        plan.live_all = bool(plan.live.all())
+    todo = ~identity if plan.live_all else ~identity & plan.live[off_np]
+    every = bool(todo.all())
+    order_np = np.arange(len(off_np)) if every else np.flatnonzero(todo)
+    pos_np = off_np if every else off_np[order_np]
+    in_order = not (pos_np[1:] < pos_np[:-1]).any()
+    if not in_order:
+        by_pos = np.argsort(pos_np, kind="stable")
+        order_np, pos_np = order_np[by_pos], pos_np[by_pos]
+    schedule = _schedule(plan, pos_np, batch_size, choose, onehot.dtype, onehot.device)
+    whole = every and in_order and len(schedule.chunks) == 1     # rows already in order
+    order = False if not len(order_np) else None if whole else torch.from_numpy(order_np).to(device)
+    call = _CallPlan(schedule, None if every else torch.from_numpy(~todo).to(device), order,
+                     None if every and in_order else torch.from_numpy(alt_np[order_np]).to(device), whole,
+                     plan.output in plan.node_local or any(d.node is plan.output for d in plan.dense))
+    if len(plan.calls) >= CALL_PLANS:
+        plan.calls.pop(next(iter(plan.calls)))
+    plan.calls[key] = call
+    return call
 
 
 def identity_np(onehot, offsets, alts):
     """``[M]`` bool numpy array: substitution ``i`` puts the base the window already has at
     ``offsets[i]`` (numpy ints; an N or multi-hot column has none)."""
-    x = onehot.detach().cpu()
+    x = onehot if onehot.device.type == "cpu" and not onehot.requires_grad else onehot.detach().cpu()
     x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
-    return (x[:, offsets] == np.eye(4, dtype=x.dtype)[:, alts]).all(0)
+    hot = (x != 0).sum(0) == 1               # [L]: one non-zero base; identity if it is alts[i] and 1
+    return hot[offsets] & (x[alts, offsets] == 1)
 
 
 def _report(model, reason, what="cannot be analysed"):

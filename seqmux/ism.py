@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .capture import model_name, trace
+from .fast_ism import _state_signature, fast_substitution_predictions, identity_np
 from .encoding import one_hot
 from .errors import InputError
 from .outputs import atomic_path
@@ -210,10 +211,13 @@ def output_key(raw, output=None):
     tensor, an index into a tuple or list (``output``: an index, or a field name of a named
     tuple), a key of a dict (``output``: a key, or an index into its keys in order). A result
     with one element needs no ``output``. ``OutputSelectionError`` naming the choices otherwise."""
+    if isinstance(raw, torch.Tensor) and output is None:
+        return None
+    if isinstance(raw, (tuple, list)) and isinstance(output, int) and not isinstance(output, bool) \
+            and -len(raw) <= output < len(raw) and isinstance(raw[output], torch.Tensor):
+        return output % len(raw)           # the common case, without describing the outputs
     what = describe_outputs(raw)
     if isinstance(raw, torch.Tensor):
-        if output is None:
-            return None
         raise OutputSelectionError(f"output={output!r}, but the model returns {what}: leave output unset")
     if isinstance(raw, dict):
         keys = list(raw)
@@ -326,28 +330,45 @@ def bind(model, args=(), kwargs=None, key=None):
     return bound
 
 
-def model_dtype_device(model, fallback=None):
+def model_dtype_device(model, fallback=None, modules=None):
     """``(dtype, device)`` of a model's first floating-point parameter or buffer; for a model
-    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU)."""
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype, t.device
+    without one, those of ``fallback`` (float32 unless it is floating-point; the CPU).
+    ``modules``: ``list(model.modules())`` when the caller has it."""
+    modules = list(model.modules()) if modules is None else modules
+    for kind in ("_parameters", "_buffers"):
+        for m in modules:
+            for t in getattr(m, kind).values():
+                if t is not None and t.is_floating_point():
+                    return t.dtype, t.device
     if isinstance(fallback, torch.Tensor):
         return (fallback.dtype if fallback.is_floating_point() else torch.float32), fallback.device
     return torch.float32, torch.device("cpu")
 
 
+def _to_eval(model, modules=None):
+    """Put ``model`` in eval mode; its modules' own modes, for ``_restore_modes``."""
+    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
+    if any(training for _, training in modes):
+        model.eval()
+    return modes
+
+
+def _restore_modes(modes):
+    for m, training in modes:
+        if m.training != training:
+            m.training = training
+
+
 @contextlib.contextmanager
-def eval_mode(model):
+def eval_mode(model, modules=None):
     """``model`` in eval mode inside the block (no dropout, batch norm on its running statistics);
-    every module's own mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    every module's own mode restored afterwards. ``modules``: ``list(model.modules())`` when the
+    caller has it."""
+    modes = _to_eval(model, modules)
     try:
         yield model
     finally:
-        for m, training in modes:
-            m.training = training
+        _restore_modes(modes)
 
 
 def checked_substitutions(offsets, alts, length, device):
@@ -364,8 +385,11 @@ def checked_substitutions(offsets, alts, length, device):
     if not off.numel():
         return off, alt
     # one bounds check of both (on the host: numpy views of CPU tensors, no torch operations)
-    o, a = (off.numpy(), alt.numpy()) if off.device.type == "cpu" else (off, alt)
-    if not (o.min() >= 0 and o.max() < length and a.min() >= 0 and a.max() < 4):
+    if off.device.type == "cpu":      # viewed as unsigned, a negative value is larger than any bound
+        ok = off.numpy().view(np.uint64).max() < length and alt.numpy().view(np.uint64).max() < 4
+    else:
+        ok = bool(((off >= 0) & (off < length)).all() and ((alt >= 0) & (alt < 4)).all())
+    if not ok:
         for name, t, top, what in (("offset", off, length,
                                     f"outside the window of {length} positions (0..{length - 1})"),
                                    ("alt", alt, 4, "not a base index (0..3: A, G, C, T)")):
@@ -374,6 +398,45 @@ def checked_substitutions(offsets, alts, length, device):
                 i = int(bad.nonzero()[0, 0])
                 raise ValueError(f"{name} {int(t[i])} (substitution {i}) is {what}")
     return off, alt
+
+
+_CHECKED = {}          # _substitutions' cache: (substitutions, window) bytes -> (offsets, alts, host, identity)
+CHECKED_ENTRIES = 16   # the last ones used
+CHECKED_BYTES = 1 << 16   # the most bytes of offsets, bases and window one key holds (small calls)
+
+
+def _host_bytes(value):
+    """A CPU tensor's or numpy array's ``(dtype, shape, bytes)``; ``None`` for anything else, or
+    when larger than ``CHECKED_BYTES`` (a list, a tensor on another device or with a gradient)."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu" or value.requires_grad or value.nbytes > CHECKED_BYTES:
+            return None
+        value = value.numpy()
+    elif not isinstance(value, np.ndarray) or value.nbytes > CHECKED_BYTES:
+        return None
+    return value.dtype.str, value.shape, value.tobytes()
+
+
+def _substitutions(offsets, alts, x):
+    """``(offsets, alts, host, identity)``: ``checked_substitutions`` of the window ``x [4, L]``,
+    their int64 numpy copies ``host`` and the identity rows (``identity_np``). Small calls with
+    host inputs (``_host_bytes``) keep the result by the bytes of the offsets, bases and window,
+    so that the same substitutions of the same window (or of a window with the same bytes) are
+    checked once (the tensors kept are copies of their own)."""
+    keys = (_host_bytes(offsets), _host_bytes(alts), _host_bytes(x))
+    key = None if None in keys else keys + (str(x.device), x.dtype)
+    found = _CHECKED.get(key) if key is not None else None
+    if found is not None:
+        return found
+    off, alt = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+    host = (off.cpu().numpy(), alt.cpu().numpy())
+    result = (off, alt, host, identity_np(x, *host))
+    if key is not None:
+        result = (off.clone(), alt.clone(), (host[0].copy(), host[1].copy()), result[3])
+        if len(_CHECKED) >= CHECKED_ENTRIES:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = result
+    return result
 
 
 def _on_model(value, dtype, device):
@@ -386,26 +449,59 @@ def _on_model(value, dtype, device):
 
 @contextlib.contextmanager
 def prepared(model, onehot, args=(), kwargs=None, output=None):
-    """Inside the block, ``(net, x, ref)``: the model in eval mode narrowed to one input and one
-    output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device (so are
-    the tensors among ``args`` / ``kwargs``, ``_on_model``), and the model's output ``[F]`` (or
-    any shape) on it. Restores the model's mode afterwards."""
+    """Inside the block, ``(net, x, ref, state)``: the model in eval mode narrowed to one input
+    and one output (``bind``), the window ``onehot [4, L]`` cast to the model's dtype and device
+    (so are the tensors among ``args`` / ``kwargs``, ``_on_model``), the model's output ``[F]``
+    (or any shape) on it, and ``net``'s ``seqmux.fast_ism._state_signature`` (the plan's key).
+    Restores the model's mode afterwards."""
     onehot = torch.as_tensor(onehot)
     if onehot.dim() != 2 or onehot.shape[0] != 4:
         raise ValueError(f"onehot must be [4, L], got shape {list(onehot.shape)}")
     kwargs = dict(kwargs or {})
-    with eval_mode(model), torch.no_grad():
-        dtype, device = model_dtype_device(model, onehot)
+    modules = list(model.modules())
+    modes = _to_eval(model, modules)     # eval mode and no gradients, as eval_mode and no_grad do (inline:
+    grad = torch.is_grad_enabled()       # their context managers cost a small call a tenth of its time)
+    if grad:
+        torch.set_grad_enabled(False)
+    try:
+        dtype, device = model_dtype_device(model, onehot, modules)
         x = onehot.to(device, dtype)
         args = tuple(_on_model(a, dtype, device) for a in args)
         kwargs = {k: _on_model(v, dtype, device) for k, v in kwargs.items()}
-        raw = model(x.unsqueeze(0), *args, **kwargs)
-        key = output_key(raw, output)
-        ref = (raw if key is None else raw[key])[0]
-        yield bind(model, args, kwargs, key), x, ref
+        key, ref, state = _reference_output(model, x, args, kwargs, output, modules)
+        net = bind(model, args, kwargs, key)
+        if net is not model:   # a Bound: its own mode, then the model's modules (no tensors of its own)
+            state = (net.training,) + state
+        yield net, x, ref, state
+    finally:
+        if grad:
+            torch.set_grad_enabled(True)
+        _restore_modes(modes)
 
 
-@torch.no_grad()
+_REFERENCES = weakref.WeakKeyDictionary()   # model -> (state, window, output key, its output, arguments): the last
+
+
+def _reference_output(model, x, args, kwargs, output, modules=None):
+    """``(key, ref, state)``: the key of the selected output (``output_key``), the model's output
+    on the window ``x [4, L]`` (batch dimension dropped) and the model's ``_state_signature``.
+    The last window's output is kept per model and reused (a copy) while the same window comes
+    again with the same weights, buffers, modes and arguments (``seqmux.fast_ism`` keeps that
+    window's activations the same way)."""
+    state = _state_signature(model, modules)
+    call = (state, tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())),
+            _signature(output))
+    last = _REFERENCES.get(model)
+    if last is not None and last[0] == call and last[1].shape == x.shape and last[1].dtype == x.dtype \
+            and last[1].device == x.device and torch.equal(last[1], x):
+        return last[2], last[3].clone(), state
+    raw = model(x.unsqueeze(0), *args, **kwargs)
+    key = output_key(raw, output)
+    ref = (raw if key is None else raw[key])[0]
+    _REFERENCES[model] = (call, x.clone(), key, ref.clone(), args, kwargs)   # the arguments kept alive: their
+    return key, ref, state                                                   # ids stay theirs
+
+
 def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_size=256, *, args=(), kwargs=None,
                           output=None):
     """Reference outputs ``[F]`` and substitution outputs ``[M, F]`` for ``onehot [4, L]``.
@@ -422,23 +518,26 @@ def predict_substitutions(model, onehot, offsets, alts, method="naive", batch_si
     model returning a tuple or dict (``output_key``; ``OutputSelectionError`` naming the choices
     when it returns several and none is chosen). The window is cast to the model's dtype and
     device; the model runs in eval mode and gets its own mode back. Identity substitutions are
-    exactly the reference, on every path. Results are on the model's device.
+    exactly the reference, on every path. Results are on the model's device. No gradients (all
+    of it runs inside ``prepared``).
     """
-    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
-        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
-        return ref, _predict(net, x, offsets, alts, ref, method, batch_size)
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
+        offsets, alts, host, identity = _substitutions(offsets, alts, x)
+        return ref, _predict(net, x, offsets, alts, ref, method, batch_size, state, host, identity)
 
 
-def _predict(net, x, offsets, alts, ref, method, batch_size):
-    """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model."""
+def _predict(net, x, offsets, alts, ref, method, batch_size, state=None, host=None, identity=None):
+    """Substitution outputs ``[M, F]`` of a prepared (one input, one output, eval mode) model
+    (``state``: its ``_state_signature``, from ``prepared``; ``host``, ``identity``: from
+    ``_substitutions``)."""
     if method not in METHODS:
         raise ValueError(f"unknown ISM method {method!r} (one of {', '.join(METHODS)})")
-    from .fast_ism import fast_substitution_predictions, identity_np
-
-    identity = identity_np(x, offsets.cpu().numpy(), alts.cpu().numpy())
+    if host is None:
+        host = (offsets.cpu().numpy(), alts.cpu().numpy())
+        identity = identity_np(x, *host)
     if method in ("fast", "incremental"):
         alt = fast_substitution_predictions(net, x, offsets, alts, ref, batch_size, choose=method == "fast",
-                                            identity=identity)
+                                            identity=identity, state=state, host=host)
         if alt is not None:   # identity rows are the reference already
             return alt
     # naive, or not analysable (logged once): naive ISM gives the same values
@@ -462,12 +561,13 @@ def substitution_effects(model, onehot, offsets, alts, mode="logfold", method="f
     A model ending in a sigmoid runs without it (``logit_model``) and the effects come from its
     logits (``effect_of_logits``); any other model's outputs are taken as probabilities.
     """
-    with prepared(model, onehot, args, kwargs, output) as (net, x, ref):
-        offsets, alts = checked_substitutions(offsets, alts, x.shape[-1], x.device)
+    with prepared(model, onehot, args, kwargs, output) as (net, x, ref, state):
+        offsets, alts, host, identity = _substitutions(offsets, alts, x)
         head = logit_model(net, x.shape[-1])
         if head is not None:
             ref = head(x.unsqueeze(0))[0]
-        alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size)
+        alt = _predict(net if head is None else head, x, offsets, alts, ref, method, batch_size,
+                       state if head is None else None, host, identity)
     check_outputs(ref, mode, head is not None, "on the reference")
     check_outputs(alt, mode, head is not None, "on a substitution")
     with one_cpu_thread(alt.device):

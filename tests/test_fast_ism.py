@@ -16,7 +16,7 @@ from conftest import ROUNDING_FACTOR, float32_rounding
 from seqmux import fast_ism
 from seqmux.encoding import N_TOKEN, one_hot
 from seqmux.fast_ism import analysable, fast_substitution_predictions
-from seqmux.ism import logfold, predict_substitutions, substitution_effects
+from seqmux.ism import logfold, logit_model, predict_substitutions, substitution_effects
 from seqmux.models import BelugaFamily, Flatten, build_demo_model
 from seqmux.variants import substitutions
 
@@ -635,3 +635,48 @@ def test_sums_and_concatenations_of_local_branches():
     ok, detail = analysable(model, 80)
     assert ok and detail.count("cat[") == 2 and "add[" in detail and "dense 8x78->3 -> full: 1 " in detail, detail
     assert_exact(model, random_tokens(np.random.default_rng(63), 80), batch_size=60)
+
+
+@pytest.mark.parametrize("way", ["gathered", "whole", "groups"])
+def test_every_way_of_the_first_dense_layer_equals_naive_ism(way, monkeypatch):
+    """The first dense layer's three ways (each mutant's own weight columns in one batched GEMM,
+    one GEMM over the whole activation, one GEMM per group of window starts) give naive ISM's
+    answer to float32 rounding, and the schedule says which ran. Two windows with the same
+    substituted positions share one schedule."""
+    if way != "gathered":
+        monkeypatch.setattr(fast_ism, "GATHERED_ENTRIES", 0)
+        monkeypatch.setattr(fast_ism, "_dense_whole", lambda *args: way == "whole")
+    model = randomize(conv1d_toy(120), 6)
+    rng = np.random.default_rng(6)
+    tokens = [random_tokens(rng, 120, n_count=0) for _ in range(2)]
+    for t in tokens:
+        fast, naive = ism_both(model, t, batch_size=50)
+        assert (fast - naive).abs().max().item() <= tolerance(model, t)
+    plan = fast_ism.get_plan(logit_model(model, 120), 120)     # effects come from its logits
+    ways = {w[0] for schedule in plan.schedules.values() for chunk in schedule.chunks for w in chunk.dense}
+    assert ways == {way}
+    assert len(plan.schedules) == 1     # substitutions(tokens): three a position, the same positions
+
+
+class LengthReductions(nn.Module):
+    """Sums and means over the length axis of local activations (with and without keepdim, as a
+    method and as a function), then dense layers: ``_Reduce`` nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 5, padding=2)
+        self.conv2 = nn.Conv1d(6, 6, 3)
+        self.dense = nn.Linear(18, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        g = torch.tanh(self.conv2(h))
+        pooled = [h.sum(-1, keepdim=True).flatten(1), torch.mean(h, dim=2), g.mean(-1)]
+        return torch.sigmoid(self.dense(torch.cat(pooled, 1)))
+
+
+def test_sums_and_means_over_the_length_take_the_fast_path():
+    model = randomize(LengthReductions(), 8)
+    ok, detail = analysable(model, 90)
+    assert ok and detail.count("sum[") == 1 and detail.count("mean[") == 2, detail
+    assert_exact(model, random_tokens(np.random.default_rng(8), 90), batch_size=64)

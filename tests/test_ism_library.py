@@ -285,15 +285,20 @@ def test_count_outputs_names_the_heads_and_the_config_field(tmp_path):
 
 
 def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, caplog):
-    """On a model too small for incremental ISM to pay off (one dense layer on a 48 bp window),
-    ``fast`` runs naive ISM, says so once in the log, and gives naive ISM's answer."""
+    """On a model too small for incremental ISM to pay off (two convolutions, each with a max
+    pooling, on a 16 bp window: incremental ISM's small operations per layer outnumber naive ISM's
+    one batched forward pass), ``fast`` runs naive ISM, says so once in the log, and gives naive
+    ISM's answer."""
     import logging
 
     from seqmux import fast_ism
 
-    model = seeded(nn.Sequential(nn.Flatten(), nn.Linear(4 * L, 3)), 10)
-    x, (off, alt) = window(10), every_substitution()
-    assert analysable(model, L)[0]
+    length = 16
+    model = seeded(nn.Sequential(nn.Conv1d(4, 4, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+                                 nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+                                 nn.Flatten(), nn.Linear(length, 3)), 10)
+    x, (off, alt) = window(10, length), every_substitution(length)
+    assert analysable(model, length)[0]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("incremental ISM ran")
@@ -301,9 +306,94 @@ def test_fast_picks_naive_ism_where_the_plan_says_it_is_faster(monkeypatch, capl
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="seqmux.fast_ism"):
         patch.setattr(fast_ism, "_run_chunk", forbidden)
         _, out = predict_substitutions(model, x, off, alt, "fast")
-        predict_substitutions(model, window(11), off, alt, "fast")
+        predict_substitutions(model, window(11, length), off, alt, "fast")
     lines = [r.getMessage() for r in caplog.records if "naive ISM" in r.getMessage()]
     assert len(lines) == 1 and "is faster with naive ISM (the cost model expects" in lines[0], lines
     assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
     _, incremental = predict_substitutions(model, x, off, alt, "incremental")     # still available
     assert torch.allclose(incremental, out, rtol=0, atol=1e-12)
+
+
+def test_the_reference_output_is_reused_only_while_nothing_changed():
+    """A repeated call on the same window reuses the model's reference output (a copy: the
+    caller may change it); new weights (changed in place), a window changed in place or another
+    argument give the new reference and the new answer."""
+    model = seeded(nn.Sequential(nn.Conv1d(4, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(3 * (L - 4), 2)), 3)
+    x, (off, alt) = window(3), every_substitution()
+    ref, out = predict_substitutions(model, x, off, alt, "fast")
+    ref.add_(1.0)
+    again, out2 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(again, model(x[None])[0]) and torch.equal(out2, out)
+    with torch.no_grad():
+        model[3].bias.add_(1.0)
+    ref3, out3 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(ref3, model(x[None])[0])
+    assert torch.allclose(out3, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+    x[:, 10] = torch.tensor([0.0, 0.0, 0.0, 1.0]) if x[3, 10] == 0 else torch.tensor([1.0, 0.0, 0.0, 0.0])
+    ref4, out4 = predict_substitutions(model, x, off, alt, "fast")
+    assert torch.equal(ref4, model(x[None])[0])
+    assert torch.allclose(out4, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x, scale):
+            return self.net(x) * scale
+
+    scaled = Scaled().eval()
+    for s in (2.0, 3.0):
+        ref5, out5 = predict_substitutions(scaled, x, off, alt, "fast", args=(torch.tensor(s),))
+        assert torch.equal(ref5, model(x[None])[0] * s)
+        assert torch.allclose(out5, brute_force(model, x, off, alt) * s, rtol=0, atol=1e-12)
+
+
+def test_kept_substitutions_follow_the_offsets_the_bases_and_the_window():
+    """The checks, identity rows and schedule of a set of substitutions are kept between calls by
+    their bytes: offsets changed in place (also through their numpy view, which a tensor's version
+    does not see), other bases, another window with the same substitutions, or a bad offset after
+    good calls, each gives its own answer (brute force), identity rows and error."""
+    model = seeded(nn.Sequential(nn.Conv1d(4, 3, 5), nn.ReLU(), nn.Flatten(), nn.Linear(3 * (L - 4), 2)), 5)
+    x, y = window(5), window(6)
+    off, alt = torch.arange(L).repeat_interleave(2), torch.tensor([0, 2]).repeat(L)
+    for _ in range(2):
+        _, out = predict_substitutions(model, x, off, alt, "fast")
+        assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)
+    off.numpy()[:4] = [40, 41, 42, 43]          # in place through numpy: the tensor's version unchanged
+    alt[-1] = 3
+    for window_ in (x, y, x):
+        ref, out = predict_substitutions(model, window_, off, alt, "fast")
+        assert torch.allclose(out, brute_force(model, window_, off, alt), rtol=0, atol=1e-12)
+        identity = window_[alt, off] == 1.0
+        assert identity.any() and torch.equal(out[identity], ref.expand(int(identity.sum()), -1))
+    off[0] = L
+    with pytest.raises(ValueError, match=r"offset 48 \(substitution 0\) is outside the window"):
+        predict_substitutions(model, x, off, alt, "fast")
+
+
+class Unsqueezed(nn.Module):
+    """A (1, k) Conv2d on ``x.unsqueeze(2)``: a ``[B, C, 1, L]`` output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 3, (1, 5))
+
+    def forward(self, x):
+        return torch.relu(self.conv(x.unsqueeze(2)))
+
+
+@pytest.mark.parametrize("head", ["flatten", "profile", "unsqueezed"])
+def test_a_local_output_written_straight_into_the_result(head):
+    """Substitutions without identity rows, in order (the incremental path writes a local output
+    activation straight into the result rows): a flattened, a profile and a 4-d output each
+    equal brute force."""
+    conv = nn.Conv1d(4, 3, 5, padding=2 if head != "flatten" else 0)
+    layers = {"flatten": [conv, nn.Flatten()], "profile": [conv, nn.ReLU()], "unsqueezed": [Unsqueezed()]}[head]
+    model = seeded(nn.Sequential(*layers), 1)
+    assert analysable(model, L)[0]
+    x, (off, alt) = window(1, n_columns=()), every_substitution()
+    keep = x[alt, off] != 1
+    off, alt = off[keep], alt[keep]
+    _, out = predict_substitutions(model, x, off, alt, "incremental")
+    assert torch.allclose(out, brute_force(model, x, off, alt), rtol=0, atol=1e-12)

@@ -173,7 +173,7 @@ class Multiplexer(nn.Module):
         if trunk == "unet":  # decoder: level i gets level i + 1 upsampled, one convolution
             self.up_names = []
             for i in reversed(range(len(widths) - 1)):
-                name = f"model_up_{BLOCK_NAMES[i]}"
+                name = block_name(i).replace("model_", "model_up_", 1)
                 setattr(self, name, nn.Sequential(SameConv1d(widths[i] + c_in, widths[i], kernel, 1),
                                                   nn.BatchNorm1d(widths[i]), nn.ReLU()))
                 self.up_names.append(name)

@@ -5,4 +5,5 @@ from seqmux.tracks.gc_hmm.data import split_data
 out, p = snakemake.output, snakemake.params
 sets = {part: out[part] for part in ("train", "validation", "test")}
 run_stage(snakemake.log[0], split_data, snakemake.input.data, sets, out.hmm, out.split, list(p.states),
-          p.test_fraction, p.validation_fraction, p.seed)
+          p.test_fraction, p.validation_fraction, p.seed,
+          nice=snakemake.config["tracks_nice"])

@@ -6,4 +6,5 @@ device = snakemake.config["scrna"]["device"]  # an execution setting: not a para
 run_stage(snakemake.log[0], train_scrna, inp.cells, out.models, out.curves, out.loss_plot, out.accuracy_plot,
           hidden=p.model["hidden"], lr=p.train["lr"], epochs=p.train["max_epochs"], c=p.model["c"], seed=p.seed,
           device=device, patience=p.train["patience"], min_improvement=p.train["min_improvement"],
-          threads=snakemake.threads)
+          threads=snakemake.threads,
+          nice=snakemake.config["tracks_nice"])

@@ -48,8 +48,12 @@ def _exit_on_sigterm():
         return None
 
 
-def run_stage(log_path, fn, *args, threads=None, **kwargs):
+def run_stage(log_path, fn, *args, threads=None, nice=0, **kwargs):
     """Call ``fn(*args, **kwargs)`` with logging (and progress bars) going to ``log_path``.
+
+    ``threads``: torch's intra-op threads. ``nice``: added to the process's Unix nice value (a
+    lower CPU priority; the tracks' jobs, so that on a machine shared with the Multiplexer's chain
+    they take the idle cores rather than slowing it down).
 
     An ``InputError`` becomes one line on the real stderr (and in the log) and exit status 1;
     any other exception propagates with its traceback in the log. SIGTERM (Snakemake cancelling
@@ -66,6 +70,8 @@ def run_stage(log_path, fn, *args, threads=None, **kwargs):
     if threads:
         import torch
         torch.set_num_threads(int(threads))
+    if nice:
+        os.nice(int(nice))
     log = logging.getLogger(fn.__module__)
     previous = _exit_on_sigterm()
     started = time.time()

@@ -39,6 +39,16 @@ multiply-adds:
   effect of a substitution depends on the whole window through the base model's saturating
   outputs, which a stack of local convolutions sees only near its receptive field's limit.
 
+``trunk`` (demo preset; ``unet`` by default, ``dilated`` the published trunk above): ``unet``
+keeps the blocks (``model_one`` ...) but runs block ``i`` at resolution ``pool**i`` (a max-pool of
+``pool``, ceil mode, before each block after the first), then comes back up: level ``i`` gets level
+``i + 1`` upsampled (each value repeated ``pool`` times, cut to the level's length), concatenated to
+its own block's output, through one ``Conv1d(k) -> BatchNorm1d -> ReLU`` (``model_up_<i>``), so
+``widths[0]`` channels reach the head at full resolution. Like the base model's pools, the coarse
+levels see the whole window for a fraction of the multiply-adds (the demo's 4 levels of pool 4:
+about half of the 5 full-resolution dilated blocks'), while the full-resolution level keeps every
+base's own features.
+
 ``head`` (demo preset; ``conv``, the published head, by default): ``bilinear`` and ``relu`` replace
 the 1x1 head by one built like the base model's dense part (``Multiplexer.factored_head``): per
 position ``K`` values a base, per window a gate (``bilinear``) or ``K`` hidden pre-activations
@@ -72,9 +82,16 @@ PRESETS = {
     "beluga": dict(widths=[640, 1280, 1280, 1280, 1280, 1280], dilations=[1, 1, 2, 4, 8, 16], kernel=8,
                    head_hidden=0),
     # sized for a CPU: the embedded demo (L = 400, F = 16)
-    "demo": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8, head_hidden=256,
-                 ramp="tent", position_embedding=False, global_context=False, head="conv", rank=64),
+    "demo": dict(widths=[64, 64, 64, 64], dilations=[1, 1, 1, 1], kernel=8, head_hidden=256,
+                 ramp="tent", position_embedding=False, global_context=False, head="conv", rank=64,
+                 trunk="unet", pool=4),
 }
+# the demo preset's widths and dilations when the config leaves them empty: by trunk (dilated: the
+# published trunk's five blocks, sized for the demo)
+TRUNK_SIZES = {"unet": dict(widths=[64, 64, 64, 64], dilations=[1, 1, 1, 1]),
+               "dilated": dict(widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16])}
+
+TRUNKS = ("dilated", "unet")
 
 HEADS = ("conv", "bilinear", "relu")
 
@@ -124,7 +141,7 @@ class Multiplexer(nn.Module):
 
     def __init__(self, length, n_outputs, widths, dilations=None, kernel=8, head_hidden=0, ramp="tent",
                  mask_reference=True, output_scale=1.0, position_embedding=False, global_context=False,
-                 head="conv", rank=64):
+                 head="conv", rank=64, trunk="dilated", pool=4):
         super().__init__()
         widths = [int(w) for w in widths]
         dilations = [int(d) for d in (dilations or [1] * len(widths))]
@@ -139,6 +156,10 @@ class Multiplexer(nn.Module):
                           position_embedding=bool(position_embedding), global_context=bool(global_context))
         if head != "conv":  # absent for the published head, so that its config (and file) stays as before
             self.sizes.update(head=head, rank=int(rank))
+        if trunk not in TRUNKS:
+            raise ValueError(f"unknown trunk {trunk!r}, expected one of {TRUNKS}")
+        if trunk != "dilated":  # absent for the published trunk, likewise
+            self.sizes.update(trunk=trunk, pool=int(pool))
         self.register_buffer("ramp", positional_ramp(self.length, ramp), persistent=False)
         c_in = 5
         self.residual = []
@@ -149,6 +170,14 @@ class Multiplexer(nn.Module):
             self.block_names.append(name)
             self.residual.append(c_in == w)
             c_in = w
+        if trunk == "unet":  # decoder: level i gets level i + 1 upsampled, one convolution
+            self.up_names = []
+            for i in reversed(range(len(widths) - 1)):
+                name = block_name(i).replace("model_", "model_up_", 1)
+                setattr(self, name, nn.Sequential(SameConv1d(widths[i] + c_in, widths[i], kernel, 1),
+                                                  nn.BatchNorm1d(widths[i]), nn.ReLU()))
+                self.up_names.append(name)
+                c_in = widths[i]
         if head == "conv":
             self.model_final = nn.Sequential(
                 nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
@@ -183,9 +212,18 @@ class Multiplexer(nn.Module):
         if x.shape[-1] != self.length:
             raise ValueError(f"input of length {x.shape[-1]}, the multiplexer was built for {self.length}")
         h = torch.cat([x, self.ramp.to(x.dtype).expand(x.shape[0], 1, -1)], dim=1)
-        for name, residual in zip(self.block_names, self.residual):
+        unet = self.sizes.get("trunk", "dilated") == "unet"
+        skips = []
+        for i, (name, residual) in enumerate(zip(self.block_names, self.residual)):
+            if unet and i:
+                h = nn.functional.max_pool1d(h, self.sizes["pool"], ceil_mode=True)
             out = getattr(self, name)(h)
             h = out + h if residual else out
+            skips.append(h)
+        if unet:
+            for name, skip in zip(self.up_names, reversed(skips[:-1])):
+                up = h.repeat_interleave(self.sizes["pool"], dim=2)[..., :skip.shape[-1]]
+                h = getattr(self, name)(torch.cat([skip, up], dim=1))
         if self.sizes["position_embedding"]:  # a gain and a bias per channel and position
             gain, bias = self.position_embedding.to(h.dtype)
             h = h * (1 + gain) + bias
@@ -244,14 +282,42 @@ def n_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def multiply_adds(model):
+    """Multiply-adds of the convolutions and linear layers in one forward pass of one window
+    (counted on a forward pass of an all-zero window; the cost that sets the Multiplexer's speed)."""
+    total = [0]
+
+    def count(layer, inputs, output):
+        if isinstance(layer, nn.Conv1d):
+            total[0] += output.numel() * layer.in_channels // layer.groups * layer.kernel_size[0]
+        else:
+            total[0] += output.numel() * layer.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Linear))]
+    try:
+        was_training = model.training
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 4, model.length))
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
 def preset_sizes(preset, sizes=None):
     """Sizes of a preset; ``sizes`` (dict, e.g. the config's ``multiplexer.demo``) overrides the
-    ``demo`` preset only (``beluga`` is fixed by the published layout)."""
+    ``demo`` preset only (``beluga`` is fixed by the published layout); ``widths`` and ``dilations``
+    left out or empty are those of the trunk (``TRUNK_SIZES``)."""
     if preset not in PRESETS:
         raise InputError("config", "multiplexer.preset", preset, f"expected one of {sorted(PRESETS)}")
     out = dict(PRESETS[preset])
-    if preset == "demo" and sizes:
-        out.update({k: v for k, v in sizes.items() if k in out})
+    if preset == "demo":
+        given = {k: v for k, v in (sizes or {}).items() if k in out and v is not None and v != []}
+        out.update(given)
+        if out["trunk"] not in TRUNK_SIZES:
+            raise InputError("config", "multiplexer.demo.trunk", out["trunk"], f"expected one of {sorted(TRUNK_SIZES)}")
+        out.update({k: v for k, v in TRUNK_SIZES[out["trunk"]].items() if k not in given})
     return out
 
 

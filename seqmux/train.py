@@ -125,6 +125,40 @@ def make_scheduler(opt, kind, steps, lr):
     raise InputError("config", "multiplexer.train.lr_schedule", kind, "expected constant, onecycle or cosine")
 
 
+class ExponentialAverage:
+    """An exponential moving average of a model's weights and buffers (BatchNorm statistics):
+    after each optimizer step ``avg <- avg + (1 - d) (w - avg)`` with ``d = min(decay, (1 + n) /
+    (10 + n))`` at update ``n`` (a short memory at the start, when the weights move fast). Its
+    ``model`` (a copy, in eval mode) is the one validated and written: small-batch steps are noisy,
+    their average is not."""
+
+    def __init__(self, model, decay):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())]
+
+    @torch.no_grad()
+    def update(self):
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        floats = [(a, b) for a, b in self.pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - d)
+        for a, b in self.pairs:
+            if not a.is_floating_point():
+                a.copy_(b)
+
+    def state_dict(self):
+        return dict(model=self.model.state_dict(), updates=self.updates)
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
+
+
 def training_loss(pred, exact, loss_weight=0.0, rms=None):
     """Weighted mean of ``(pred - exact)^2``, ``sum(w err) / sum(w)`` with ``w = 1 + loss_weight
     |exact| / rms`` (plain MSE when ``loss_weight`` is 0): the large effects count more, the
@@ -191,7 +225,7 @@ class _Stop:
 def train_multiplexer(train_path, validation_path, model_out, last_out, log_out, plot_out, checkpoint_dir,
                       preset="demo", sizes=None, mask_reference=True, lr=1e-3, batch_size=16, steps=1000,
                       validate_every=100, patience=5, lr_schedule="constant", device="auto", amp=True,
-                      num_workers=0, seed=1, scale_targets=True, loss_weight=0.0):
+                      num_workers=0, seed=1, scale_targets=True, loss_weight=0.0, ema=0.0):
     """Stage: train a Multiplexer, write the best weights (``model_out``), the last weights
     (``last_out``), the per-step CSV log (``log_out``) and the loss-curve plot (``plot_out``).
 
@@ -200,7 +234,9 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     (``seqmux.splits.target_rms``), else 1. ``loss_weight`` (``a``, 0: the published plain MSE):
     the loss is the mean squared error weighted by ``1 + a |exact| / rms`` (``rms``: the RMS
     of the training targets, see ``training_loss``), so that the few large effects are not
-    drowned by the many near-zero ones; the validation loss stays the plain MSE. Returns a dict of run facts.
+    drowned by the many near-zero ones; the validation loss stays the plain MSE. ``ema`` (a decay,
+    0: off, the published recipe): validation, the best and the last weights are those of an
+    exponential moving average of the weights (``ExponentialAverage``). Returns a dict of run facts.
     """
     from .plots import plot_loss_curve
 
@@ -212,6 +248,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
                    seed=seed, amp=amp, scale_targets=scale_targets)
     if loss_weight:  # absent when 0, so that a run of the published recipe keeps its checkpoint hash
         hparams["loss_weight"] = loss_weight
+    if ema:  # likewise
+        hparams["ema"] = ema
     key = run_hash(dict(hparams, train=split_fingerprint(train, tinfo), validation=split_fingerprint(val, vinfo)))
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -225,6 +263,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     if scale_targets:
         scale = rms
     model = build_multiplexer(preset, length, n_out, sizes, mask_reference, scale, seed=seed).to(dev)
+    average = ExponentialAverage(model, ema) if ema else None
+    kept = average.model if average else model  # the weights validated and written
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = make_scheduler(opt, lr_schedule, steps, lr)
     autocast, scaler = autocast_for(dev, amp)
@@ -239,6 +279,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             ck, meta = {}, {}
         if meta.get("hash") == key:
             model.load_state_dict(ck["model"])
+            if average is not None:
+                average.load_state_dict(ck["average"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             if scaler is not None and ck.get("scaler"):
@@ -271,7 +313,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     def checkpoint():
         _write_csv(csv_ck, rows)
         ckpt.save(last_ck, RESUME_KIND, dict(
-            model=model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+            model=model, average=average.state_dict() if average else None, optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
             rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)),
             hash=key, hparams=hparams, progress=dict(state))
@@ -298,6 +341,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             else:
                 loss.backward()
                 opt.step()
+            if average is not None:
+                average.update()
             lr_now = opt.param_groups[0]["lr"]
             sched.step()
             state["step"] += 1
@@ -310,11 +355,11 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             stopping = False
             if step % validate_every == 0 or step == steps:
                 if len(val_ds):
-                    vloss = validation_loss(model, val_loader, dev, autocast)
+                    vloss = validation_loss(kept, val_loader, dev, autocast)
                     row["validation_loss"] = f"{vloss:.6g}"
                     if vloss < state["best_val"]:
                         state.update(best_val=vloss, best_step=step, bad=0)
-                        ckpt.save(best_ck, KIND, model, step=step, validation_loss=vloss)
+                        ckpt.save(best_ck, KIND, kept, step=step, validation_loss=vloss)
                     else:
                         state["bad"] += 1
                     stopping = bool(patience) and state["bad"] >= patience
@@ -344,7 +389,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
         state["done"] = True
         checkpoint()
 
-    last_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    last_state = {k: v.detach().cpu() for k, v in kept.state_dict().items()}
     if best_ck.is_file():
         best_state, best = ckpt.load(best_ck, KIND, field="training checkpoint")
         best_step, best_val = best["step"], best["validation_loss"]

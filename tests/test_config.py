@@ -82,7 +82,7 @@ def test_load_config_layers_files_over_config_yaml(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(yaml.safe_dump({"windows": {"length": 2000}, "targets": {"dtype": "float16"}}))
     cfg = load_config(extra)
-    assert cfg["windows"]["length"] == 2000 and cfg["windows"]["count"]["train"] == 3000
+    assert cfg["windows"]["length"] == 2000 and cfg["windows"]["count"]["train"] == 2000
     assert cfg["targets"] == {**with_defaults({})["targets"], "dtype": "float16"}
     hg19 = load_config(REPO / "config/hg19_beluga.yaml")
     assert hg19["base_model"]["kind"] == "beluga" and hg19["targets"]["dtype"] == "float16"

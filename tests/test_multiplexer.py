@@ -61,7 +61,8 @@ def test_length_is_kept_for_even_kernels_and_dilations():
 
 
 @pytest.mark.parametrize("extras", [{}, dict(position_embedding=True, global_context=True),
-                                    dict(head="bilinear", rank=3), dict(head="relu", rank=3, position_embedding=True)])
+                                    dict(head="bilinear", rank=3), dict(head="relu", rank=3, position_embedding=True),
+                                    dict(trunk="unet", pool=4), dict(trunk="unet", pool=2, head="relu", rank=3)])
 def test_positions_give_the_columns_of_the_full_output(extras):
     torch.manual_seed(1)
     model = Multiplexer(30, 3, widths=[5, 5], dilations=[1, 2], head_hidden=7, output_scale=0.5, **extras).eval()
@@ -108,6 +109,38 @@ def test_factored_heads_compute_their_formula(head):
     assert model.config()["head"] == head and model.config()["rank"] == k
     with pytest.raises(ValueError, match="unknown head"):
         Multiplexer(length, n_out, widths=[6], head="dense")
+
+
+def test_unet_trunk_keeps_any_length_and_sees_the_whole_window():
+    """``trunk: unet``: levels at resolution 1, pool, pool^2, ... (max-pools, ceil mode) and back up
+    (nearest upsampling cut to the skip's length, concatenated, one convolution a level): the output
+    keeps ``L`` for lengths that no power of the pool divides; a substitution at one end changes the
+    features at the other through the coarse levels (4 levels of pool 4, kernel 3: beyond the
+    reach of the full-resolution convolutions alone); it has the published trunk's blocks plus one
+    decoder convolution a level, its config names it and rebuilds it."""
+    torch.manual_seed(3)
+    for length in (37, 64, 101):
+        model = build_multiplexer("demo", length, 2, dict(trunk="unet", widths=[16, 6, 6, 6], dilations=[1, 1, 1, 1],
+                                                          kernel=3, pool=4)).eval()
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        x = torch.nn.functional.one_hot(torch.randint(0, 4, (1, length)), 4).transpose(1, 2).float()
+        with torch.no_grad():
+            h, y = model.trunk(x), model(x)
+            far = x.clone()
+            far[0, :, -1] = far[0, :, -1].roll(1)  # another base at the last position
+            h_far = model.trunk(far)
+        assert h.shape == (1, 16, length) and y.shape == (1, 2, 4, length)
+        assert h[..., :3].abs().sum() > 0 and not torch.allclose(h[..., :3], h_far[..., :3])  # the first see the last
+    assert [n for n in model.state_dict() if n.startswith("model_up_")][0].startswith("model_up_three.0.")
+    assert model.up_names == ["model_up_three", "model_up_two", "model_up_one"]
+    rebuilt = Multiplexer(**model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    assert model.config()["trunk"] == "unet" and model.config()["pool"] == 4
+    plain = build_multiplexer("demo", 40, 2, dict(trunk="dilated", widths=[4, 4], dilations=[1, 2]))
+    assert "trunk" not in plain.config() and not any(k.startswith("model_up_") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="unknown trunk"):
+        Multiplexer(40, 2, widths=[4], trunk="transformer")
 
 
 def test_save_and_load(tmp_path):

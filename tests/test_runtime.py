@@ -106,3 +106,26 @@ def test_terminated_stage_leaves_no_temporary_file(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not tmp.exists() and not out.exists()
+
+
+NICE_STAGE = '''
+import os
+import sys
+
+from seqmux.logs import run_stage
+
+run_stage(sys.argv[1], lambda: print("NICE", os.nice(0)), nice=int(sys.argv[2]))
+'''
+
+
+def test_stage_runs_at_the_lower_priority_it_is_given(tmp_path):
+    """``nice`` (the tracks' ``tracks_nice``) adds to the process's nice value; 0 leaves it."""
+    script = tmp_path / "stage.py"
+    script.write_text(NICE_STAGE)
+    seen = {}
+    for nice in (0, 7):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"stage{nice}.log"), str(nice)],
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        seen[nice] = int(proc.stdout.split("NICE")[1])
+    assert seen[7] == min(seen[0] + 7, 19)

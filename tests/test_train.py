@@ -15,11 +15,12 @@ from mux_synthetic import tiny_splits, write_empty_split, write_split
 from seqmux import checkpoint
 from seqmux.errors import InputError
 from seqmux.multiplexer import load_multiplexer
-from seqmux.train import KILL_ENV, RESUME_KIND, StepBatches, train_multiplexer
+from seqmux.train import KILL_ENV, RESUME_KIND, ExponentialAverage, StepBatches, train_multiplexer
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = dict(widths=[8, 8], dilations=[1, 2], kernel=4)
-ARGS = dict(preset="demo", sizes=SIZES, lr=3e-3, batch_size=4, steps=8, validate_every=2, patience=0, seed=7)
+# ema on: the resume test checks that the average goes on from the checkpoint too
+ARGS = dict(preset="demo", sizes=SIZES, lr=3e-3, batch_size=4, steps=8, validate_every=2, patience=0, seed=7, ema=0.9)
 
 
 def outputs(d):
@@ -132,3 +133,37 @@ def test_bad_inputs(tmp_path):
     garbage.write_text("not arrow")
     with pytest.raises(InputError, match="not a readable split shard"):
         run(garbage, splits["validation"])
+
+
+def test_exponential_average_follows_its_formula_and_is_what_is_written(tmp_path):
+    """``avg <- avg + (1 - d) (w - avg)``, ``d = min(decay, (1 + n) / (10 + n))``, on parameters and
+    BatchNorm statistics (the step counter copied); the written ``model.pt`` / ``model_last.pt`` hold
+    the average, not the last weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = ExponentialAverage(model, 0.5)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(3):
+        model.train()(torch.randn(8, 3))  # moves the BatchNorm statistics
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        avg.update()
+        d = min(0.5, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            expected[k] = expected[k] + (1 - d) * (v - expected[k]) if v.is_floating_point() else v.clone()
+    got = avg.model.state_dict()
+    assert all(torch.allclose(got[k].float(), expected[k].float(), atol=1e-6) for k in got)
+    assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])
+    assert int(got["1.num_batches_tracked"]) == 3
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+    splits = tiny_splits(tmp_path)
+    facts = {}
+    for ema in (0.0, 0.9):
+        out = tmp_path / f"ema{ema}"
+        facts[ema] = train_multiplexer(splits["train"], splits["validation"], *outputs(out), out / "ck",
+                                       **dict(ARGS, ema=ema))
+    last = {ema: checkpoint.load(tmp_path / f"ema{ema}" / "last.pt", "multiplexer")[0] for ema in facts}
+    assert any(not torch.equal(last[0.0][k], last[0.9][k]) for k in last[0.0] if k.endswith("weight"))
+    assert facts[0.9]["hparams"]["ema"] == 0.9 and "ema" not in facts[0.0]["hparams"]

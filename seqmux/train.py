@@ -139,17 +139,18 @@ class ExponentialAverage:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.pairs = [(a, b) for a, b in zip(self.model.state_dict().values(), model.state_dict().values())]
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        # averaged (weights, BatchNorm statistics) and copied (BatchNorm's step counters), sorted once
+        self.averaged = ([a for a, _ in pairs if a.is_floating_point()], [b for a, b in pairs if a.is_floating_point()])
+        self.copied = [(a, b) for a, b in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
     def update(self):
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         self.updates += 1
-        floats = [(a, b) for a, b in self.pairs if a.is_floating_point()]
-        torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - d)
-        for a, b in self.pairs:
-            if not a.is_floating_point():
-                a.copy_(b)
+        torch._foreach_lerp_(*self.averaged, 1 - d)
+        for a, b in self.copied:
+            a.copy_(b)
 
     def state_dict(self):
         return dict(model=self.model.state_dict(), updates=self.updates)

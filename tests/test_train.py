@@ -153,7 +153,8 @@ def test_exponential_average_follows_its_formula_and_is_what_is_written(tmp_path
         for k, v in model.state_dict().items():
             expected[k] = expected[k] + (1 - d) * (v - expected[k]) if v.is_floating_point() else v.clone()
     got = avg.model.state_dict()
-    assert all(torch.allclose(got[k].float(), expected[k].float(), atol=1e-6) for k in got)
+    # three lerps in float32 against the same formula written out: a few ulps apart at most
+    assert all(torch.allclose(got[k].float(), expected[k].float(), rtol=1e-5, atol=1e-6) for k in got)
     assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])
     assert int(got["1.num_batches_tracked"]) == 3
     assert not any(p.requires_grad for p in avg.model.parameters())

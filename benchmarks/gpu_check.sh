@@ -9,6 +9,11 @@
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root; results on stdout
 #   bash benchmarks/gpu_check.sh > benchmarks/gpu_results.txt 2>&1
+#
+# On a GPU node without internet (most clusters' compute nodes), name a Python that already has a
+# CUDA build of torch and the workflow's packages (a module, a container, a venv made on a login
+# node); nothing is installed then and this checkout is put on its PYTHONPATH:
+#   SEQMUX_PYTHON=/path/to/python3 bash benchmarks/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -19,28 +24,36 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
 fi
 nvidia-smi -L
 
-# the environment: the CUDA build of the pinned torch (the CPU wheel has no CUDA), then the rest
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  # PyPI's torch for Linux is the CUDA build; a CPU build already installed must go first
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip uninstall --quiet -y torch 2>/dev/null || true
-  .venv/bin/python -m pip install --quiet --no-cache-dir "torch==2.13.0" \
-    || .venv/bin/python -m pip install --quiet "torch==2.13.0" --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
+if [ -n "${SEQMUX_PYTHON:-}" ]; then
+  # an existing environment: nothing installed, this checkout's seqmux first on the path
+  PY=$SEQMUX_PYTHON
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  # the environment: the CUDA build of the pinned torch (the CPU wheel has no CUDA), then the rest
+  PYTHON=${PYTHON:-python3}
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    # PyPI's torch for Linux is the CUDA build; a CPU build already installed must go first
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip uninstall --quiet -y torch 2>/dev/null || true
+    .venv/bin/python -m pip install --quiet --no-cache-dir "torch==2.13.0" \
+      || .venv/bin/python -m pip install --quiet "torch==2.13.0" --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
+  fi
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  .venv/bin/python -m pip install --quiet -r benchmarks/requirements.txt || echo "gpu_check: tangermeme did not install: its columns are left out"
+  PY=.venv/bin/python
 fi
-.venv/bin/python -m pip install --quiet -r requirements.txt
-.venv/bin/python -m pip install --quiet --no-deps -e .
-.venv/bin/python -m pip install --quiet -r benchmarks/requirements.txt || echo "gpu_check: tangermeme did not install: its columns are left out"
-.venv/bin/python - <<'EOF'
+"$PY" - <<'EOF'
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit("gpu_check: torch %s sees no CUDA device" % torch.__version__)
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device 0: {torch.cuda.get_device_name(0)}")
+print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"device 0: {torch.cuda.get_device_name(0)}")
 EOF
 
 echo "== 1. fast ISM on CUDA (benchmarks/fast_ism.py --device cuda)"
-PYTHONPATH=. timeout 300 .venv/bin/python benchmarks/fast_ism.py --device cuda --models beluga,basset \
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" timeout 300 "$PY" benchmarks/fast_ism.py --device cuda --models beluga,basset \
   --rounds 2 --naive-sample 600 --chunk 4096 --tangermeme-batches 512,2048
 
 echo "== 2. tiny workflow on CUDA: targets, training (AMP), evaluation"
@@ -56,11 +69,11 @@ multiplexer:
   train: {device: cuda, amp: true, steps: 200, batch_size: 16, validate_every: 50}
   evaluate: {device: cuda, speed_windows: 8}
 EOF
-timeout 300 .venv/bin/snakemake --snakefile "$PWD/Snakefile" --directory "$work" --configfile "$work/gpu.yaml" \
+timeout 300 "$PY" -m snakemake --snakefile "$PWD/Snakefile" --directory "$work" --configfile "$work/gpu.yaml" \
   --cores 4 --resources gpu=1 -q
 grep -h -i "cuda\|device\|autocast\|amp\|precision" "$work"/logs/compute_targets.*.log "$work"/logs/train_multiplexer.log \
   "$work"/logs/evaluate_multiplexer.log | head -20
-.venv/bin/python - "$work/results/multiplexer/metrics.json" <<'EOF'
+"$PY" - "$work/results/multiplexer/metrics.json" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
 s = m["speed"]

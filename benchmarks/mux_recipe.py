@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 OLD = dict(windows=600, sizes=dict(trunk="dilated", widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8,
                                    head_hidden=256, ramp="tent", position_embedding=False, global_context=False),
            train=dict(lr=0.004, lr_schedule="onecycle", batch_size=16, steps=1200, validate_every=100, patience=5,
-                      scale_targets=True, loss_weight=0.0, ema=0.0))
+                      scale_targets=True, loss_weight=0.0, ema=0.0, amp=False))
 
 
 def schema_defaults():
@@ -128,7 +128,7 @@ def main():
         train_file, n_train = first_windows(splits / "train", recipe["windows"], d / "train.feather")
         facts = train_multiplexer(train_file, splits / "validation", d / "model.pt", d / "last.pt", d / "log.csv",
                                   d / "loss.png", d / "checkpoints", preset="demo", sizes=recipe["sizes"],
-                                  device="cpu", amp=False, seed=args.seed, **recipe["train"])
+                                  device="cpu", seed=args.seed, **recipe["train"])
         model, _ = load_multiplexer(d / "model.pt")
         row = dict(recipe=name, train_windows=n_train, steps=facts["steps_done"], best_step=facts["best_step"],
                    train_s=facts["train_seconds"], parameters=facts["n_parameters"],

@@ -168,3 +168,25 @@ def test_exponential_average_follows_its_formula_and_is_what_is_written(tmp_path
     last = {ema: checkpoint.load(tmp_path / f"ema{ema}" / "last.pt", "multiplexer")[0] for ema in facts}
     assert any(not torch.equal(last[0.0][k], last[0.9][k]) for k in last[0.0] if k.endswith("weight"))
     assert facts[0.9]["hparams"]["ema"] == 0.9 and "ema" not in facts[0.0]["hparams"]
+
+
+def test_mixed_precision_on_a_cpu_only_where_it_multiplies_bfloat16(monkeypatch):
+    import seqmux.train as train
+
+    conv = torch.nn.Conv1d(4, 3, 5)
+    x = torch.randn(2, 4, 20)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    context, scaler = train.autocast_for(cpu, True)
+    with context():
+        assert conv(x).dtype == torch.bfloat16 and scaler is None
+    context, _ = train.autocast_for(cpu, False)  # amp: false, float32 everywhere
+    with context():
+        assert conv(x).dtype == torch.float32
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)  # emulated bfloat16: float32
+    context, _ = train.autocast_for(cpu, True)
+    with context():
+        assert conv(x).dtype == torch.float32
+    # the probe answers from the CPU's flags without failing
+    monkeypatch.undo()
+    assert train.cpu_has_native_bf16() in (True, False)

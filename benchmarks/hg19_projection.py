@@ -105,11 +105,12 @@ rows = list(csv.DictReader(open(d / "log.csv")))
 t = [float(r["elapsed_s"]) for r in rows]
 print(json.dumps(dict(step=(t[-2] - t[0]) / max(len(t) - 2, 1),
                       peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+                      gpu_peak_gb=torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else 0.0,
                       params=facts["n_parameters"])))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    return res["step"], res["peak_gb"]
+    return res["step"], res["peak_gb"], res["gpu_peak_gb"]
 
 
 def time_reading(windows=4):
@@ -156,9 +157,10 @@ def main(argv=None):
     fast, naive = time_targets(device, args.naive_sample)
     print(f"targets, one Beluga window (6,000 substitutions): fast ISM {fast:.2f} s, naive ISM {naive:.1f} s "
           f"(from {args.naive_sample} substitutions)")
-    step, train_peak = time_training(device, args.batch, args.steps, args.threads)
+    step, train_peak, gpu_peak = time_training(device, args.batch, args.steps, args.threads)
     print(f"training, BelugaMultiplexer (202,273,376 parameters) by seqmux.train.train_multiplexer, batch "
-          f"{args.batch} from a memory-mapped float16 split: {step:.2f} s per step; peak memory {train_peak:.1f} GB")
+          f"{args.batch} from a memory-mapped float16 split: {step:.2f} s per step; peak memory {train_peak:.1f} GB"
+          + (f" (host), {gpu_peak:.1f} GB allocated on the GPU" if device.type == "cuda" else ""))
     read = time_reading()
     print(f"reading one window's float16 targets from a memory-mapped split: {read * 1e3:.1f} ms")
 
@@ -178,6 +180,8 @@ def main(argv=None):
     print(f"| reading the training data | {steps * batch * read / 3600:,.2f} hours | {read * 1e3:.0f} ms a window x "
           f"{steps * batch:,} |")
     print(f"| training memory | {train_peak:.1f} GB | peak of the training process at batch {args.batch} |")
+    if device.type == "cuda":
+        print(f"| GPU memory | {gpu_peak:.1f} GB | torch.cuda.max_memory_allocated at batch {args.batch} |")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Measures, on this machine (CPU unless --device cuda):
 2. training: ``seqmux.train.train_multiplexer`` itself with the published BelugaMultiplexer
    layout (``multiplexer.preset: beluga``, 202 M parameters, L = 2,000, F = 2,002) on a float16
    split of random windows read memory-mapped, ``--batch`` windows a step: seconds per step (the
-   first step not counted) and the training process's peak memory;
+   first step not counted) and the training process's peak memory (``--num-workers``: the
+   training's loader worker processes, ``multiplexer.train.num_workers``);
 3. reading: one window's targets from a float16 split shard, memory-mapped, restored to
    ``[F, 4, L]`` float32 (``SplitDataset``);
 
@@ -73,7 +74,7 @@ def time_targets(device, naive_sample):
     return fast, naive
 
 
-def time_training(device, batch, steps, threads):
+def time_training(device, batch, steps, threads, num_workers=0):
     """Seconds per step and peak memory of ``seqmux.train.train_multiplexer`` with the beluga preset
     on a float16 split of ``2 * batch`` random windows (L = 2000, F = 2002) read memory-mapped, in a
     process of its own (its peak memory is its own)."""
@@ -100,7 +101,8 @@ for split, n in (("train", {2 * batch}), ("validation", 2)):
             w.write_batch(split_batch(schema, i, "chr1", 0, 2000, tokens, np.zeros(2002), target))
 facts = train_multiplexer(d / "train", d / "validation", d / "m.pt", d / "l.pt", d / "log.csv", d / "loss.png",
                           d / "ck", preset="beluga", batch_size={batch}, steps={steps + 1},
-                          validate_every={steps + 1}, patience=0, device={str(device)!r}, lr=1e-4)
+                          validate_every={steps + 1}, patience=0, device={str(device)!r}, lr=1e-4,
+                          num_workers={num_workers})
 rows = list(csv.DictReader(open(d / "log.csv")))
 t = [float(r["elapsed_s"]) for r in rows]
 print(json.dumps(dict(step=(t[-2] - t[0]) / max(len(t) - 2, 1),
@@ -142,6 +144,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2, help="windows per training step measured")
     ap.add_argument("--steps", type=int, default=3, help="training steps timed (after one not counted)")
     ap.add_argument("--naive-sample", type=int, default=300)
+    ap.add_argument("--num-workers", type=int, default=0, help="the training's DataLoader worker processes")
     ap.add_argument("--config", default=str(ROOT / "config/hg19_beluga.yaml"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -157,9 +160,10 @@ def main(argv=None):
     fast, naive = time_targets(device, args.naive_sample)
     print(f"targets, one Beluga window (6,000 substitutions): fast ISM {fast:.2f} s, naive ISM {naive:.1f} s "
           f"(from {args.naive_sample} substitutions)")
-    step, train_peak, gpu_peak = time_training(device, args.batch, args.steps, args.threads)
+    step, train_peak, gpu_peak = time_training(device, args.batch, args.steps, args.threads, args.num_workers)
     print(f"training, BelugaMultiplexer (202,273,376 parameters) by seqmux.train.train_multiplexer, batch "
-          f"{args.batch} from a memory-mapped float16 split: {step:.2f} s per step; peak memory {train_peak:.1f} GB"
+          f"{args.batch} from a memory-mapped float16 split, {args.num_workers} loader workers: {step:.2f} s per step; "
+          f"peak memory {train_peak:.1f} GB"
           + (f" (host), {gpu_peak:.1f} GB allocated on the GPU" if device.type == "cuda" else ""))
     read = time_reading()
     print(f"reading one window's float16 targets from a memory-mapped split: {read * 1e3:.1f} ms")

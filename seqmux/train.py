@@ -53,7 +53,10 @@ RESUME_KIND = "multiplexer_resume"  # the checkpoint kind of ``last.pt`` (model,
 def cpu_has_native_bf16():
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16). Elsewhere
     bfloat16 is emulated and slower than float32."""
-    caps = torch._C._cpu._get_cpu_capability()
+    try:  # torch's own reading of the CPU's flags (a private API: absent, the answer is no)
+        caps = torch._C._cpu._get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return False
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 

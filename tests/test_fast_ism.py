@@ -16,7 +16,7 @@ from conftest import ROUNDING_FACTOR, float32_rounding
 from seqmux import fast_ism
 from seqmux.encoding import N_TOKEN, one_hot
 from seqmux.fast_ism import analysable, fast_substitution_predictions
-from seqmux.ism import logfold, logit_model, predict_substitutions, substitution_effects
+from seqmux.ism import logfold, logit_model, mutate, predict_substitutions, substitution_effects
 from seqmux.models import BelugaFamily, Flatten, build_demo_model
 from seqmux.variants import substitutions
 
@@ -103,14 +103,11 @@ def tolerance(model, tokens, n_mutants=16):
     rounding measured on the window and a seeded sample of ``n_mutants`` of its mutants: the effects
     are differences of both, and the window alone can say little of its mutants' rounding (an all-N
     window is all zeros; on this AMD EPYC's kernels its mutants round 5x more than it does)."""
-    x = one_hot(tokens)
+    x = torch.from_numpy(one_hot(tokens))
     offsets, alts = substitutions(tokens)
     pick = np.random.default_rng(len(tokens)).choice(len(offsets), min(n_mutants, len(offsets)), replace=False)
-    mutants = np.repeat(x[None], len(pick), axis=0)
-    rows = np.arange(len(pick))
-    mutants[rows, :, offsets[pick]] = 0
-    mutants[rows, alts[pick], offsets[pick]] = 1
-    return ROUNDING_FACTOR * float32_rounding(model, np.concatenate([x[None], mutants]))
+    mutants = mutate(x, torch.as_tensor(offsets[pick], dtype=torch.long), torch.as_tensor(alts[pick], dtype=torch.long))
+    return ROUNDING_FACTOR * float32_rounding(model, torch.cat([x[None], mutants]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ TRUNK_SIZES = {"unet": dict(widths=[64, 64, 64, 64], dilations=[1, 1, 1, 1]),
 
 TRUNKS = ("dilated", "unet")
 
-HEADS = ("conv", "bilinear", "relu")
+HEADS = ("conv", "difference", "bilinear", "relu")
+CONV_HEADS = ("conv", "difference")  # the published layers (``model_final``); difference: v[alt] - v[ref]
 
 
 def block_name(i):
@@ -154,7 +155,9 @@ class Multiplexer(nn.Module):
         self.sizes = dict(widths=widths, dilations=dilations, kernel=int(kernel), head_hidden=head_hidden,
                           ramp=ramp, mask_reference=bool(mask_reference), output_scale=float(output_scale),
                           position_embedding=bool(position_embedding), global_context=bool(global_context))
-        if head != "conv":  # absent for the published head, so that its config (and file) stays as before
+        if head == "difference":
+            self.sizes.update(head=head)
+        elif head != "conv":  # absent for the published head, so that its config (and file) stays as before
             self.sizes.update(head=head, rank=int(rank))
         if trunk not in TRUNKS:
             raise ValueError(f"unknown trunk {trunk!r}, expected one of {TRUNKS}")
@@ -178,7 +181,7 @@ class Multiplexer(nn.Module):
                                                   nn.BatchNorm1d(widths[i]), nn.ReLU()))
                 self.up_names.append(name)
                 c_in = widths[i]
-        if head == "conv":
+        if head in CONV_HEADS:
             self.model_final = nn.Sequential(
                 nn.Conv1d(c_in, head_hidden, 1), nn.BatchNorm1d(head_hidden), nn.ReLU(),
                 nn.Conv1d(head_hidden, 4 * self.n_outputs, 1),
@@ -240,7 +243,7 @@ class Multiplexer(nn.Module):
         see only them."""
         h = self.trunk(x)
         window = None
-        if self.sizes.get("head", "conv") != "conv":  # the window's summary, before any column is picked
+        if self.sizes.get("head", "conv") not in CONV_HEADS:  # the window's summary, before any column is picked
             window = self.head_window(torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1))
         if positions is not None:
             idx = torch.as_tensor(positions, dtype=torch.long, device=x.device)
@@ -249,6 +252,8 @@ class Multiplexer(nn.Module):
             x = x.gather(2, idx[:, None, :].expand(-1, x.shape[1], -1))
         if window is None:
             y = self.model_final(h).view(x.shape[0], self.n_outputs, 4, h.shape[-1])
+            if self.sizes.get("head") == "difference":  # v[alt] - v[ref]; N (all-zero) columns keep v
+                y = y - (y * x.unsqueeze(1).to(y.dtype)).sum(dim=2, keepdim=True)
         else:
             y = self.factored_head(h, x, window)
         if self.sizes["output_scale"] != 1.0:

@@ -62,6 +62,7 @@ def test_length_is_kept_for_even_kernels_and_dilations():
 
 @pytest.mark.parametrize("extras", [{}, dict(position_embedding=True, global_context=True),
                                     dict(head="bilinear", rank=3), dict(head="relu", rank=3, position_embedding=True),
+                                    dict(head="difference", trunk="unet", pool=2),
                                     dict(trunk="unet", pool=4), dict(trunk="unet", pool=2, head="relu", rank=3)])
 def test_positions_give_the_columns_of_the_full_output(extras):
     torch.manual_seed(1)
@@ -109,6 +110,31 @@ def test_factored_heads_compute_their_formula(head):
     assert model.config()["head"] == head and model.config()["rank"] == k
     with pytest.raises(ValueError, match="unknown head"):
         Multiplexer(length, n_out, widths=[6], head="dense")
+
+
+def test_difference_head_is_the_conv_head_minus_its_reference_value():
+    """``difference``: the published head's layers (the same ``state_dict``) give 4 values ``v`` a
+    base, the effect is ``v[alt] - v[ref]``: 0 at the reference base without the mask, the three
+    substitutions of a base differ from the ``conv`` head's by one shared amount, an N position (no
+    reference base) keeps ``v``; the config names it and rebuilds it."""
+    torch.manual_seed(3)
+    length, n_out = 24, 3
+    conv = Multiplexer(length, n_out, widths=[6, 6], dilations=[1, 2], mask_reference=False).eval()
+    diff = Multiplexer(length, n_out, widths=[6, 6], dilations=[1, 2], mask_reference=False, head="difference").eval()
+    assert conv.state_dict().keys() == diff.state_dict().keys()
+    diff.load_state_dict(conv.state_dict())
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (2, length)), 4).transpose(1, 2).float()
+    x[1, :, 5] = 0  # an N
+    with torch.no_grad():
+        v, y = conv(x), diff(x)
+    ref = x.argmax(1)  # [B, L]
+    for b, p in [(0, 0), (0, 11), (1, 23)]:
+        r = int(ref[b, p])
+        assert torch.allclose(y[b, :, :, p], v[b, :, :, p] - v[b, :, r:r + 1, p], atol=1e-6)
+        assert torch.all(y[b, :, r, p] == 0)
+    assert torch.equal(y[1, :, :, 5], v[1, :, :, 5])
+    assert diff.config()["head"] == "difference" and "rank" not in diff.config()
+    assert Multiplexer(**diff.config()).sizes == diff.sizes
 
 
 def test_unet_trunk_keeps_any_length_and_sees_the_whole_window():

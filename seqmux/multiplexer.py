@@ -49,11 +49,14 @@ levels see the whole window for a fraction of the multiply-adds (the demo's 4 le
 about half of the 5 full-resolution dilated blocks'), while the full-resolution level keeps every
 base's own features.
 
-``head`` (demo preset; ``conv``, the published head, by default): ``bilinear`` and ``relu`` replace
-the 1x1 head by one built like the base model's dense part (``Multiplexer.factored_head``): per
-position ``K`` values a base, per window a gate (``bilinear``) or ``K`` hidden pre-activations
-(``relu``) from the trunk's mean and max over positions. Their config carries ``head`` and
-``rank``; the ``conv`` head's config is unchanged.
+``head`` (demo preset; ``conv``, the published head, when not given): ``difference`` keeps the
+1x1 head's layers and reads its ``4F`` channels as a value ``v[f, a, p]`` of each base, the effect
+being ``v[f, alt, p] - v[f, ref, p]`` (no parameter or multiply-add more; the three substitutions of
+a base share ``v[f, ref, p]``; at an N, ``v`` itself); its config carries ``head``. ``bilinear`` and
+``relu`` replace the 1x1 head by one built like the base model's dense part
+(``Multiplexer.factored_head``): per position ``K`` values a base, per window a gate (``bilinear``)
+or ``K`` hidden pre-activations (``relu``) from the trunk's mean and max over positions. Their
+config carries ``head`` and ``rank``; the ``conv`` head's config is unchanged.
 
 ``PRESETS["beluga"]`` with ``n_outputs = 2002`` has exactly the published ``state_dict`` keys and
 shapes (202,273,376 parameters), so the published weights load with ``load_published``; the

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 OLD = dict(windows=600, sizes=dict(trunk="dilated", widths=[64, 64, 64, 64, 64], dilations=[1, 2, 4, 8, 16], kernel=8,
                                    head_hidden=256, ramp="tent", position_embedding=False, global_context=False),
            train=dict(lr=0.004, lr_schedule="onecycle", batch_size=16, steps=1200, validate_every=100, patience=5,
-                      scale_targets=True, loss_weight=0.0, ema=0.0, amp=False))
+                      scale_targets=True, loss_weight=0.0, ema=0.0, amp=False, loss_asinh=0.0))
 
 
 def schema_defaults():

@@ -178,11 +178,19 @@ class ExponentialAverage:
         self.updates = int(state["updates"])
 
 
-def training_loss(pred, exact, loss_weight=0.0, rms=None):
+def training_loss(pred, exact, loss_weight=0.0, rms=None, loss_asinh=0.0):
     """Weighted mean of ``(pred - exact)^2``, ``sum(w err) / sum(w)`` with ``w = 1 + loss_weight
     |exact| / rms`` (plain MSE when ``loss_weight`` is 0): the large effects count more, the
-    loss keeps the plain MSE's scale (so the same learning rate)."""
-    err = (pred - exact) ** 2
+    loss keeps the plain MSE's scale (so the same learning rate). With ``loss_asinh`` (``k``, 0:
+    off) the errors are measured on ``c asinh(effect / c)``, ``c = k rms``: the effect itself below
+    ``c``, ``c (log(2 |effect| / c))`` with its sign above, so that an effect of 10 ``c`` missed by 10%
+    costs about what 0.1 ``c`` missed by 10% costs rather than 10,000 times it."""
+    if loss_asinh:
+        c = float(loss_asinh) * float(rms)
+        pred, exact_c = c * torch.asinh(pred / c), c * torch.asinh(exact / c)
+    else:
+        exact_c = exact
+    err = (pred - exact_c) ** 2
     if not loss_weight:
         return err.mean()
     w = 1 + (loss_weight / max(float(rms), 1e-30)) * exact.abs()
@@ -244,7 +252,7 @@ class _Stop:
 def train_multiplexer(train_path, validation_path, model_out, last_out, log_out, plot_out, checkpoint_dir,
                       preset="demo", sizes=None, mask_reference=True, lr=1e-3, batch_size=16, steps=1000,
                       validate_every=100, patience=5, lr_schedule="constant", device="auto", amp=True,
-                      num_workers=0, seed=1, scale_targets=True, loss_weight=0.0, ema=0.0):
+                      num_workers=0, seed=1, scale_targets=True, loss_weight=0.0, ema=0.0, loss_asinh=0.0):
     """Stage: train a Multiplexer, write the best weights (``model_out``), the last weights
     (``last_out``), the per-step CSV log (``log_out``) and the loss-curve plot (``plot_out``).
 
@@ -253,7 +261,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
     (``seqmux.splits.target_rms``), else 1. ``loss_weight`` (``a``, 0: the published plain MSE):
     the loss is the mean squared error weighted by ``1 + a |exact| / rms`` (``rms``: the RMS
     of the training targets, see ``training_loss``), so that the few large effects are not
-    drowned by the many near-zero ones; the validation loss stays the plain MSE. ``ema`` (a decay,
+    drowned by the many near-zero ones; ``loss_asinh`` (``k``, 0: off) takes those errors on
+    ``asinh(effect / (k rms))`` (``training_loss``); the validation loss stays the plain MSE. ``ema`` (a decay,
     0: off, the published recipe): validation, the best and the last weights are those of an
     exponential moving average of the weights (``ExponentialAverage``). Returns a dict of run facts.
     """
@@ -269,6 +278,8 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
         hparams["loss_weight"] = loss_weight
     if ema:  # likewise
         hparams["ema"] = ema
+    if loss_asinh:  # likewise
+        hparams["loss_asinh"] = loss_asinh
     key = run_hash(dict(hparams, train=split_fingerprint(train, tinfo), validation=split_fingerprint(val, vinfo)))
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +287,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
 
     dev = choose_device(device, "config", "multiplexer.train.device")
     scale, rms = 1.0, None
-    if scale_targets or loss_weight:
+    if scale_targets or loss_weight or loss_asinh:
         rms = target_rms(train)
         log.info("target RMS on the training split: %.6g", rms)
     if scale_targets:
@@ -348,7 +359,7 @@ def train_multiplexer(train_path, validation_path, model_out, last_out, log_out,
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with autocast():
                 pred = model(x)
-            loss = training_loss(pred.float(), y, loss_weight, rms)
+            loss = training_loss(pred.float(), y, loss_weight, rms, loss_asinh)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite training loss at step {state['step'] + 1}")

@@ -27,6 +27,27 @@ def test_weighted_loss_against_direct_computation():
         both + torch.tensor([0.1, 0.0]), both, 2.0, 0.5)
 
 
+def test_asinh_loss_against_direct_computation():
+    """``loss_asinh`` k: errors on ``c asinh(effect / c)``, ``c = k rms``: the plain (weighted) MSE for
+    effects well below ``c``; above it a relative error costs about the same at every size."""
+    g = torch.Generator().manual_seed(1)
+    pred, exact = torch.randn(3, 2, 4, 10, generator=g), torch.randn(3, 2, 4, 10, generator=g)
+    c = 3.0 * 0.5
+    direct = (c * torch.asinh(pred / c) - c * torch.asinh(exact / c)) ** 2
+    assert training_loss(pred, exact, 0.0, 0.5, 3.0) == pytest.approx(float(direct.mean()), rel=1e-6)
+    w = 1 + 0.6 * exact.abs() / 0.5
+    assert training_loss(pred, exact, 0.6, 0.5, 3.0) == pytest.approx(float((w * direct).sum() / w.sum()), rel=1e-6)
+    small = torch.full((4,), 1e-3)
+    assert float(training_loss(small * 1.1, small, 0.0, 0.5, 3.0)) == pytest.approx(
+        float(training_loss(small * 1.1, small)), rel=1e-4)
+    big, bigger = torch.full((4,), 50 * c), torch.full((4,), 500 * c)
+    rel_big = float(training_loss(big * 1.1, big, 0.0, 0.5, 3.0))
+    rel_bigger = float(training_loss(bigger * 1.1, bigger, 0.0, 0.5, 3.0))
+    assert rel_bigger == pytest.approx(rel_big, rel=0.01)  # plain MSE: 100 times
+    assert float(training_loss(bigger * 1.1, bigger)) == pytest.approx(
+        100 * float(training_loss(big * 1.1, big)), rel=1e-4)
+
+
 def test_options_start_as_the_published_network_and_add_no_published_keys():
     torch.manual_seed(3)
     plain = build_multiplexer("demo", 40, 2, SIZES).eval()
@@ -61,7 +82,8 @@ def test_global_context_sees_the_whole_window_and_embedding_each_position():
     assert diff[30] > 0 and diff[:20].sum() == 0 and diff[40:].sum() == 0  # only around position 30
 
 
-@pytest.mark.parametrize("options", [dict(loss_weight=1.0), dict(sizes=dict(SIZES, position_embedding=True,
+@pytest.mark.parametrize("options", [dict(loss_weight=1.0), dict(loss_weight=0.6, loss_asinh=3.0),
+                                     dict(sizes=dict(SIZES, position_embedding=True,
                                                                                   global_context=True)),
                                      dict(sizes=dict(SIZES, head="relu", rank=8, position_embedding=True))])
 def test_training_with_each_option_learns(tmp_path, options):
@@ -74,7 +96,9 @@ def test_training_with_each_option_learns(tmp_path, options):
     facts = train_multiplexer(splits["train"], splits["validation"], *outs, tmp_path / "ck", **args)
     model, info = load_multiplexer(outs[0])
     assert info["sizes"]["position_embedding"] == bool(options.get("sizes", {}).get("position_embedding"))
-    if "loss_weight" in options:
+    if "loss_asinh" in options:
+        assert facts["hparams"]["loss_asinh"] == 3.0 and facts["hparams"]["loss_weight"] == 0.6
+    elif "loss_weight" in options:
         assert facts["hparams"]["loss_weight"] == 1.0
     elif info["sizes"].get("head") == "relu":
         assert model.position_embedding.abs().sum() > 0 and model.head_weight.shape == (2, 8)
@@ -100,10 +124,11 @@ def test_the_weight_reaches_the_training_loop(tmp_path):
     args = dict(preset="demo", sizes=SIZES, lr=3e-3, batch_size=4, steps=4, validate_every=4, patience=0, seed=7,
                 amp=False, device="cpu")
     states = []
-    for weight in (0.0, 1.0):
-        d = tmp_path / str(weight)
+    for weight, asinh in ((0.0, 0.0), (1.0, 0.0), (1.0, 3.0)):
+        d = tmp_path / f"{weight}_{asinh}"
         train_multiplexer(splits["train"], splits["validation"], d / "m.pt", d / "l.pt", d / "log.csv", d / "p.png",
-                          d / "ck", loss_weight=weight, **args)
+                          d / "ck", loss_weight=weight, loss_asinh=asinh, **args)
         states.append(checkpoint.load(d / "l.pt", "multiplexer")[0])
     # the same seed and batches: only the loss differs, and so do the weights it trained
-    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k.endswith("weight"))
+    for a, b in ((0, 1), (1, 2)):
+        assert any(not torch.equal(states[a][k], states[b][k]) for k in states[a] if k.endswith("weight"))

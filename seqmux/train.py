@@ -191,8 +191,8 @@ def training_loss(pred, exact, loss_weight=0.0, rms=None, loss_asinh=0.0):
     |exact| / rms`` (plain MSE when ``loss_weight`` is 0): the large effects count more, the
     loss keeps the plain MSE's scale (so the same learning rate). With ``loss_asinh`` (``k``, 0:
     off) the errors are measured on ``c asinh(effect / c)``, ``c = k rms``: the effect itself below
-    ``c``, ``c (log(2 |effect| / c))`` with its sign above, so that an effect of 10 ``c`` missed by 10%
-    costs about what 0.1 ``c`` missed by 10% costs rather than 10,000 times it."""
+    ``c``, about ``c log(2 |effect| / c)`` with its sign above, so that an effect of 10 ``c`` missed by
+    10% costs about twice what one of ``c`` missed by 10% costs, not 100 times it."""
     if loss_asinh:
         c = float(loss_asinh) * float(rms)
         pred, exact_c = c * asinh(pred / c), c * asinh(exact / c)

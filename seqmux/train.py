@@ -180,8 +180,8 @@ class ExponentialAverage:
 
 def asinh(u):
     """``torch.asinh`` from vectorised operations (``log1p``, ``hypot``): the same values to float
-    rounding, a quarter of the time of ``torch.asinh`` forward and backward on a CPU (one thread, a
-    demo batch)."""
+    rounding, in a sixth of ``torch.asinh``'s time forward and two thirds of it forward and backward
+    on a CPU (one thread, a demo batch)."""
     a = u.abs()
     return torch.copysign(torch.log1p(a + a * (a / (1 + torch.hypot(a, torch.ones_like(a))))), u)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqmux.evaluate import predict
+from seqmux.evaluate import split_batches
 from seqmux.models import build_base_model
 from seqmux.multiplexer import load_multiplexer
 from seqmux.splits import SplitDataset, check_split
@@ -108,15 +108,10 @@ def main():
     model, _ = load_multiplexer(args.model)
     table, _ = check_split(args.run / "results/splits" / args.split)
     ds = SplitDataset(table)
-    pred, exact, onehot = [], [], []
-    for i in range(0, len(ds), 16):
-        rows = list(range(i, min(i + 16, len(ds))))
-        pred.append(predict(model, ds, rows, torch.device("cpu"), 16))
-        exact.append(np.stack([ds.target(r) for r in rows]))
-        onehot.append(np.stack([ds.onehot(r) for r in rows]))
-    pred, exact, onehot = np.concatenate(pred), np.concatenate(exact), np.concatenate(onehot)
+    batches = list(split_batches(model, ds, list(range(len(ds))), torch.device("cpu"), 16))
+    pred, exact, onehot = (np.concatenate(parts) for parts in zip(*batches))
     n, n_out, n_bases, length = exact.shape
-    mask = np.broadcast_to(non_identity_mask(onehot)[:, 0], (n, n_bases, length)).ravel()
+    mask = non_identity_mask(onehot)[:, 0].ravel()  # [n, 4, L]: the substitutions
     flat = np.flatnonzero(mask)
     per_class = {c: dict(n=0, hit=0, ratio=[]) for c in range(3)}
     for f in range(n_out):

@@ -27,12 +27,11 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 import yaml
 
-from seqmux.evaluate import predict, time_speed
+from seqmux.evaluate import split_batches, time_speed
 from seqmux.metrics import Metrics
 from seqmux.models import build_base_model
 from seqmux.multiplexer import PRESETS, load_multiplexer
@@ -87,10 +86,8 @@ def score(model, split_dir, device):
     table, _ = check_split(split_dir)
     ds = SplitDataset(table)
     m = Metrics(ds.n_outputs, seed=1)
-    for i in range(0, len(ds), 16):
-        rows = list(range(i, min(i + 16, len(ds))))
-        m.update(predict(model, ds, rows, device, 16), np.stack([ds.target(r) for r in rows]),
-                 np.stack([ds.onehot(r) for r in rows]))
+    for pred, exact, onehot in split_batches(model, ds, list(range(len(ds))), device, 16):
+        m.update(pred, exact, onehot)
     r = m.result()
     return dict(weighted_pearson=r["weighted_pearson_mean"], r2=r["r2"], top1pct_recall=r["top1pct_recall"])
 

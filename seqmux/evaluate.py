@@ -71,6 +71,15 @@ def predict(model, ds, rows, device, batch_size):
     return np.concatenate(out) if out else np.zeros((0, ds.n_outputs, 4, ds.length), np.float32)
 
 
+def split_batches(model, ds, rows, device, batch_size):
+    """Per batch of ``rows``: ``(pred, exact, onehot)`` numpy arrays ``[n, F, 4, L]``, ``[n, F, 4, L]``
+    and ``[n, 4, L]`` (the Multiplexer's predictions, the split's targets and windows)."""
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        yield (predict(model, ds, chunk, device, batch_size), np.stack([ds.target(r) for r in chunk]),
+               np.stack([ds.onehot(r) for r in chunk]))
+
+
 @torch.no_grad()
 def time_speed(model, base_model, ds, rows, device, batch_size, ism_batch_size, mode):
     """Seconds for the Multiplexer and for exact ISM (naive and fast) on the same windows, and
@@ -178,11 +187,7 @@ def evaluate_multiplexer(model_path, train_path, validation_path, test_path, bas
     metrics = {name: Metrics(n_out, seed=seed, distance_bins=distance_bins)
                for name in ("multiplexer", "zero", "train_mean")}
     rows = list(range(len(ds)))
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        pred = predict(model, ds, chunk, dev, batch_size)
-        exact = np.stack([ds.target(r) for r in chunk])
-        onehot = np.stack([ds.onehot(r) for r in chunk])
+    for pred, exact, onehot in split_batches(model, ds, rows, dev, batch_size):
         metrics["multiplexer"].update(pred, exact, onehot)
         metrics["zero"].update(np.zeros_like(exact), exact, onehot)
         baseline = mean_map[None] * (1 - onehot)[:, None]  # identity entries: exactly 0

@@ -10,9 +10,9 @@ training time (a finished run in the scratch directory with the same settings is
 with the time it took), and the Multiplexer's time per window against fast exact ISM's on the same
 windows in the same process (``seqmux.evaluate.time_speed``).
 
-``--recipe NAME:key=value,...`` adds a recipe: the old one with those keys changed (keys of
-``multiplexer.train``, ``multiplexer.demo`` and ``windows``: the number of training windows);
-what the recipe search ran (validation only, ``--no-test``).
+``--recipe NAME:key=value,...`` adds a recipe: the old one (``--base-recipe new``: the new one)
+with those keys changed (keys of ``multiplexer.train``, ``multiplexer.demo`` and ``windows``: the
+number of training windows); what the recipe search ran (validation only, ``--no-test``).
 
     # a finished run of the embedded default with at least the new recipe's training windows:
     .venv/bin/snakemake --cores 2 --resources gpu=1 --directory /tmp/mux_run --config 'tracks=[]' \\
@@ -96,7 +96,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a workflow run directory with results/splits")
     ap.add_argument("--recipes", default="old,new", help="comma-separated recipes to run (old, new, or --recipe names)")
-    ap.add_argument("--recipe", action="append", default=[], help="NAME:key=value,... (changes to the old recipe)")
+    ap.add_argument("--recipe", action="append", default=[], help="NAME:key=value,... (changes to --base-recipe)")
+    ap.add_argument("--base-recipe", choices=("old", "new"), default="old", help="the recipe --recipe changes")
     ap.add_argument("--old-windows", type=int, default=600)
     ap.add_argument("--steps", type=int, default=0, help="every recipe's steps, validate_every steps / 4 (0: its own)")
     ap.add_argument("--no-test", action="store_true", help="validation figures only (the recipe search)")
@@ -111,7 +112,7 @@ def main():
     recipes = {"old": dict(OLD, windows=args.old_windows), "new": schema_defaults()}
     for spec in args.recipe:
         name, changes = spec.split(":", 1)
-        recipes[name] = with_changes(OLD, changes)
+        recipes[name] = with_changes(recipes[args.base_recipe], changes)
     if args.steps:
         for recipe in recipes.values():
             recipe["train"].update(steps=args.steps, validate_every=max(args.steps // 4, 1))

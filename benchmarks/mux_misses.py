@@ -122,12 +122,12 @@ def main():
         gained, lost = activation_change(weight, bias, onehot, rows, bases, positions)
         if f == 0:
             check_against_full_windows(weight, bias, onehot, rows, bases, positions, gained, lost)
-        kind = classify(gained, lost)
+        kind, ratio = classify(gained, lost), p[true_top] / e[true_top]
         for c in range(3):
             sel = kind == c
             per_class[c]["n"] += int(sel.sum())
             per_class[c]["hit"] += int(hit[sel].sum())
-            per_class[c]["ratio"].extend((p[true_top][sel] / e[true_top][sel]).tolist())
+            per_class[c]["ratio"].extend(ratio[sel].tolist())
     total = sum(v["n"] for v in per_class.values())
     print(f"{args.model} on {args.split} ({n} windows, {n_out} outputs): the top 1% |exact effect|, {total} entries")
     print(f"{'class':<9} {'share':>6} {'recall':>7} {'pred/exact median':>18} {'IQR':>6}")
